@@ -1,0 +1,7 @@
+"""``python -m spiffe_bridge`` runs the CLI."""
+
+import sys
+
+from spiffe_bridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated Workload API stubs (run scripts/gen_proto.py; never edit)."""

@@ -1,0 +1,63 @@
+"""Command-line entry point: wires arguments to the library and nothing else.
+
+Each subcommand lives in the module that owns the feature and exposes
+``add_parser(subparsers)`` and ``run(args) -> int``; modules are imported only
+when their command runs, so ``spiffe-bridge run`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dev-agent": ("spiffe_bridge.devagent.cli", "serve an embedded Workload API for demos and tests"),
+    "demo": ("spiffe_bridge.demo", "run the dev agent and write every format into a directory"),
+    "fetch": ("spiffe_bridge.fetch_cli", "fetch X.509 or JWT material once and write/print it"),
+    "run": ("spiffe_bridge.sidecar.cli", "sidecar: a drop-in for spiffe-helper"),
+    "relay": ("spiffe_bridge.relay.cli", "re-serve the Workload API on a local socket"),
+    "linkerd-env": ("spiffe_bridge.formats.linkerd_cli", "render a Linkerd proxy identity env file"),
+}
+
+
+def _normalise_go_flags(argv: list[str]) -> list[str]:
+    """Accept spiffe-helper's Go flag spelling (-config f, -daemon-mode=false)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            out.append("-" + arg)
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse argv, import the chosen command's module and run it."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in COMMANDS:
+        args_list = [args_list[0], *_normalise_go_flags(args_list[1:])]
+    parser = argparse.ArgumentParser(prog="spiffe-bridge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = args_list[0] if args_list and args_list[0] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    result: int = module.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
