@@ -14,12 +14,18 @@ from collections.abc import Sequence
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "dev-agent": ("spiffe_bridge.devagent.cli", "serve an embedded Workload API for demos and tests"),
+    "dev-agent": (
+        "spiffe_bridge.devagent.cli",
+        "serve an embedded Workload API for demos and tests",
+    ),
     "demo": ("spiffe_bridge.demo", "run the dev agent and write every format into a directory"),
     "fetch": ("spiffe_bridge.fetch_cli", "fetch X.509 or JWT material once and write/print it"),
     "run": ("spiffe_bridge.sidecar.cli", "sidecar: a drop-in for spiffe-helper"),
     "relay": ("spiffe_bridge.relay.cli", "re-serve the Workload API on a local socket"),
-    "linkerd-env": ("spiffe_bridge.formats.linkerd_cli", "render a Linkerd proxy identity env file"),
+    "linkerd-env": (
+        "spiffe_bridge.formats.linkerd_cli",
+        "render a Linkerd proxy identity env file",
+    ),
 }
 
 
@@ -54,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
-    result: int = module.run(args)
+    command = importlib.import_module(COMMANDS[args.command][0])
+    result: int = command.run(args)
     return result
 
 

@@ -1,0 +1,1 @@
+"""Workload API clients: ``WorkloadClient`` (threads) and ``AsyncWorkloadClient`` (asyncio)."""

@@ -1,0 +1,159 @@
+"""What the sync and async clients share: requests, decoding, error mapping, retry decisions.
+
+Only the blocking I/O differs between the two clients; everything that can be
+decided without waiting lives here, so both behave identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from spiffe_bridge import jwt, model
+from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.address import Endpoint, resolve
+from spiffe_bridge.errors import (
+    AgentUnavailableError,
+    DeadlineError,
+    InvalidArgumentError,
+    NoIdentityError,
+    UnimplementedError,
+    ValidationError,
+    WorkloadApiError,
+)
+from spiffe_bridge.retry import CHANNEL_OPTIONS, Backoff
+from spiffe_bridge.spiffeid import SpiffeId
+
+log = logging.getLogger("spiffe_bridge.client")
+
+#: The security header every Workload API call must carry.
+METADATA: tuple[tuple[str, str], ...] = (("workload.spiffe.io", "true"),)
+#: Default deadline for one-shot calls (socket wait included).
+DEFAULT_TIMEOUT = 30.0
+
+T = TypeVar("T")
+ErrorCallback = Callable[[Exception], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec(Generic[T]):
+    """One server-streaming RPC: its method name, request and message decoder."""
+
+    method: str
+    request: Any
+    decode: Callable[[Any], T]
+    what: str
+
+
+X509_CONTEXTS = StreamSpec("FetchX509SVID", pb.X509SVIDRequest(), model.context_from_message, "X.509 SVIDs")
+X509_BUNDLES = StreamSpec(
+    "FetchX509Bundles", pb.X509BundlesRequest(), model.bundles_from_message, "X.509 bundles"
+)
+JWT_BUNDLES = StreamSpec("FetchJWTBundles", pb.JWTBundlesRequest(), jwt.bundles_from_message, "JWT bundles")
+
+_CODE_ERRORS: dict[grpc.StatusCode, type[WorkloadApiError]] = {
+    grpc.StatusCode.UNAVAILABLE: AgentUnavailableError,
+    grpc.StatusCode.PERMISSION_DENIED: NoIdentityError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
+}
+
+
+class ClientCore:
+    """Configuration and the non-blocking half of a Workload API client."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        backoff: Backoff | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.endpoint: Endpoint = resolve(address)
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self.on_error = on_error
+        self.channel_options = CHANNEL_OPTIONS
+
+    def call_timeout(self, timeout: float | None) -> float | None:
+        """The per-call deadline: the argument, else the client's default."""
+        return self.timeout if timeout is None else timeout
+
+    def error_from_rpc(self, exc: grpc.RpcError, what: str) -> WorkloadApiError:
+        """Map a gRPC failure to a typed error that says what to check."""
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else "") or ""
+        cls = _CODE_ERRORS.get(code, WorkloadApiError) if code is not None else WorkloadApiError
+        if cls is DeadlineError:
+            message = f"no answer for {what} from {self.endpoint} in time"
+        elif cls is AgentUnavailableError and "connect" in details.lower():
+            message = f"cannot reach the Workload API at {self.endpoint}: {details}"
+        else:
+            name = code.name if code is not None else "UNKNOWN"
+            message = f"{what} from {self.endpoint} failed: {name}: {details}"
+        return cls(message, code=code, details=details)
+
+    def report(self, exc: Exception, on_error: ErrorCallback | None = None) -> None:
+        """Log a skipped update or a reconnect reason and hand it to the error callback."""
+        level = logging.WARNING if isinstance(exc, ValidationError) else logging.INFO
+        log.log(level, "%s: %s", type(exc).__name__, exc)
+        callback = on_error or self.on_error
+        if callback is not None:
+            try:
+                callback(exc)
+            except Exception:
+                log.exception("error callback raised; ignored")
+
+    # -- request builders and decoders for the unary calls ------------------------------
+
+    @staticmethod
+    def jwt_svid_request(
+        audience: str, extra_audiences: tuple[str, ...], spiffe_id: str | SpiffeId | None
+    ) -> Any:
+        """Build a JWTSVIDRequest; an empty audience is refused locally (the agent would too)."""
+        audiences = [audience, *extra_audiences]
+        if not all(isinstance(a, str) and a for a in audiences):
+            raise ValueError("JWT-SVID audiences must be non-empty strings")
+        return pb.JWTSVIDRequest(audience=audiences, spiffe_id=str(spiffe_id) if spiffe_id else "")
+
+    @staticmethod
+    def decode_jwt_svids(message: Any) -> list[jwt.JwtSvid]:
+        """Parse the JWT-SVIDs the agent minted; raise ValidationError when there are none."""
+        if not message.svids:
+            raise ValidationError("JWTSVIDResponse has no SVIDs")
+        out = []
+        for item in message.svids:
+            svid = jwt.JwtSvid.parse_insecure(item.svid, item.hint)
+            if str(svid.spiffe_id) != item.spiffe_id:
+                raise ValidationError(f"JWT-SVID subject differs from its SPIFFE ID {item.spiffe_id}")
+            out.append(svid)
+        return out
+
+    @staticmethod
+    def pick_jwt_svid(svids: list[jwt.JwtSvid], hint: str | None) -> jwt.JwtSvid:
+        """The first SVID, or the first with ``hint``."""
+        for svid in svids:
+            if hint is None or svid.hint == hint:
+                return svid
+        raise LookupError(f"no JWT-SVID with hint {hint!r}")
+
+    @staticmethod
+    def validate_request(token: str, audience: str) -> Any:
+        """Build a ValidateJWTSVIDRequest."""
+        if not token or not audience:
+            raise ValueError("token and audience must be non-empty")
+        return pb.ValidateJWTSVIDRequest(audience=audience, svid=token)
+
+    @staticmethod
+    def decode_validation(token: str, message: Any) -> jwt.JwtSvid:
+        """Turn the agent's ValidateJWTSVID answer into a JwtSvid."""
+        claims = json_format.MessageToDict(message.claims)
+        sid, aud, exp = jwt._check_claims({**claims, "sub": message.spiffe_id})
+        return jwt.JwtSvid(sid, token, aud, exp, claims)

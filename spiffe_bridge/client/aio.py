@@ -1,0 +1,191 @@
+"""asyncio Workload API client over ``grpc.aio``; same behaviour as the sync client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from spiffe_bridge import jwt, model
+from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
+from spiffe_bridge.client._core import (
+    JWT_BUNDLES,
+    METADATA,
+    X509_BUNDLES,
+    X509_CONTEXTS,
+    ClientCore,
+    ErrorCallback,
+    StreamSpec,
+)
+from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
+from spiffe_bridge.retry import Backoff
+from spiffe_bridge.spiffeid import SpiffeId
+
+T = TypeVar("T")
+
+
+class AsyncWorkloadClient:
+    """asyncio SPIFFE Workload API client; use ``async with``. Calls wait for a missing socket."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self._core = ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._closed = asyncio.Event()
+        self._calls: set[Any] = set()
+
+    @property
+    def endpoint(self) -> str:
+        """The Workload API address in URI form."""
+        return self._core.endpoint.uri
+
+    def _stub_now(self) -> Any:
+        if self._closed.is_set():
+            raise SpiffeBridgeError("client is closed")
+        if self._channel is None:  # created lazily: grpc.aio binds to the running loop
+            self._channel = grpc.aio.insecure_channel(
+                self._core.endpoint.grpc_target, options=self._core.channel_options
+            )
+            self._stub = pb_grpc.SpiffeWorkloadAPIStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub
+
+    async def fetch_x509_context(self, timeout: float | None = None) -> model.X509Context:
+        """The current SVIDs and bundles, validated."""
+        return await self._first(X509_CONTEXTS, timeout)
+
+    async def fetch_x509_bundles(self, timeout: float | None = None) -> model.X509BundleSet:
+        """The current X.509 bundles."""
+        return await self._first(X509_BUNDLES, timeout)
+
+    async def fetch_jwt_bundles(self, timeout: float | None = None) -> jwt.JwtBundleSet:
+        """The current JWT bundles."""
+        return await self._first(JWT_BUNDLES, timeout)
+
+    async def fetch_jwt_svids(
+        self,
+        audience: str,
+        *extra_audiences: str,
+        spiffe_id: str | SpiffeId | None = None,
+        timeout: float | None = None,
+    ) -> list[jwt.JwtSvid]:
+        """Mint JWT-SVIDs for the audience(s)."""
+        request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
+        response = await self._unary("FetchJWTSVID", request, timeout, "JWT-SVID")
+        return self._core.decode_jwt_svids(response)
+
+    async def fetch_jwt_svid(
+        self,
+        audience: str,
+        *extra_audiences: str,
+        spiffe_id: str | SpiffeId | None = None,
+        hint: str | None = None,
+        timeout: float | None = None,
+    ) -> jwt.JwtSvid:
+        """Mint one JWT-SVID: the default identity, or the one with ``spiffe_id``/``hint``."""
+        svids = await self.fetch_jwt_svids(audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout)
+        return self._core.pick_jwt_svid(svids, hint)
+
+    async def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
+        """Ask the agent to validate a JWT-SVID."""
+        request = self._core.validate_request(token, audience)
+        response = await self._unary("ValidateJWTSVID", request, timeout, "JWT-SVID validation")
+        return self._core.decode_validation(token, response)
+
+    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509Context]:
+        """Yield each valid X.509 context, reconnecting until closed or a non-retryable error."""
+        return self._watch(X509_CONTEXTS, on_error)
+
+    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509BundleSet]:
+        """Yield each valid X.509 bundle set."""
+        return self._watch(X509_BUNDLES, on_error)
+
+    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[jwt.JwtBundleSet]:
+        """Yield each valid JWT bundle set."""
+        return self._watch(JWT_BUNDLES, on_error)
+
+    async def close(self) -> None:
+        """Cancel open streams and close the channel."""
+        self._closed.set()
+        for call in list(self._calls):
+            call.cancel()
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncWorkloadClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
+        stub = self._stub_now()
+        try:
+            return await getattr(stub, method)(
+                request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, what) from None
+
+    async def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
+        stub = self._stub_now()
+        call = getattr(stub, spec.method)(
+            spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
+        )
+        self._calls.add(call)
+        try:
+            async for message in call:
+                return spec.decode(message)
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, spec.what) from None
+        finally:
+            call.cancel()
+            self._calls.discard(call)
+        raise StreamEndedError(
+            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
+        )
+
+    async def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> AsyncIterator[T]:
+        attempt = 0
+        while not self._closed.is_set():
+            call = getattr(self._stub_now(), spec.method)(
+                spec.request, metadata=METADATA, wait_for_ready=True
+            )
+            self._calls.add(call)
+            error: WorkloadApiError
+            try:
+                async for message in call:
+                    try:
+                        item = spec.decode(message)
+                    except ValidationError as exc:
+                        self._core.report(exc, on_error)
+                        continue
+                    attempt = 0
+                    yield item
+                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                error = self._core.error_from_rpc(exc, spec.what)
+            finally:
+                call.cancel()
+                self._calls.discard(call)
+            if not error.retryable:
+                raise error
+            attempt += 1
+            self._core.report(error, on_error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))

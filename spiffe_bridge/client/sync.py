@@ -1,0 +1,209 @@
+"""Blocking Workload API client over a grpc channel (threads)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from spiffe_bridge import jwt, model
+from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
+from spiffe_bridge.client._core import (
+    JWT_BUNDLES,
+    METADATA,
+    X509_BUNDLES,
+    X509_CONTEXTS,
+    ClientCore,
+    ErrorCallback,
+    StreamSpec,
+)
+from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
+from spiffe_bridge.retry import Backoff
+from spiffe_bridge.spiffeid import SpiffeId
+
+T = TypeVar("T")
+
+
+class WorkloadClient:
+    """A SPIFFE Workload API client. The socket may appear later: calls wait for it.
+
+    ``fetch_*`` return one validated answer; ``watch_*`` yield every valid
+    update for as long as you iterate, reconnecting with jittered backoff.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self._core = ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error)
+        self._channel = grpc.insecure_channel(
+            self._core.endpoint.grpc_target, options=self._core.channel_options
+        )
+        self._stub = pb_grpc.SpiffeWorkloadAPIStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = threading.Event()
+        self._calls: set[Any] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        """The Workload API address in URI form."""
+        return self._core.endpoint.uri
+
+    # -- one-shot calls -----------------------------------------------------------------
+
+    def fetch_x509_context(self, timeout: float | None = None) -> model.X509Context:
+        """The current SVIDs and bundles, validated."""
+        return self._first(X509_CONTEXTS, timeout)
+
+    def fetch_x509_bundles(self, timeout: float | None = None) -> model.X509BundleSet:
+        """The current X.509 bundles of the own and federated trust domains."""
+        return self._first(X509_BUNDLES, timeout)
+
+    def fetch_jwt_bundles(self, timeout: float | None = None) -> jwt.JwtBundleSet:
+        """The current JWT bundles (JWKS per trust domain)."""
+        return self._first(JWT_BUNDLES, timeout)
+
+    def fetch_jwt_svids(
+        self,
+        audience: str,
+        *extra_audiences: str,
+        spiffe_id: str | SpiffeId | None = None,
+        timeout: float | None = None,
+    ) -> list[jwt.JwtSvid]:
+        """Mint JWT-SVIDs for the audience(s): all identities, or only ``spiffe_id``."""
+        request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
+        response = self._unary("FetchJWTSVID", request, timeout, "JWT-SVID")
+        return self._core.decode_jwt_svids(response)
+
+    def fetch_jwt_svid(
+        self,
+        audience: str,
+        *extra_audiences: str,
+        spiffe_id: str | SpiffeId | None = None,
+        hint: str | None = None,
+        timeout: float | None = None,
+    ) -> jwt.JwtSvid:
+        """Mint one JWT-SVID: the default identity, or the one with ``spiffe_id``/``hint``."""
+        svids = self.fetch_jwt_svids(audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout)
+        return self._core.pick_jwt_svid(svids, hint)
+
+    def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
+        """Ask the agent to validate a JWT-SVID (ValidateJWTSVID); return its parsed claims."""
+        request = self._core.validate_request(token, audience)
+        response = self._unary("ValidateJWTSVID", request, timeout, "JWT-SVID validation")
+        return self._core.decode_validation(token, response)
+
+    # -- streams ------------------------------------------------------------------------
+
+    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> Iterator[model.X509Context]:
+        """Yield each valid X.509 context; reconnects forever until closed or a non-retryable error."""
+        return self._watch(X509_CONTEXTS, on_error)
+
+    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> Iterator[model.X509BundleSet]:
+        """Yield each valid X.509 bundle set; reconnects like ``watch_x509_contexts``."""
+        return self._watch(X509_BUNDLES, on_error)
+
+    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Iterator[jwt.JwtBundleSet]:
+        """Yield each valid JWT bundle set; reconnects like ``watch_x509_contexts``."""
+        return self._watch(JWT_BUNDLES, on_error)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel open streams and close the channel; iterators end quietly."""
+        self._closed.set()
+        with self._lock:
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed.is_set()
+
+    def __enter__(self) -> WorkloadClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise SpiffeBridgeError("client is closed")
+
+    def _track(self, call: Any, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._calls.add(call)
+            else:
+                self._calls.discard(call)
+
+    def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
+        self._check_open()
+        try:
+            return getattr(self._stub, method)(
+                request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, what) from None
+
+    def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
+        self._check_open()
+        call = getattr(self._stub, spec.method)(
+            spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
+        )
+        self._track(call, True)
+        try:
+            for message in call:
+                return spec.decode(message)
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, spec.what) from None
+        finally:
+            call.cancel()
+            self._track(call, False)
+        raise StreamEndedError(
+            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
+        )
+
+    def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> Iterator[T]:
+        attempt = 0
+        while not self._closed.is_set():
+            call = getattr(self._stub, spec.method)(spec.request, metadata=METADATA, wait_for_ready=True)
+            self._track(call, True)
+            error: WorkloadApiError
+            try:
+                for message in call:
+                    try:
+                        item = spec.decode(message)
+                    except ValidationError as exc:
+                        self._core.report(exc, on_error)
+                        continue
+                    attempt = 0
+                    yield item
+                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                error = self._core.error_from_rpc(exc, spec.what)
+            finally:
+                call.cancel()
+                self._track(call, False)
+            if not error.retryable:
+                raise error
+            attempt += 1
+            self._core.report(error, on_error)
+            if self._closed.wait(self._core.backoff.delay(attempt)):
+                return

@@ -1,0 +1,89 @@
+"""Typed errors: each carries what went wrong and what the user should check.
+
+Workload API failures keep the gRPC status code (``code``) so callers can decide
+without parsing messages; messages never contain key material or tokens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class SpiffeBridgeError(Exception):
+    """Base class of every error raised by spiffe-bridge."""
+
+
+class AddressError(SpiffeBridgeError, ValueError):
+    """The Workload API endpoint address is missing or not allowed by the endpoint spec."""
+
+
+class SpiffeIdError(SpiffeBridgeError, ValueError):
+    """A SPIFFE ID or trust domain does not follow the SPIFFE-ID spec."""
+
+
+class ValidationError(SpiffeBridgeError):
+    """Material from the agent (SVID, bundle, JWKS, token) failed validation; it was not used."""
+
+
+class JwtSvidError(ValidationError):
+    """A JWT-SVID failed validation (signature, algorithm, audience, expiry, subject)."""
+
+
+class WorkloadApiError(SpiffeBridgeError):
+    """A Workload API call failed; ``code`` is the gRPC status code (None for local causes)."""
+
+    hint = "check the agent's logs"
+    #: Whether the endpoint spec says to retry this failure with backoff.
+    retryable = True
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class AgentUnavailableError(WorkloadApiError):
+    """The agent could not be reached or is not ready (gRPC Unavailable, connection errors)."""
+
+    hint = "is the SPIRE agent running and is the socket path right?"
+
+
+class NoIdentityError(WorkloadApiError):
+    """The agent has no identity for this workload (gRPC PermissionDenied)."""
+
+    hint = "no identity issued: is a registration entry for this workload's selectors present?"
+
+
+class InvalidArgumentError(WorkloadApiError):
+    """The agent rejected the request (gRPC InvalidArgument); retrying does not help."""
+
+    hint = "the request was rejected: missing security header or empty mandatory field"
+    retryable = False
+
+
+class UnimplementedError(WorkloadApiError):
+    """The agent does not implement this RPC (gRPC Unimplemented); retrying does not help."""
+
+    hint = "the agent does not support this call"
+    retryable = False
+
+
+class StreamEndedError(WorkloadApiError):
+    """The agent closed a stream; the client reconnects."""
+
+    hint = "the agent restarted or closed the stream"
+
+
+class DeadlineError(AgentUnavailableError):
+    """No answer within the deadline: the socket accepted but nothing came back in time."""
+
+
+class NotReadyError(SpiffeBridgeError, TimeoutError):
+    """A source had no valid update within the requested time."""

@@ -1,0 +1,272 @@
+"""JWT-SVIDs and JWT bundles: parsing JWKS and validating tokens locally.
+
+Validation follows JWT-SVID.md: algorithm allow-list, optional ``typ`` (JWT or
+JOSE), ``kid`` lookup in the bundle of the subject's trust domain, ``aud``
+containing the expected audience, ``exp`` in the future, ``sub`` a SPIFFE ID.
+Keys are parsed once per bundle and signature checks are remembered per
+bundle, so validating the same token again costs only the claim checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from spiffe_bridge.errors import JwtSvidError, SpiffeIdError, ValidationError
+from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+# alg -> (hash, key family, EC curve name or None)
+_ALGS: dict[str, tuple[type[hashes.HashAlgorithm], str, str | None]] = {
+    "RS256": (hashes.SHA256, "RS", None),
+    "RS384": (hashes.SHA384, "RS", None),
+    "RS512": (hashes.SHA512, "RS", None),
+    "PS256": (hashes.SHA256, "PS", None),
+    "PS384": (hashes.SHA384, "PS", None),
+    "PS512": (hashes.SHA512, "PS", None),
+    "ES256": (hashes.SHA256, "ES", "secp256r1"),
+    "ES384": (hashes.SHA384, "ES", "secp384r1"),
+    "ES512": (hashes.SHA512, "ES", "secp521r1"),
+}
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "P-256": ec.SECP256R1(),
+    "P-384": ec.SECP384R1(),
+    "P-521": ec.SECP521R1(),
+}
+_VERIFIED_CACHE_SIZE = 4096
+
+
+def b64url_decode(data: str) -> bytes:
+    """Decode unpadded base64url; raise ValueError on bad input."""
+    if not isinstance(data, str):
+        raise ValueError("not a string")
+    try:
+        return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("invalid base64url") from exc
+
+
+def _b64_int(value: Any) -> int:
+    return int.from_bytes(b64url_decode(value), "big")
+
+
+def _parse_jwk(jwk: Mapping[str, Any]) -> PublicKey | None:
+    kty = jwk.get("kty")
+    if kty == "EC":
+        curve = _CURVES.get(str(jwk.get("crv")))
+        if curve is None:
+            return None
+        return ec.EllipticCurvePublicNumbers(_b64_int(jwk["x"]), _b64_int(jwk["y"]), curve).public_key()
+    if kty == "RSA":
+        return rsa.RSAPublicNumbers(_b64_int(jwk["e"]), _b64_int(jwk["n"])).public_key()
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class JwtBundle:
+    """The JWT authorities (public keys by ``kid``) of one trust domain, plus the raw JWKS."""
+
+    trust_domain: TrustDomain
+    keys: Mapping[str, PublicKey]
+    jwks: bytes
+    _verified: OrderedDict[str, bool] = field(default_factory=OrderedDict, repr=False)
+
+    @classmethod
+    def parse(cls, trust_domain: TrustDomain, jwks: bytes) -> JwtBundle:
+        """Parse a JWKS document; keys without ``kid``, of unknown type or other ``use`` are skipped."""
+        try:
+            doc = json.loads(jwks)
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError(f"JWT bundle for {trust_domain} is not valid JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys", []), list):
+            raise ValidationError(f"JWT bundle for {trust_domain} is not a JWK Set")
+        keys: dict[str, PublicKey] = {}
+        for i, jwk in enumerate(doc.get("keys", [])):
+            if not isinstance(jwk, dict):
+                raise ValidationError(f"JWT bundle for {trust_domain}: key {i} is not an object")
+            use = jwk.get("use", "jwt-svid")
+            kid = jwk.get("kid")
+            if use != "jwt-svid" or not isinstance(kid, str) or not kid:
+                continue
+            if kid in keys:
+                raise ValidationError(f"JWT bundle for {trust_domain}: duplicate kid {kid!r}")
+            try:
+                key = _parse_jwk(jwk)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValidationError(
+                    f"JWT bundle for {trust_domain}: key {kid!r} is malformed ({type(exc).__name__})"
+                ) from None
+            if key is not None:
+                keys[kid] = key
+        return cls(trust_domain, keys, bytes(jwks))
+
+    def _remember(self, signed: str) -> None:
+        self._verified[signed] = True
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+
+@dataclass(frozen=True, eq=False)
+class JwtBundleSet:
+    """JWT bundles by trust domain, as one FetchJWTBundles message delivers them."""
+
+    bundles: Mapping[TrustDomain, JwtBundle]
+    digest: bytes
+
+    def bundle_for(self, trust_domain: TrustDomain | str) -> JwtBundle | None:
+        """The bundle for a trust domain, or None."""
+        td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(trust_domain)
+        return self.bundles.get(td)
+
+    def validate(self, token: str, audience: str, now: float | None = None) -> JwtSvid:
+        """Validate ``token`` for ``audience`` against these bundles (see ``validate_jwt_svid``)."""
+        return validate_jwt_svid(token, audience, self, now)
+
+
+def bundles_from_message(message: Any) -> JwtBundleSet:
+    """Validate a ``JWTBundlesResponse``; raise ValidationError on any malformed bundle."""
+    bundles: dict[TrustDomain, JwtBundle] = {}
+    h = hashlib.sha256()
+    for key in sorted(message.bundles):
+        try:
+            td = TrustDomain.parse(key)
+        except SpiffeIdError as exc:
+            raise ValidationError(f"JWT bundle key {key!r} is not a trust domain ID: {exc}") from None
+        blob = message.bundles[key]
+        h.update(key.encode() + b"\0" + blob + b"\0")
+        bundles[td] = JwtBundle.parse(td, blob)
+    return JwtBundleSet(bundles, h.digest())
+
+
+@dataclass(frozen=True, eq=False)
+class JwtSvid:
+    """A JWT-SVID: the token plus its parsed subject, audience, expiry and claims."""
+
+    spiffe_id: SpiffeId
+    token: str = field(repr=False)
+    audience: tuple[str, ...]
+    expiry: int
+    claims: Mapping[str, Any] = field(repr=False)
+    hint: str = ""
+
+    @property
+    def issued_at(self) -> int | None:
+        """The ``iat`` claim when present."""
+        iat = self.claims.get("iat")
+        return int(iat) if isinstance(iat, int | float) else None
+
+    @classmethod
+    def parse_insecure(cls, token: str, hint: str = "") -> JwtSvid:
+        """Parse without checking the signature (for tokens the agent just minted for us)."""
+        _header, claims, _signed, _sig = _split(token)
+        sid, aud, exp = _check_claims(claims)
+        return cls(sid, token, aud, exp, claims, hint)
+
+
+def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str, bytes]:
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise JwtSvidError("token is not a JWS in compact serialization")
+    head_b64, body_b64, sig_b64 = token.split(".")
+    try:
+        header = json.loads(b64url_decode(head_b64))
+        claims = json.loads(b64url_decode(body_b64))
+        signature = b64url_decode(sig_b64)
+    except (ValueError, UnicodeDecodeError):
+        raise JwtSvidError("token header, claims or signature is not valid base64url JSON") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise JwtSvidError("token header and claims must be JSON objects")
+    return header, claims, head_b64 + "." + body_b64, signature
+
+
+def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...], int]:
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise JwtSvidError("token has no 'sub' claim")
+    try:
+        sid = SpiffeId.parse(sub)
+    except SpiffeIdError as exc:
+        raise JwtSvidError(f"token subject is not a SPIFFE ID: {exc}") from None
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        auds: tuple[str, ...] = (aud,)
+    elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
+        auds = tuple(aud)
+    else:
+        raise JwtSvidError("token has no valid 'aud' claim")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise JwtSvidError("token has no numeric 'exp' claim")
+    return sid, auds, int(exp)
+
+
+def _verify_signature(key: PublicKey, alg: str, signed: bytes, signature: bytes) -> bool:
+    hash_cls, family, curve = _ALGS[alg]
+    try:
+        if family == "ES":
+            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != curve:
+                return False
+            size = (key.curve.key_size + 7) // 8
+            if len(signature) != 2 * size:
+                return False
+            der = encode_dss_signature(
+                int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+            )
+            key.verify(der, signed, ec.ECDSA(hash_cls()))
+            return True
+        if not isinstance(key, rsa.RSAPublicKey):
+            return False
+        pad: padding.AsymmetricPadding
+        if family == "PS":
+            pad = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=padding.PSS.DIGEST_LENGTH)
+        else:
+            pad = padding.PKCS1v15()
+        key.verify(signature, signed, pad, hash_cls())
+        return True
+    except InvalidSignature:
+        return False
+
+
+def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: float | None = None) -> JwtSvid:
+    """Validate a JWT-SVID for ``audience``; raise JwtSvidError naming the failed check."""
+    header, claims, signed, signature = _split(token)
+    alg = header.get("alg")
+    if alg not in _ALGS:
+        raise JwtSvidError(f"token algorithm {alg!r} is not allowed")
+    typ = header.get("typ")
+    if typ is not None and typ not in ("JWT", "JOSE"):
+        raise JwtSvidError(f"token type {typ!r} is not JWT or JOSE")
+    sid, auds, exp = _check_claims(claims)
+    if audience not in auds:
+        raise JwtSvidError(f"token audience {list(auds)!r} does not contain {audience!r}")
+    if exp <= (time.time() if now is None else now):
+        raise JwtSvidError(f"token for {sid} has expired")
+    bundle = bundles.bundles.get(sid.trust_domain)
+    if bundle is None:
+        raise JwtSvidError(f"no JWT bundle for trust domain {sid.trust_domain}")
+    kid = header.get("kid")
+    if signed + "." not in bundle._verified:
+        if kid is not None:
+            key = bundle.keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise JwtSvidError(f"token key ID {kid!r} is not in the bundle of {sid.trust_domain}")
+            candidates = [key]
+        else:
+            candidates = list(bundle.keys.values())
+        data = signed.encode()
+        if not any(_verify_signature(k, alg, data, signature) for k in candidates):
+            raise JwtSvidError(f"token signature for {sid} does not verify")
+        bundle._remember(signed + ".")
+    return JwtSvid(sid, token, auds, exp, claims)

@@ -1,0 +1,178 @@
+"""Always-current sources on a background thread: ``X509Source`` and ``JWTSource``.
+
+Create one, and it blocks (up to ``timeout``) for the first valid update, then
+keeps the latest good state while the client reconnects underneath. Embed these
+in your own agent or service; the sidecar, the relay and the TLS helpers do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from spiffe_bridge import jwt, model
+from spiffe_bridge.client.sync import WorkloadClient
+from spiffe_bridge.errors import WorkloadApiError
+from spiffe_bridge.retry import Backoff
+from spiffe_bridge.source_state import SourceState, SourceStatus, T
+from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+
+S = TypeVar("S", bound="_ThreadSource[Any]")
+
+
+class _ThreadSource(Generic[T]):
+    """Runs one watch on a daemon thread and feeds a SourceState."""
+
+    _name = "source"
+
+    def __init__(
+        self,
+        address: str | None,
+        client: WorkloadClient | None,
+        backoff: Backoff | None,
+        timeout: float | None,
+    ) -> None:
+        self._owns_client = client is None
+        self._client = client or WorkloadClient(address, backoff=backoff)
+        self._state: SourceState[T] = SourceState(f"{self._name} ({self._client.endpoint})")
+        self._thread = threading.Thread(target=self._run, name=f"spiffe-bridge-{self._name}", daemon=True)
+        self._thread.start()
+        if timeout is None or timeout > 0:
+            try:
+                self._state.wait(None, timeout)
+            except BaseException:
+                self.close()
+                raise
+
+    def _watch(self) -> Iterator[T]:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        try:
+            for item in self._watch():
+                self._state.offer(item)
+        except WorkloadApiError as exc:
+            self._state.fail(exc)
+        except Exception as exc:  # pragma: no cover - a bug; keep the state honest
+            self._state.fail(exc)
+
+    @property
+    def status(self) -> SourceStatus:
+        """Where the stream stands (ready, reconnecting, identity lost, ...)."""
+        return self._state.status
+
+    @property
+    def last_error(self) -> Exception | None:
+        """The most recent rejected update or stream error."""
+        return self._state.last_error
+
+    @property
+    def state(self) -> SourceState[T]:
+        """Counters and status for health checks and metrics."""
+        return self._state
+
+    def subscribe(self, callback: Callable[[T], Any]) -> Callable[[], None]:
+        """Call ``callback(update)`` for each changed update; returns an unsubscribe function."""
+        return self._state.subscribe(callback)
+
+    def wait_for(self, predicate: Callable[[T], bool] | None = None, timeout: float | None = 30.0) -> T:
+        """Block until the held update satisfies ``predicate`` (NotReadyError on timeout)."""
+        return self._state.wait(predicate, timeout)
+
+    def close(self) -> None:
+        """Stop the stream and the subscriber threads."""
+        if self._owns_client:
+            self._client.close()
+        self._state.fail(None, SourceStatus.CLOSED)
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class X509Source(_ThreadSource[model.X509Context]):
+    """The current X.509 context of this workload, kept up to date in the background."""
+
+    _name = "x509-source"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: WorkloadClient | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        super().__init__(address, client, backoff, timeout)
+
+    def _watch(self) -> Iterator[model.X509Context]:
+        return self._client.watch_x509_contexts(on_error=self._state.on_error)
+
+    @property
+    def context(self) -> model.X509Context:
+        """The latest valid X.509 context."""
+        return self._state.current()
+
+    def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> model.X509Svid:
+        """The default SVID, or the one with this hint / SPIFFE ID."""
+        return self.context.svid(hint=hint, spiffe_id=spiffe_id)
+
+    def bundle_for(self, trust_domain: TrustDomain | str) -> model.X509Bundle | None:
+        """The X.509 bundle of a trust domain (own or federated), or None."""
+        return self.context.bundle_for(trust_domain)
+
+
+class JWTSource(_ThreadSource[jwt.JwtBundleSet]):
+    """Current JWT bundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
+
+    _name = "jwt-source"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: WorkloadClient | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._svids: dict[tuple[Any, ...], tuple[jwt.JwtSvid, float]] = {}
+        self._svid_lock = threading.Lock()
+        super().__init__(address, client, backoff, timeout)
+
+    def _watch(self) -> Iterator[jwt.JwtBundleSet]:
+        return self._client.watch_jwt_bundles(on_error=self._state.on_error)
+
+    @property
+    def bundles(self) -> jwt.JwtBundleSet:
+        """The latest valid JWT bundle set."""
+        return self._state.current()
+
+    def validate(self, token: str, audience: str) -> jwt.JwtSvid:
+        """Validate a JWT-SVID locally against the current bundles (JwtSvidError if invalid)."""
+        return jwt.validate_jwt_svid(token, audience, self.bundles)
+
+    def fetch_svid(
+        self,
+        audience: str,
+        *extra_audiences: str,
+        spiffe_id: str | SpiffeId | None = None,
+        hint: str | None = None,
+    ) -> jwt.JwtSvid:
+        """A JWT-SVID for the audience(s), from cache until half its lifetime has passed."""
+        key = (audience, extra_audiences, str(spiffe_id or ""), hint)
+        now = time.time()
+        with self._svid_lock:
+            cached = self._svids.get(key)
+            if cached is not None and now < cached[1]:
+                return cached[0]
+            svid = self._client.fetch_jwt_svid(audience, *extra_audiences, spiffe_id=spiffe_id, hint=hint)
+            issued = svid.issued_at or now
+            self._svids[key] = (svid, issued + (svid.expiry - issued) / 2)
+            return svid

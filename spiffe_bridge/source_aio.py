@@ -1,0 +1,147 @@
+"""``AsyncX509Source``: the always-current X.509 context as an asyncio task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from spiffe_bridge import model
+from spiffe_bridge.client.aio import AsyncWorkloadClient
+from spiffe_bridge.errors import WorkloadApiError
+from spiffe_bridge.retry import Backoff
+from spiffe_bridge.source_state import SourceState, SourceStatus
+from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+
+
+class AsyncX509Source:
+    """Use ``async with AsyncX509Source(addr) as source:``; it waits for the first update.
+
+    Reads (``context``, ``svid()``) are plain attribute access and never block.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: AsyncWorkloadClient | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._owns_client = client is None
+        self._client = client or AsyncWorkloadClient(address, backoff=backoff)
+        self._timeout = timeout
+        self._state: SourceState[model.X509Context] = SourceState(
+            f"async-x509-source ({self._client.endpoint})"
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._callbacks: list[Callable[[model.X509Context], Any]] = []
+
+    async def start(self) -> AsyncX509Source:
+        """Start watching and wait (up to ``timeout``) for the first valid update."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="spiffe-bridge-async-x509-source")
+        try:
+            await asyncio.wait_for(self.wait_for(None), self._timeout)
+        except TimeoutError:
+            await self.close()
+            from spiffe_bridge.errors import NotReadyError
+
+            raise NotReadyError(
+                f"no X.509 context within {self._timeout}s: {self._state.last_error}"
+            ) from None
+        return self
+
+    async def _run(self) -> None:
+        try:
+            async for ctx in self._client.watch_x509_contexts(on_error=self._on_error):
+                if self._state.offer(ctx):
+                    for callback in list(self._callbacks):
+                        await self._call(callback, ctx)
+                self._wake()
+        except WorkloadApiError as exc:
+            self._state.fail(exc)
+            self._wake()
+
+    def _on_error(self, exc: Exception) -> None:
+        self._state.on_error(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @staticmethod
+    async def _call(callback: Callable[[model.X509Context], Any], ctx: model.X509Context) -> None:
+        try:
+            result = callback(ctx)
+            if isinstance(result, Awaitable):
+                await result
+        except Exception:
+            import logging
+
+            logging.getLogger("spiffe_bridge.source").exception("subscriber raised; the stream goes on")
+
+    @property
+    def status(self) -> SourceStatus:
+        """Where the stream stands."""
+        return self._state.status
+
+    @property
+    def state(self) -> SourceState[model.X509Context]:
+        """Counters and status."""
+        return self._state
+
+    @property
+    def context(self) -> model.X509Context:
+        """The latest valid X.509 context."""
+        return self._state.current()
+
+    def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> model.X509Svid:
+        """The default SVID, or the one with this hint / SPIFFE ID."""
+        return self.context.svid(hint=hint, spiffe_id=spiffe_id)
+
+    def bundle_for(self, trust_domain: TrustDomain | str) -> model.X509Bundle | None:
+        """The X.509 bundle of a trust domain, or None."""
+        return self.context.bundle_for(trust_domain)
+
+    def subscribe(self, callback: Callable[[model.X509Context], Any]) -> Callable[[], None]:
+        """Call ``callback(ctx)`` (sync or async) on every changed update, in the source's task."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def wait_for(
+        self, predicate: Callable[[model.X509Context], bool] | None = None
+    ) -> model.X509Context:
+        """Wait until the held context satisfies ``predicate`` (wrap in asyncio.timeout)."""
+        while True:
+            item = self._state.item
+            if item is not None and (predicate is None or predicate(item)):
+                return item
+            if self._state.status in (SourceStatus.FAILED, SourceStatus.CLOSED):
+                from spiffe_bridge.errors import NotReadyError
+
+                raise NotReadyError(f"source stopped: {self._state.last_error}")
+            await self._changed.wait()
+
+    async def close(self) -> None:
+        """Stop the stream."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._owns_client:
+            await self._client.close()
+        self._state.fail(None, SourceStatus.CLOSED)
+        self._wake()
+
+    async def __aenter__(self) -> AsyncX509Source:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
