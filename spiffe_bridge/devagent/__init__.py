@@ -1,0 +1,1 @@
+"""Embedded SPIFFE Workload API server (dev agent) for demos and tests."""
