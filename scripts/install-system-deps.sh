@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Install the Debian packages the interop tests use: nginx (nginx-light where
+# the release still ships it), haproxy and openssl. Non-interactive and
+# idempotent: nothing is done when the `nginx`, `haproxy` and `openssl`
+# binaries are already present, and `apt-get update` runs only when the
+# package lists are missing or a first install attempt fails.
+# Needs root (CI runs as root) or passwordless sudo.
+set -euo pipefail
+
+log() { echo "[install-system-deps] $*" >&2; }
+
+# nginx lives in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  log "nginx, haproxy and openssl already present"
+  exit 0
+fi
+log "missing: ${missing[*]}"
+
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  SUDO=(sudo -n)
+else
+  log "must run as root (or with passwordless sudo) to apt-get install ${missing[*]}"
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT=("${SUDO[@]}" apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+lists_present() {
+  compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null
+}
+updated=0
+apt_update() {
+  if [ "$updated" = 0 ]; then
+    log "apt-get update"
+    "${APT[@]}" update >&2
+    updated=1
+  fi
+}
+lists_present || apt_update
+
+# Pick the nginx flavour: nginx-light (bookworm and older), else nginx.
+pick_nginx() {
+  if apt-cache show nginx-light >/dev/null 2>&1; then echo nginx-light; else echo nginx; fi
+}
+
+pkgs=()
+for m in "${missing[@]}"; do
+  case "$m" in
+    nginx) pkgs+=("$(pick_nginx)") ;;
+    *) pkgs+=("$m") ;;
+  esac
+done
+
+install() {
+  "${APT[@]}" install --no-install-recommends "$@" >&2
+}
+
+log "apt-get install ${pkgs[*]}"
+if ! install "${pkgs[@]}"; then
+  # stale lists (404s) or a package unknown to an old list: refresh once and retry
+  apt_update
+  pkgs=("${pkgs[@]/nginx-light/$(pick_nginx)}")
+  install "${pkgs[@]}"
+fi
+
+# The packages' postinst may start the daemons on a machine with an init
+# system; the tests start their own instances on their own ports, so stop
+# the system ones if they were started (best effort, never fails).
+if command -v service >/dev/null 2>&1; then
+  for svc in nginx haproxy; do
+    "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+for b in nginx haproxy openssl; do
+  command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
+done
+log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"
