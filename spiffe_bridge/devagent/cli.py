@@ -1,0 +1,170 @@
+"""``spiffe-bridge dev-agent``: run the dev agent until SIGTERM/SIGINT.
+
+SIGUSR1 rotates all X509-SVIDs, SIGUSR2 rotates the X.509 root (and JWT key),
+so demos and shell-driven tests can trigger pushes from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+from ._duration import parse_duration
+from .ca import KEY_TYPES
+from .identity import Identity, trust_domain_name
+
+DEFAULT_TD = "example.org"
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}") from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``dev-agent`` subcommand."""
+    p = subparsers.add_parser(
+        "dev-agent",
+        help="serve an embedded Workload API for demos and tests",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument(
+        "--socket",
+        default=os.environ.get("SPIFFE_ENDPOINT_SOCKET"),
+        help="Unix socket path or unix:// URI (default: $SPIFFE_ENDPOINT_SOCKET)",
+    )
+    p.add_argument("--trust-domain", default=DEFAULT_TD, help="own trust domain (%(default)s)")
+    p.add_argument(
+        "--spiffe-id",
+        action="append",
+        default=[],
+        metavar="ID[#HINT]",
+        help="identity to issue (repeatable; first is the default; default spiffe://<trust-domain>/workload)",
+    )
+    p.add_argument(
+        "--dns-name", action="append", default=[], help="DNS SAN added to every X509-SVID (repeatable)"
+    )
+    p.add_argument("--ttl", type=_duration, default=3600.0, help="X509-SVID lifetime (1h)")
+    p.add_argument("--jwt-ttl", type=_duration, default=300.0, help="JWT-SVID lifetime (5m)")
+    p.add_argument("--rotate-every", type=_duration, default=None, help="rotate SVIDs periodically")
+    p.add_argument("--intermediate", action="store_true", help="sign SVIDs with an intermediate CA")
+    p.add_argument(
+        "--federate-with", action="append", default=[], metavar="TD", help="federated trust domain"
+    )
+    p.add_argument(
+        "--permission-denied-for",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="answer PermissionDenied for this long after start",
+    )
+    p.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="SVID key type")
+    p.add_argument("--socket-mode", type=_mode, default=0o777, help="socket file mode (0777)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.socket:
+        print("dev-agent: --socket is required (or set SPIFFE_ENDPOINT_SOCKET)", file=sys.stderr)
+        return 2
+    from .server import DevAgent
+
+    try:
+        td = trust_domain_name(args.trust_domain)
+        specs = args.spiffe_id or [f"spiffe://{td}/workload"]
+        identities = [Identity.parse(s, tuple(args.dns_name)) for s in specs]
+        agent = DevAgent(
+            args.socket,
+            trust_domain=td,
+            identities=identities,
+            ttl=args.ttl,
+            jwt_ttl=args.jwt_ttl,
+            rotate_every=args.rotate_every,
+            intermediate=args.intermediate,
+            key_type=args.key_type,
+            federate_with=args.federate_with,
+            socket_mode=args.socket_mode,
+        )
+    except ValueError as err:
+        print(f"dev-agent: {err}", file=sys.stderr)
+        return 2
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+    with _SignalInbox(wanted) as inbox:
+        try:
+            if args.permission_denied_for:
+                agent.deny(args.permission_denied_for)
+            try:
+                agent.start()
+            except OSError as err:
+                print(f"dev-agent: cannot serve on {agent.socket_path}: {err}", file=sys.stderr)
+                return 1
+            print(f"dev agent serving the SPIFFE Workload API on {agent.address} (trust domain {td})")
+            print(f"SPIFFE_ENDPOINT_SOCKET={agent.address}", flush=True)
+            while True:
+                signum = inbox.next()
+                if signum == signal.SIGUSR1:
+                    agent.rotate()
+                elif signum == signal.SIGUSR2:
+                    agent.rotate_x509_bundle()
+                    agent.rotate_jwt_bundle()
+                else:
+                    break
+        finally:
+            agent.stop()
+    return 0
+
+
+class _SignalInbox:
+    """Deliver signals to the main loop through a wakeup socket (no polling, no lost signals)."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
+        self._signals = signals
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._pending: list[int] = []
+
+    def __enter__(self) -> _SignalInbox:
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in self._signals:
+            self._previous[signum] = signal.signal(signum, _ignore)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+    def next(self) -> int:
+        """Block until one of the signals arrives and return its number."""
+        while not self._pending:
+            self._pending.extend(b for b in self._reader.recv(64) if b in self._signals)
+        return self._pending.pop(0)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Python-level handler; the signal itself is read from the wakeup socket."""

@@ -1,0 +1,196 @@
+"""gRPC handlers of the five Workload API RPCs, backed by ``AgentState``.
+
+The handlers are registered through a generic handler (not the generated
+``add_..._to_server``) so that a fault can put raw bytes on the wire that are
+not even valid protobuf.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from spiffe_bridge._proto import workload_pb2 as pb
+
+from ._streams import Outgoing, Signal
+from .faults import RawResponse, Rpc
+from .jwtsvid import JWTValidationError
+from .state import AgentState
+
+SERVICE = "SpiffeWorkloadAPI"
+HEADER_KEY = "workload.spiffe.io"
+HEADER_VALUE = "true"
+NO_IDENTITY = "no identity issued"
+MISSING_HEADER = "security header missing from request"
+
+
+def _serialize(message: RawResponse) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class WorkloadAPIServicer:
+    """Implements SpiffeWorkloadAPI on top of the agent's state, faults included."""
+
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+        self._active = 0
+        self._idle = threading.Condition()
+
+    # ----- RPCs -----
+    def FetchX509SVID(
+        self, request: pb.X509SVIDRequest, context: grpc.ServicerContext
+    ) -> Iterator[RawResponse]:
+        """Stream X509-SVIDs with bundles; one full-state message per change."""
+        return self._stream(Rpc.FETCH_X509_SVID, context)
+
+    def FetchX509Bundles(
+        self, request: pb.X509BundlesRequest, context: grpc.ServicerContext
+    ) -> Iterator[RawResponse]:
+        """Stream X.509 bundles of the own and federated trust domains."""
+        return self._stream(Rpc.FETCH_X509_BUNDLES, context)
+
+    def FetchJWTBundles(
+        self, request: pb.JWTBundlesRequest, context: grpc.ServicerContext
+    ) -> Iterator[RawResponse]:
+        """Stream JWKS bundles of the own and federated trust domains."""
+        return self._stream(Rpc.FETCH_JWT_BUNDLES, context)
+
+    def FetchJWTSVID(self, request: pb.JWTSVIDRequest, context: grpc.ServicerContext) -> RawResponse:
+        """Mint JWT-SVIDs for the audience (all identities, or the one asked for)."""
+        rpc = Rpc.FETCH_JWT_SVID
+        raw = self._admit(rpc, context)
+        if raw is None:
+            if not request.audience:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            if self._state.denied:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+            try:
+                raw = self._state._jwt_svids(list(request.audience), request.spiffe_id)
+            except LookupError:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+            ids = ", ".join(s.spiffe_id for s in raw.svids)
+            self._state._record_sent(rpc, f"JWT-SVIDs for [{ids}] aud={list(request.audience)}")
+        else:
+            self._state._record_sent(rpc, "raw response")
+        return raw
+
+    def ValidateJWTSVID(
+        self, request: pb.ValidateJWTSVIDRequest, context: grpc.ServicerContext
+    ) -> RawResponse:
+        """Verify a JWT-SVID against the agent's own and federated JWT keys."""
+        rpc = Rpc.VALIDATE_JWT_SVID
+        raw = self._admit(rpc, context)
+        if raw is None:
+            if not request.audience:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            if not request.svid:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+            try:
+                spiffe_id, claims = self._state.validate_jwt_svid(request.svid, request.audience)
+            except JWTValidationError as err:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            response = pb.ValidateJWTSVIDResponse(spiffe_id=spiffe_id)
+            response.claims.update(claims)
+            raw = response
+        self._state._record_sent(rpc, "validation result")
+        return raw
+
+    # ----- shared -----
+    def _admit(self, rpc: Rpc, context: grpc.ServicerContext) -> RawResponse | None:
+        """Count the call, enforce the security header, apply injected errors.
+
+        Returns a scripted raw response if one is queued for this call.
+        """
+        state = self._state
+        state._count_call(rpc)
+        values = [v for k, v in context.invocation_metadata() if k == HEADER_KEY]
+        if values != [HEADER_VALUE]:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, MISSING_HEADER)
+        error = state._take_error(rpc)
+        if error is not None:
+            context.abort(error.code, error.message)
+        return None if rpc.streaming else state._take_raw_next(rpc)
+
+    def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
+        state = self._state
+        self._admit(rpc, context)
+        if state.denied:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+        handle = state._open_stream(rpc)
+        if not context.add_callback(lambda: state._close_stream(handle)):
+            state._close_stream(handle)
+            return
+        try:
+            if not state._await_first(handle):
+                return
+            while True:
+                item = state._next_outgoing(handle)
+                if item is Signal.END:
+                    return
+                if item is Signal.DENY:
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+                assert isinstance(item, Outgoing)
+                state._record_sent(rpc, item.summary, handle.id)
+                yield item.payload
+                if state._close_after_message(rpc):
+                    return
+        finally:
+            state._close_stream(handle)
+
+    # ----- handler bookkeeping so stop() can wait for handler threads -----
+    def _tracked(self, fn: Callable[[Any, grpc.ServicerContext], Any], streaming: bool) -> Callable[..., Any]:
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            self._enter()
+            try:
+                return fn(request, context)
+            finally:
+                self._exit()
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self._enter()
+            try:
+                yield from fn(request, context)
+            finally:
+                self._exit()
+
+        return stream if streaming else unary
+
+    def _enter(self) -> None:
+        with self._idle:
+            self._active += 1
+
+    def _exit(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no handler is running (after the server stopped)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def generic_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """gRPC handler for the service, with a serializer that passes raw bytes through."""
+        ser = _serialize
+        t = self._tracked
+        handlers = {
+            "FetchX509SVID": grpc.unary_stream_rpc_method_handler(
+                t(self.FetchX509SVID, True), pb.X509SVIDRequest.FromString, ser
+            ),
+            "FetchX509Bundles": grpc.unary_stream_rpc_method_handler(
+                t(self.FetchX509Bundles, True), pb.X509BundlesRequest.FromString, ser
+            ),
+            "FetchJWTSVID": grpc.unary_unary_rpc_method_handler(
+                t(self.FetchJWTSVID, False), pb.JWTSVIDRequest.FromString, ser
+            ),
+            "FetchJWTBundles": grpc.unary_stream_rpc_method_handler(
+                t(self.FetchJWTBundles, True), pb.JWTBundlesRequest.FromString, ser
+            ),
+            "ValidateJWTSVID": grpc.unary_unary_rpc_method_handler(
+                t(self.ValidateJWTSVID, False), pb.ValidateJWTSVIDRequest.FromString, ser
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
