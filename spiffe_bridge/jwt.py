@@ -257,7 +257,7 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
     if bundle is None:
         raise JwtSvidError(f"no JWT bundle for trust domain {sid.trust_domain}")
     kid = header.get("kid")
-    if signed + "." not in bundle._verified:
+    if token not in bundle._verified:  # key on the whole token: signature included
         if kid is not None:
             key = bundle.keys.get(kid) if isinstance(kid, str) else None
             if key is None:
@@ -268,5 +268,5 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
         data = signed.encode()
         if not any(_verify_signature(k, alg, data, signature) for k in candidates):
             raise JwtSvidError(f"token signature for {sid} does not verify")
-        bundle._remember(signed + ".")
+        bundle._remember(token)
     return JwtSvid(sid, token, auds, exp, claims)
