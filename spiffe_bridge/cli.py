@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,9 @@ def _normalise_go_flags(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv, import the chosen command's module and run it."""
+    # gRPC's C core logs connection churn (e.g. GOAWAY on agent restart) at INFO to stderr;
+    # the CLI reports those events itself, so keep the core quiet unless the user asks.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in COMMANDS:
         args_list = [args_list[0], *_normalise_go_flags(args_list[1:])]
