@@ -1,0 +1,60 @@
+"""Credential formats: pure functions from validated material + options to a list of FileSpec.
+
+Each format lives in its own module; this package maps format names to them. The
+result goes to :class:`spiffe_bridge.fileset.FileSetWriter`, which writes it
+atomically. Nothing here touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from spiffe_bridge.formats.options import FederatedLayout, FormatError, JwtOptions, X509Options
+
+if TYPE_CHECKING:
+    from spiffe_bridge.fileset import FileSpec
+    from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+    from spiffe_bridge.model import X509Context
+
+__all__ = [
+    "X509_FORMATS",
+    "FederatedLayout",
+    "FormatError",
+    "JwtOptions",
+    "X509Options",
+    "render_jwt",
+    "render_x509",
+]
+
+# format name -> module with ``render(ctx, options) -> list[FileSpec]``
+_X509_MODULES: dict[str, str] = {
+    "pem": "spiffe_bridge.formats.pem",
+    "combined": "spiffe_bridge.formats.combined",
+    "envoy-sds": "spiffe_bridge.formats.envoy_sds",
+    "pkcs12": "spiffe_bridge.formats.pkcs12",
+    "der": "spiffe_bridge.formats.der",
+    "linkerd": "spiffe_bridge.formats.linkerd",
+}
+
+#: Names accepted by :func:`render_x509`.
+X509_FORMATS: tuple[str, ...] = tuple(_X509_MODULES)
+
+
+def render_x509(format_name: str, ctx: X509Context, options: X509Options | None = None) -> list[FileSpec]:
+    """Render ``ctx`` in ``format_name``; FormatError for an unknown format or unusable options."""
+    module = _X509_MODULES.get(format_name)
+    if module is None:
+        raise FormatError(f"unknown X.509 format {format_name!r}; choose one of {', '.join(X509_FORMATS)}")
+    render: Callable[[X509Context, X509Options], list[FileSpec]] = importlib.import_module(module).render
+    return render(ctx, options or X509Options())
+
+
+def render_jwt(
+    svids: Sequence[tuple[JwtSvid, str]], bundles: JwtBundleSet | None, options: JwtOptions | None = None
+) -> list[FileSpec]:
+    """JWT-SVID token files (``(svid, file name)`` pairs) and, when given, the JWT bundle files."""
+    from spiffe_bridge.formats import jwt
+
+    return jwt.render(svids, bundles, options or JwtOptions())

@@ -1,0 +1,82 @@
+"""PKCS#12 keystore (key + chain) and trust store (bundle certificates only) for Java & co.
+
+The trust store marks every certificate as trusted the way Java's keytool does
+(``serialize_java_truststore``), with one alias per certificate named after its
+trust domain. Without a password the files are unencrypted and byte-stable; with
+one they use AES-256/PBKDF2 with a fresh salt on every render, so each render
+differs -- dedupe on the X.509 context digest, not on file bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from spiffe_bridge.fileset import FileSpec
+from spiffe_bridge.formats._material import Cert, X509Material, spec, x509_material
+from spiffe_bridge.formats.options import FormatError, X509Options
+from spiffe_bridge.model import X509Context
+from spiffe_bridge.spiffeid import TrustDomain
+
+_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    dsa.DSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+def _encryption(password: str | None) -> serialization.KeySerializationEncryption:
+    if not password:
+        return serialization.NoEncryption()
+    return serialization.BestAvailableEncryption(password.encode())
+
+
+def _trusted(material: X509Material, options: X509Options) -> list[tuple[str, Cert]]:
+    """(alias, certificate) for the trust store: own roots (+ moved intermediates), then federated."""
+    (own_td, own), *others = material.all_bundles
+    groups: list[tuple[TrustDomain, Sequence[Cert]]] = [(own_td, own)]
+    if options.add_intermediates_to_bundle:
+        groups.append(
+            (own_td, list(zip(material.svid.intermediates, material.svid.chain_der[1:], strict=True)))
+        )
+    if options.include_federated_domains:
+        groups += others
+    out: list[tuple[str, Cert]] = []
+    counts: dict[TrustDomain, int] = {}
+    for td, certs in groups:
+        for cert in certs:
+            counts[td] = counts.get(td, 0) + 1
+            out.append((f"{td.name}-{counts[td] - 1}", cert))
+    return out
+
+
+def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
+    """``svid.p12`` (key, leaf, intermediates; 0600) and ``svid_bundle.p12`` (certificates only)."""
+    material = x509_material(ctx, options)
+    svid = material.svid
+    key = svid.private_key
+    if not isinstance(key, _KEY_TYPES):
+        raise FormatError(f"PKCS#12 cannot hold a {type(key).__name__}")
+    keystore = pkcs12.serialize_key_and_certificates(
+        options.pkcs12_alias.encode(),
+        key,
+        material.chain[0][0],
+        [cert for cert, _ in material.chain[1:]],
+        _encryption(options.pkcs12_password),
+    )
+    trust_password = options.pkcs12_truststore_password
+    if trust_password is None:
+        trust_password = options.pkcs12_password
+    truststore = pkcs12.serialize_java_truststore(
+        [pkcs12.PKCS12Certificate(cert, alias.encode()) for alias, (cert, _) in _trusted(material, options)],
+        _encryption(trust_password),
+    )
+    return [
+        spec(options.pkcs12_keystore_file_name, keystore, options.key_file_mode),
+        spec(options.pkcs12_truststore_file_name, truststore, options.cert_file_mode),
+    ]
