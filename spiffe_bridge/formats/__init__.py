@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from spiffe_bridge.formats._material import select_svid
 from spiffe_bridge.formats.options import FederatedLayout, FormatError, JwtOptions, X509Options
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "X509Options",
     "render_jwt",
     "render_x509",
+    "select_svid",
 ]
 
 # format name -> module with ``render(ctx, options) -> list[FileSpec]``

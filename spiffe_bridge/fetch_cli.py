@@ -1,0 +1,217 @@
+"""``spiffe-bridge fetch``: fetch X.509 or JWT material once, write it in one format, summarise.
+
+``fetch x509 --write DIR --format pem`` writes the files atomically and prints the
+SPIFFE ID, expiry and files; without ``--write`` it only prints the summary.
+``fetch jwt --audience A`` prints the token on stdout (for ``$(...)``) or, with
+``--write``, stores it (and the JWT bundles) instead. Key material is never printed.
+Exit status: 0 done, 1 fetch/write failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spiffe_bridge.fileset import WriteResult
+    from spiffe_bridge.formats import X509Options
+    from spiffe_bridge.jwt import JwtSvid
+    from spiffe_bridge.model import X509Context
+
+X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd")
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}") from None
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every fetch-like command shares: address, timeout, output directory and layout."""
+    p.add_argument("--address", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (30)")
+    p.add_argument("--write", metavar="DIR", help="write the files into DIR (created if missing)")
+    p.add_argument(
+        "--layout",
+        choices=("symlink", "flat"),
+        default="symlink",
+        help="symlink: ..data swap, whole set switches at once (default); flat: one rename per file",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_x509_selection(p: argparse.ArgumentParser) -> None:
+    """Options choosing the SVID and the trust material (spiffe-helper's knobs)."""
+    p.add_argument("--hint", help="use the X.509-SVID with this hint (default: the first)")
+    p.add_argument("--spiffe-id", help="use the X.509-SVID with this SPIFFE ID")
+    p.add_argument("--add-intermediates-to-bundle", action="store_true")
+    p.add_argument("--include-federated-domains", action="store_true")
+    p.add_argument("--federated-layout", choices=("per-trust-domain", "merged"), default="per-trust-domain")
+    p.add_argument("--omit-expired", action="store_true", help="drop expired certificates from the files")
+    p.add_argument("--cert-file-mode", type=_mode, default=0o644, metavar="MODE")
+    p.add_argument("--key-file-mode", type=_mode, default=0o600, metavar="MODE")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``fetch`` subcommand with its ``x509`` and ``jwt`` kinds."""
+    p = subparsers.add_parser("fetch", help="fetch X.509 or JWT material once and write/print it")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    x = kinds.add_parser("x509", help="fetch the X.509-SVID and bundles")
+    add_common(x)
+    add_x509_selection(x)
+    x.add_argument("--format", choices=X509_FORMAT_NAMES, default="pem", help="file format (pem)")
+    secret = x.add_mutually_exclusive_group()
+    secret.add_argument("--pkcs12-password-file", metavar="FILE", help="read the PKCS#12 password from FILE")
+    secret.add_argument("--pkcs12-password-env", metavar="VAR", help="read the PKCS#12 password from $VAR")
+    x.add_argument("--linkerd-server-name", help="linkerd: the proxy's SNI name")
+    x.add_argument(
+        "--linkerd-workload-api-address", help="linkerd: socket the proxy uses (default: --address)"
+    )
+
+    j = kinds.add_parser("jwt", help="fetch a JWT-SVID (and optionally the JWT bundles)")
+    add_common(j)
+    j.add_argument("--audience", action="append", required=True, help="audience (repeatable)")
+    j.add_argument("--spiffe-id", help="mint for this SPIFFE ID (default: the first identity)")
+    j.add_argument("--hint", help="use the JWT-SVID with this hint")
+    j.add_argument("--file-name", default="jwt_svid.token", help="token file name with --write")
+    j.add_argument("--bundles", action="store_true", help="also fetch and write the JWT bundles")
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if getattr(args, "pkcs12_password_file", None):
+        with open(args.pkcs12_password_file, encoding="utf-8") as fh:
+            return fh.read().rstrip("\r\n")
+    if getattr(args, "pkcs12_password_env", None):
+        value = os.environ.get(args.pkcs12_password_env)
+        if value is None:
+            raise LookupError(f"${args.pkcs12_password_env} is not set")
+        return value
+    return None
+
+
+def x509_options(args: argparse.Namespace, endpoint: str) -> X509Options:
+    """X509Options from parsed arguments (``endpoint`` is the default Linkerd socket)."""
+    from spiffe_bridge.formats import X509Options
+
+    return X509Options(
+        hint=args.hint,
+        spiffe_id=args.spiffe_id,
+        add_intermediates_to_bundle=args.add_intermediates_to_bundle,
+        include_federated_domains=args.include_federated_domains,
+        federated_layout=args.federated_layout,
+        omit_expired=args.omit_expired,
+        cert_file_mode=args.cert_file_mode,
+        key_file_mode=args.key_file_mode,
+        pkcs12_password=_password(args),
+        linkerd_server_name=getattr(args, "linkerd_server_name", None),
+        linkerd_workload_api_address=getattr(args, "linkerd_workload_api_address", None) or endpoint,
+    )
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def x509_summary(ctx: X509Context, options: X509Options) -> dict[str, Any]:
+    """What was fetched, without key material: SPIFFE ID, hint, expiry, trust domains."""
+    from spiffe_bridge.formats import select_svid
+
+    svid = select_svid(ctx, options)
+    return {
+        "spiffe_id": str(svid.spiffe_id),
+        "hint": svid.hint,
+        "expires_at": _iso(svid.expires_at),
+        "svids": [str(s.spiffe_id) for s in ctx.svids],
+        "trust_domains": [td.name for td in ctx.bundles if td not in ctx.federated],
+        "federated_trust_domains": sorted(td.name for td in ctx.federated),
+    }
+
+
+def write_files(args: argparse.Namespace, files: list[Any]) -> WriteResult:
+    """Write a file set into ``args.write`` with the chosen layout."""
+    from spiffe_bridge.fileset import FileSetWriter
+
+    return FileSetWriter(args.write, layout=args.layout).write(files)
+
+
+def print_summary(args: argparse.Namespace, summary: dict[str, Any], stream: Any = None) -> None:
+    """Print the summary as ``key: value`` lines or JSON."""
+    out = stream or sys.stdout
+    if args.json:
+        print(json.dumps(summary, indent=2), file=out)
+        return
+    for key, value in summary.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        print(f"{key}: {value}", file=out)
+
+
+def _files_summary(args: argparse.Namespace, files: list[Any], result: WriteResult) -> dict[str, Any]:
+    return {
+        "directory": os.path.abspath(args.write),
+        "changed": result.changed,
+        "files": [f"{f.name} ({f.mode:04o})" for f in files],
+    }
+
+
+def _run_x509(args: argparse.Namespace) -> int:
+    from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.formats import render_x509
+
+    with WorkloadClient(args.address, timeout=args.timeout) as client:
+        ctx = client.fetch_x509_context(timeout=args.timeout)
+        options = x509_options(args, client.endpoint)
+    summary = x509_summary(ctx, options)
+    if args.write:
+        files = render_x509(args.format, ctx, options)
+        summary.update(format=args.format, **_files_summary(args, files, write_files(args, files)))
+    print_summary(args, summary)
+    return 0
+
+
+def _jwt_summary(svid: JwtSvid) -> dict[str, Any]:
+    return {
+        "spiffe_id": str(svid.spiffe_id),
+        "hint": svid.hint,
+        "audience": list(svid.audience),
+        "expires_at": _iso(dt.datetime.fromtimestamp(svid.expiry, dt.UTC)),
+    }
+
+
+def _run_jwt(args: argparse.Namespace) -> int:
+    from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.formats import render_jwt
+
+    audience, *extra = args.audience
+    with WorkloadClient(args.address, timeout=args.timeout) as client:
+        svid = client.fetch_jwt_svid(
+            audience, *extra, spiffe_id=args.spiffe_id, hint=args.hint, timeout=args.timeout
+        )
+        bundles = client.fetch_jwt_bundles(timeout=args.timeout) if args.bundles else None
+    summary = _jwt_summary(svid)
+    if not args.write:
+        print(svid.token)
+        print_summary(args, summary, sys.stderr)
+        return 0
+    files = render_jwt([(svid, args.file_name)], bundles)
+    summary.update(_files_summary(args, files, write_files(args, files)))
+    print_summary(args, summary)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fetch x509`` or ``fetch jwt``; errors are reported on stderr with exit status 1."""
+    from spiffe_bridge.errors import SpiffeBridgeError
+
+    try:
+        return _run_x509(args) if args.kind == "x509" else _run_jwt(args)
+    except (SpiffeBridgeError, LookupError, OSError) as exc:
+        print(f"spiffe-bridge fetch {args.kind}: error: {exc}", file=sys.stderr)
+        return 1
