@@ -1,0 +1,109 @@
+"""Test material for the writers: real dev-agent CAs, run through production validation.
+
+Every X509Context here comes from an ``X509SVIDResponse`` passed through
+``model.context_from_message``, so writers only ever see material that the
+sidecar itself would accept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from spiffe_bridge import model
+from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.devagent.ca import TrustDomainCA, X509SVIDMaterial, der_concat
+
+
+def expired_root(name: str = "expired root") -> x509.Certificate:
+    """A self-signed CA certificate whose validity ended yesterday."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+@dataclass
+class Pki:
+    """An own trust domain CA plus optional federated CAs, issuing contexts on demand."""
+
+    ca: TrustDomainCA
+    federated: Sequence[TrustDomainCA] = ()
+    extra_roots: Sequence[x509.Certificate] = ()
+    issued: list[X509SVIDMaterial] = field(default_factory=list)
+
+    def bundle_der(self) -> bytes:
+        return self.ca.bundle_der() + der_concat(self.extra_roots)
+
+    def svid_message(self, spiffe_id: str, hint: str = "", dns: Sequence[str] = ()) -> Any:
+        mat = self.ca.issue_x509_svid(spiffe_id, ttl=3600, hint=hint, dns_names=dns)
+        self.issued.append(mat)
+        return pb.X509SVID(
+            spiffe_id=spiffe_id,
+            x509_svid=mat.chain_der(),
+            x509_svid_key=mat.key_der(),
+            bundle=self.bundle_der(),
+            hint=hint,
+        )
+
+    def response(self, *ids: str, hints: Sequence[str] = (), dns: Sequence[str] = ("localhost",)) -> Any:
+        ids = ids or (f"spiffe://{self.ca.trust_domain}/workload",)
+        hints = list(hints) or ["" for _ in ids]
+        return pb.X509SVIDResponse(
+            svids=[self.svid_message(i, h, dns) for i, h in zip(ids, hints, strict=True)],
+            federated_bundles={f.id: f.bundle_der() for f in self.federated},
+        )
+
+    def context(
+        self, *ids: str, hints: Sequence[str] = (), dns: Sequence[str] = ("localhost",)
+    ) -> model.X509Context:
+        return model.context_from_message(self.response(*ids, hints=hints, dns=dns))
+
+    def client_files(self, directory: Path, spiffe_id: str | None = None) -> tuple[Path, Path]:
+        """Write a fresh client SVID (chain + key PEM) from the same CA; return (cert, key) paths."""
+        sid = spiffe_id or f"spiffe://{self.ca.trust_domain}/client"
+        mat = self.ca.issue_x509_svid(sid, ttl=3600)
+        directory.mkdir(parents=True, exist_ok=True)
+        cert = directory / "client.pem"
+        key = directory / "client_key.pem"
+        cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mat.chain))
+        key.write_bytes(model.pem_block("PRIVATE KEY", mat.key_der()))
+        return cert, key
+
+
+def require_binary(name: str) -> str:
+    """Path of a consumer binary; fail under CI=true, else skip with how to install it."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    if found:
+        return found
+    message = f"{name} not installed: run scripts/install-system-deps.sh"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the openssl CLI, capturing text output."""
+    return subprocess.run([require_binary("openssl"), *args], capture_output=True, text=True, check=check)
