@@ -1,0 +1,98 @@
+"""mTLS with SPIFFE identities: stdlib ``ssl`` contexts, gRPC credentials, authorizers.
+
+Everything follows an ``X509Source``/``AsyncX509Source``: new connections
+present the current SVID and trust the current bundles with no rebuild by the
+user. Peers are authorized by SPIFFE ID after their chain has been verified
+against the bundle of their own trust domain. See docs/tls.md.
+
+Names load lazily so that ``import spiffe_bridge.tls`` does not import gRPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "Authorizer": "authorize",
+    "PeerRefusedError": "authorize",
+    "PeerNotAuthorizedError": "authorize",
+    "authorize_any": "authorize",
+    "authorize_id": "authorize",
+    "authorize_one_of": "authorize",
+    "authorize_member_of": "authorize",
+    "authorize_if": "authorize",
+    "verify_peer": "_peer",
+    "SpiffeSSLContext": "ssl_context",
+    "server_ssl_context": "ssl_context",
+    "client_ssl_context": "ssl_context",
+    "peer_spiffe_id": "ssl_context",
+    "grpc_server_credentials": "grpc_credentials",
+    "grpc_channel_credentials": "grpc_credentials",
+    "SpiffeServerInterceptor": "grpc_credentials",
+    "SpiffeChannel": "grpc_credentials",
+    "AioSpiffeServerInterceptor": "grpc_credentials",
+    "grpc_peer_spiffe_id": "grpc_credentials",
+}
+
+__all__ = [
+    "AioSpiffeServerInterceptor",
+    "Authorizer",
+    "PeerNotAuthorizedError",
+    "PeerRefusedError",
+    "SpiffeChannel",
+    "SpiffeSSLContext",
+    "SpiffeServerInterceptor",
+    "authorize_any",
+    "authorize_id",
+    "authorize_if",
+    "authorize_member_of",
+    "authorize_one_of",
+    "client_ssl_context",
+    "grpc_channel_credentials",
+    "grpc_peer_spiffe_id",
+    "grpc_server_credentials",
+    "peer_spiffe_id",
+    "server_ssl_context",
+    "verify_peer",
+]
+
+if TYPE_CHECKING:
+    from spiffe_bridge.tls._peer import verify_peer
+    from spiffe_bridge.tls.authorize import (
+        Authorizer,
+        PeerNotAuthorizedError,
+        PeerRefusedError,
+        authorize_any,
+        authorize_id,
+        authorize_if,
+        authorize_member_of,
+        authorize_one_of,
+    )
+    from spiffe_bridge.tls.grpc_credentials import (
+        AioSpiffeServerInterceptor,
+        SpiffeChannel,
+        SpiffeServerInterceptor,
+        grpc_channel_credentials,
+        grpc_peer_spiffe_id,
+        grpc_server_credentials,
+    )
+    from spiffe_bridge.tls.ssl_context import (
+        SpiffeSSLContext,
+        client_ssl_context,
+        peer_spiffe_id,
+        server_ssl_context,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spiffe_bridge.tls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"spiffe_bridge.tls.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
