@@ -87,6 +87,7 @@ class OutputConfig:
     gid: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     line: int | None = None
+    option_lines: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     outputs: tuple[OutputConfig, ...] = ()
     layout: str = "flat"
+    federated_layout: str = "merged"
     log_level: str = "info"
     log_format: str = "text"
     on_identity_lost: str = "keep"
@@ -379,6 +381,7 @@ def _validate(
         metrics=metrics,
         outputs=outputs,
         layout=v["layout"],
+        federated_layout=v["federated_layout"],
         log_level=v["log_level"],
         log_format=v["log_format"],
         on_identity_lost=v["on_identity_lost"],
@@ -405,6 +408,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
     entries = raw.get("outputs")
     entry = entries[index] if isinstance(entries, list) and index < len(entries) else entries
     line = entry.line if isinstance(entry, HclObject) else None
+    option_lines = dict(entry.key_lines) if isinstance(entry, HclObject) else {}
     return OutputConfig(
         format=item["format"],
         dir=item["dir"],
@@ -413,4 +417,5 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         gid=None if gid < 0 else gid,
         options=options,
         line=line,
+        option_lines=option_lines,
     )

@@ -233,6 +233,8 @@ class _Parser:
                 self.take()
             elif not self.is_punct("]"):
                 tok = self.peek()
+                if tok.kind == "eof":
+                    raise HclError(f"missing ']' for the list opened on line {line}", tok.line)
                 raise HclError(f"expected ',' or ']' in list, found {tok.text!r}", tok.line)
 
 

@@ -128,6 +128,14 @@ TOP_KEYS: tuple[Key, ...] = (
         choices=("flat", "symlink"),
     ),
     Key(
+        "federated_layout",
+        "enum",
+        "merged",
+        "with include_federated_domains: merged into the bundle file (spiffe-helper) or per-trust-domain",
+        ours=True,
+        choices=("merged", "per-trust-domain"),
+    ),
+    Key(
         "log_level",
         "enum",
         "info",

@@ -1,0 +1,371 @@
+"""Configuration: every key, spiffe-helper's rules, unknown keys with lines, modes, env, formats."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from spiffe_bridge.sidecar import env as env_mod
+from spiffe_bridge.sidecar.config import (
+    DEFAULT_AGENT_ADDRESS,
+    Config,
+    ConfigError,
+    build,
+    load,
+    parse_text,
+    split_cmd_args,
+)
+from spiffe_bridge.sidecar.schema import TOP_KEYS
+
+X509 = 'svid_file_name = "svid.pem"\nsvid_key_file_name = "svid_key.pem"\nsvid_bundle_file_name = "svid_bundle.pem"\n'
+
+
+def cfg(text: str, environ: dict[str, str] | None = None, daemon_mode: bool | None = None) -> Config:
+    return build(parse_text(text, "hcl"), environ=environ or {}, daemon_mode=daemon_mode)
+
+
+def error(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        cfg(text, environ)
+    return str(info.value)
+
+
+EVERY_KEY = """
+agent_address = "unix:///run/spire/agent.sock"
+cmd = "nginx"
+cmd_args = "-g \\"daemon off;\\""
+cert_dir = "/certs"
+svid_file_name = "a.pem"
+svid_key_file_name = "a_key.pem"
+svid_bundle_file_name = "a_bundle.pem"
+add_intermediates_to_bundle = true
+include_federated_domains = true
+omit_expired = true
+hint = "internal"
+jwt_svids = [{jwt_audience = "aud", jwt_extra_audiences = ["x", "y"], jwt_svid_file_name = "t.jwt"}]
+jwt_bundle_file_name = "jwt_bundle.json"
+cert_file_mode = 0640
+key_file_mode = 0400
+jwt_bundle_file_mode = 0640
+jwt_svid_file_mode = 0440
+daemon_mode = true
+pid_file_name = "/run/nginx.pid"
+renew_signal = "SIGHUP"
+health_checks {
+  listener_enabled = true
+  bind_port = 9000
+  liveness_path = "/healthz"
+  readiness_path = "/readyz"
+}
+outputs = [{format = "combined", dir = "/haproxy", layout = "flat", uid = 99, gid = 98, combined_file_name = "h.pem"}]
+layout = "symlink"
+federated_layout = "per-trust-domain"
+log_level = "debug"
+log_format = "json"
+health_bind_address = "0.0.0.0"
+health_max_disconnected = "2m"
+metrics { enabled = true, path = "/prom" }
+on_identity_lost = "delete"
+one_shot_timeout = "1m30s"
+reload_command = ["nginx", "-s", "reload"]
+reload_command_timeout = "500ms"
+pkcs12_password_file = "/secrets/p12"
+pkcs12_password_env = "MY_P12"
+"""
+
+
+def test_every_key_is_read() -> None:
+    text = EVERY_KEY.replace('one_shot_timeout = "1m30s"', 'one_shot_timeout = "90s"')
+    c = cfg(text)
+    assert c.agent_address == "unix:///run/spire/agent.sock"
+    assert (c.cmd, c.cmd_args) == ("nginx", ("-g", "daemon off;"))
+    assert c.cert_dir == "/certs"
+    assert (c.svid_file_name, c.svid_key_file_name, c.svid_bundle_file_name) == (
+        "a.pem",
+        "a_key.pem",
+        "a_bundle.pem",
+    )
+    assert c.add_intermediates_to_bundle and c.include_federated_domains and c.omit_expired
+    assert c.hint == "internal"
+    assert c.jwt_svids[0].audience == "aud" and c.jwt_svids[0].extra_audiences == ("x", "y")
+    assert c.jwt_svids[0].file_name == "t.jwt"
+    assert c.jwt_bundle_file_name == "jwt_bundle.json"
+    assert (c.cert_file_mode, c.key_file_mode, c.jwt_bundle_file_mode, c.jwt_svid_file_mode) == (
+        0o640, 0o400, 0o640, 0o440,
+    )  # fmt: skip
+    assert c.daemon_mode is True
+    assert c.pid_file_name == "/run/nginx.pid" and c.renew_signal is signal.SIGHUP
+    h = c.health
+    assert (h.listener_enabled, h.bind_port, h.liveness_path, h.readiness_path) == (
+        True,
+        9000,
+        "/healthz",
+        "/readyz",
+    )
+    assert (h.bind_address, h.max_disconnected) == ("0.0.0.0", 120.0)
+    out = c.outputs[0]
+    assert (out.format, out.dir, out.layout, out.uid, out.gid) == ("combined", "/haproxy", "flat", 99, 98)
+    assert out.options == {"combined_file_name": "h.pem"}
+    assert (c.layout, c.federated_layout, c.log_level, c.log_format) == (
+        "symlink",
+        "per-trust-domain",
+        "debug",
+        "json",
+    )
+    assert (c.metrics.enabled, c.metrics.path) == (True, "/prom")
+    assert (c.on_identity_lost, c.one_shot_timeout) == ("delete", 90.0)
+    assert c.reload_command == ("nginx", "-s", "reload") and c.reload_command_timeout == 0.5
+    assert (c.pkcs12_password_file, c.pkcs12_password_env) == ("/secrets/p12", "MY_P12")
+    assert c.warnings == ()
+
+
+def test_every_schema_key_is_in_the_every_key_example() -> None:
+    """Keeps test_every_key_is_read honest when a key is added to the table."""
+    for key in TOP_KEYS:
+        assert f"\n{key.name} " in EVERY_KEY, key.name
+        for sub in key.fields:
+            assert sub.name in EVERY_KEY or key.name == "outputs", f"{key.name}.{sub.name}"
+
+
+def test_defaults_match_spiffe_helper() -> None:
+    c = cfg(X509)
+    assert c.agent_address == DEFAULT_AGENT_ADDRESS
+    assert c.cert_dir == "" and c.daemon_mode is True
+    assert (c.cert_file_mode, c.key_file_mode, c.jwt_bundle_file_mode, c.jwt_svid_file_mode) == (
+        0o644, 0o600, 0o600, 0o600,
+    )  # fmt: skip
+    h = c.health
+    assert (h.listener_enabled, h.bind_port, h.liveness_path, h.readiness_path) == (
+        False,
+        8081,
+        "/live",
+        "/ready",
+    )
+    assert h.bind_address == "127.0.0.1"  # ours: spiffe-helper binds every interface
+    assert (c.layout, c.federated_layout, c.on_identity_lost, c.one_shot_timeout) == (
+        "flat",
+        "merged",
+        "keep",
+        60.0,
+    )
+    assert c.renew_signal is None and c.cmd_args == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (X509 + "\n\nbogus_key = 1", "unknown key 'bogus_key' (line 6)"),
+        (X509 + "agentAddress = \"/x\"", "did you mean 'agent_address'?"),
+        (X509 + "jwt_svids = [{jwt_audience = \"a\", jwt_svid_file_name = \"f\", audience = \"x\"}]",
+         "unknown key 'jwt_svids[0].audience' (line 4) in 'jwt_svids[0]'"),
+        (X509 + "health_checks {\n  bind_prot = 1\n}", "unknown key 'health_checks.bind_prot' (line 5)"),
+        (X509 + "metrics {\n enable = true\n}", "did you mean 'enabled'?"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_name_key_and_line(text: str, fragment: str) -> None:
+    assert fragment in error(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('svid_file_name = "a"', "all or none of"),
+        ('cert_dir = "x"', "nothing to write"),
+        ('jwt_svids = [{jwt_audience = "a"}]', "'jwt_svid_file_name' is required in 'jwt_svids[0]'"),
+        ('jwt_svids = [{jwt_svid_file_name = "f"}]', "'jwt_audience' is required"),
+        (X509 + 'pid_file_name = "/p"', "needs 'renew_signal'"),
+        (X509 + 'pid_file_name = "/p"\nrenew_signal = "SIGHUP"\ndaemon_mode = false', "only supported in daemon"),
+        (X509 + 'renew_signal = "SIGNOPE"', "not a signal name"),
+        (X509 + 'cmd_args = "x"', "'cmd' is not"),
+        (X509 + "cert_file_mode = -1", "must be positive"),
+        (X509 + 'cert_file_mode = "0999"', "octal mode"),
+        (X509 + "daemon_mode = 1", "must be true or false"),
+        (X509 + 'log_level = "loud"', "must be one of debug, info, warning, error"),
+        (X509 + "one_shot_timeout = \"soon\"", "must be a duration"),
+        (X509 + "reload_command = \"nginx -s reload\"", "must be a list of strings"),
+        (X509 + "reload_command = []", "empty argv"),
+        (X509 + 'agent_address = "relative/path"', "not absolute"),
+        (X509 + 'agent_address = "http://x"', "unsupported scheme"),
+        (X509 + "health_checks { bind_port = 70000 }", "not a TCP port"),
+        (X509 + 'health_checks { liveness_path = "/x"\n readiness_path = "/x" }', "paths must"),
+        ("outputs = [{dir = \"/x\"}]", "'format' is required"),
+        ("outputs = [{format = \"pem\"}]", "'dir' is required"),
+        (X509 + "outputs = [{format = \"pem\", dir = \"/x\", layout = \"tree\"}]", "must be one of symlink, flat"),
+        ("agent_address = 5\n" + X509, "'agent_address' (line 1) must be a string"),
+    ],
+)  # fmt: skip
+def test_validation_errors(text: str, fragment: str) -> None:
+    assert fragment in error(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "warns"),
+    [
+        ("0644", 0o644, False),
+        ("420", 0o644, False),  # the decimal spelling of 0644: fine
+        ("384", 0o600, False),
+        ('"0644"', 0o644, False),  # strings are octal
+        ('"644"', 0o644, False),
+        ('"0o600"', 0o600, False),
+        ("444", 444, True),  # spiffe-helper's own fixture: decimal 444 = 0o674
+        ("644", 644 & 0o777, True),  # 0o1204: extra bits dropped, as Go does
+        ("600", 600 & 0o777, True),
+        ("0", 0o644, False),  # 0 means the default
+    ],
+)
+def test_file_modes(value: str, mode: int, warns: bool) -> None:
+    c = cfg(X509 + f"cert_file_mode = {value}")
+    assert c.cert_file_mode == mode
+    assert bool(c.warnings) == warns
+    if warns:
+        assert "'cert_file_mode' (line 4)" in c.warnings[0]
+        assert f"write 0{value}" in c.warnings[0]
+
+
+def test_one_shot_warnings_for_ignored_keys() -> None:
+    c = cfg(
+        X509 + 'cmd = "x"\nrenew_signal = "SIGHUP"\nhealth_checks { listener_enabled = true }',
+        daemon_mode=False,
+    )
+    assert c.daemon_mode is False
+    text = " ".join(c.warnings)
+    assert "'cmd' (line 4) is ignored" in text and "'renew_signal'" in text and "health/metrics" in text
+
+
+def test_daemon_mode_flag_overrides_file() -> None:
+    assert cfg(X509 + "daemon_mode = false", daemon_mode=True).daemon_mode is True
+    assert cfg(X509, daemon_mode=False).daemon_mode is False
+
+
+@pytest.mark.parametrize(
+    ("text", "argv"),
+    [
+        ("server --listen localhost:8002", ("server", "--listen", "localhost:8002")),
+        ('-c "a b" d', ("-c", "a b", "d")),
+        ('"say ""hi"""', ('say "hi"',)),
+        ("'not grouped'", ("'not", "grouped'")),  # single quotes do not group (spiffe-helper)
+        ("a  b", ("a", "", "b")),  # consecutive spaces: an empty argument, as Go's csv reader does
+        ("", ()),
+    ],
+)
+def test_cmd_args_are_split_like_spiffe_helper(text: str, argv: tuple[str, ...]) -> None:
+    assert split_cmd_args(text) == argv
+
+
+@pytest.mark.parametrize("name", ["SIGUSR1", "USR1", "sigusr1", "10"])
+def test_renew_signal_spellings(name: str) -> None:
+    assert cfg(X509 + f'renew_signal = "{name}"').renew_signal is signal.SIGUSR1
+
+
+class TestAddress:
+    def test_endpoint_env_used_only_when_agent_address_unset(self) -> None:
+        env = {"SPIFFE_ENDPOINT_SOCKET": "unix:///from/env.sock"}
+        assert cfg(X509, env).agent_address == "unix:///from/env.sock"
+        assert cfg(X509 + 'agent_address = "/explicit.sock"', env).agent_address == "/explicit.sock"
+
+    def test_uri_is_not_prefixed_again(self) -> None:
+        # spiffe-helper builds "unix://" + value, so a URI value became unix://unix:///...
+        env = {"SPIFFE_ENDPOINT_SOCKET": "unix:///run/agent.sock"}
+        assert cfg(X509, env).agent_address == "unix:///run/agent.sock"
+        assert cfg(X509 + 'agent_address = "unix:///a.sock"').agent_address == "unix:///a.sock"
+
+    def test_bad_env_address_is_named(self) -> None:
+        assert "SPIFFE_ENDPOINT_SOCKET" in error(X509, {"SPIFFE_ENDPOINT_SOCKET": "nope"})
+
+
+class TestEnvironment:
+    def test_scalar_and_block_overrides(self) -> None:
+        env = {
+            "SPIFFE_BRIDGE_CERT_DIR": "/env/certs",
+            "SPIFFE_BRIDGE_DAEMON_MODE": "false",
+            "SPIFFE_BRIDGE_KEY_FILE_MODE": "0640",
+            "SPIFFE_BRIDGE_HEALTH_CHECKS_BIND_PORT": "9100",
+            "SPIFFE_BRIDGE_HEALTH_CHECKS_LISTENER_ENABLED": "yes",
+            "SPIFFE_BRIDGE_METRICS_ENABLED": "1",
+            "SPIFFE_BRIDGE_ONE_SHOT_TIMEOUT": "5s",
+            "SPIFFE_BRIDGE_RELOAD_COMMAND": '["nginx", "-s", "reload"]',
+            "SPIFFE_BRIDGE_AGENT_ADDRESS": "/env.sock",
+            "SPIFFE_BRIDGE_LOG_FORMAT": "json",
+        }
+        c = cfg(X509 + 'cert_dir = "/file"', env)
+        assert c.cert_dir == "/env/certs" and c.daemon_mode is False and c.key_file_mode == 0o640
+        assert c.health.bind_port == 9100 and c.health.listener_enabled and c.metrics.enabled
+        assert c.one_shot_timeout == 5.0 and c.reload_command == ("nginx", "-s", "reload")
+        assert c.agent_address == "/env.sock" and c.log_format == "json"
+
+    def test_shell_words_for_argv_lists(self) -> None:
+        c = cfg(X509, {"SPIFFE_BRIDGE_RELOAD_COMMAND": "sh -c 'kill -HUP 1'"})
+        assert c.reload_command == ("sh", "-c", "kill -HUP 1")
+
+    def test_bad_env_value_names_the_variable(self) -> None:
+        assert "SPIFFE_BRIDGE_DAEMON_MODE" in error(X509, {"SPIFFE_BRIDGE_DAEMON_MODE": "maybe"})
+        assert "SPIFFE_BRIDGE_HEALTH_CHECKS_BIND_PORT" in error(
+            X509, {"SPIFFE_BRIDGE_HEALTH_CHECKS_BIND_PORT": "x"}
+        )
+
+    def test_jwt_audience_from_env_creates_entry(self) -> None:
+        c = cfg(X509, {"SPIFFE_BRIDGE_JWT_AUDIENCE": "downward", "SPIFFE_BRIDGE_JWT_EXTRA_AUDIENCES": "a, b"})
+        assert len(c.jwt_svids) == 1
+        assert (c.jwt_svids[0].audience, c.jwt_svids[0].extra_audiences) == ("downward", ("a", "b"))
+        assert c.jwt_svids[0].file_name == env_mod.DEFAULT_JWT_FILE
+
+    def test_jwt_audience_from_env_overrides_single_entry(self) -> None:
+        text = 'jwt_svids = [{jwt_audience = "file", jwt_svid_file_name = "t.jwt"}]'
+        c = cfg(text, {"SPIFFE_BRIDGE_JWT_AUDIENCE": "env", "SPIFFE_BRIDGE_JWT_SVID_FILE_NAME": "e.jwt"})
+        assert (c.jwt_svids[0].audience, c.jwt_svids[0].file_name) == ("env", "e.jwt")
+
+    def test_jwt_env_refuses_ambiguity(self) -> None:
+        text = 'jwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "a"}, {jwt_audience = "b", jwt_svid_file_name = "b"}]'
+        assert "single 'jwt_svids' entry" in error(text, {"SPIFFE_BRIDGE_JWT_AUDIENCE": "x"})
+        assert "is required" in error(X509, {"SPIFFE_BRIDGE_JWT_EXTRA_AUDIENCES": "x"})
+
+    def test_variable_names_are_unique(self) -> None:
+        names = [name for name, _, _ in env_mod.variables()]
+        assert len(names) == len(set(names))
+        assert env_mod.JWT_AUDIENCE not in names
+
+
+class TestFileFormats:
+    def test_toml_by_extension(self, tmp_path: Path) -> None:
+        path = tmp_path / "helper.toml"
+        path.write_text(
+            'cert_dir = "certs"\nsvid_file_name = "s.pem"\nsvid_key_file_name = "k.pem"\n'
+            'svid_bundle_file_name = "b.pem"\ncert_file_mode = 0o640\n'
+            "[health_checks]\nlistener_enabled = true\n\n[[jwt_svids]]\n"
+            'jwt_audience = "a"\njwt_svid_file_name = "a.jwt"\n\n[[outputs]]\nformat = "pem"\ndir = "out"\n'
+        )
+        c = load(path, environ={})
+        assert c.cert_file_mode == 0o640 and c.health.listener_enabled
+        assert c.jwt_svids[0].audience == "a" and c.outputs[0].format == "pem"
+
+    def test_toml_unknown_key_has_a_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "helper.toml"
+        path.write_text('svid_file_name = "s"\n\n[health_checks]\nbind_prot = 1\n')
+        with pytest.raises(ConfigError, match=r"health_checks.bind_prot' \(line 4\)"):
+            load(path, environ={})
+
+    def test_json_by_extension_and_by_content(self, tmp_path: Path) -> None:
+        doc = {
+            "svid_file_name": "s",
+            "svid_key_file_name": "k",
+            "svid_bundle_file_name": "b",
+            "daemon_mode": False,
+        }
+        (tmp_path / "h.json").write_text(json.dumps(doc))
+        (tmp_path / "helper.conf").write_text(json.dumps(doc))  # HCL v1 decodes JSON too
+        assert load(tmp_path / "h.json", environ={}).daemon_mode is False
+        assert load(tmp_path / "helper.conf", environ={}).daemon_mode is False
+
+    def test_file_errors_name_the_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="not found"):
+            load(tmp_path / "missing.conf")
+        bad = tmp_path / "bad.conf"
+        bad.write_text("a = [")
+        with pytest.raises(ConfigError, match=r"bad.conf: invalid HCL: line 1"):
+            load(bad)
+        (tmp_path / "bad.toml").write_text("a = = 1")
+        with pytest.raises(ConfigError, match="invalid TOML"):
+            load(tmp_path / "bad.toml")
