@@ -16,7 +16,8 @@ def test_spiffe_helper_readme_example_parses() -> None:
         cert_dir = "certs"
         renew_signal = "SIGUSR1"
         svid_file_name = "svid.pem"
-        jwt_svids = [{jwt_audience="your-audience",jwt_extra_audiences=["a", "b"], jwt_svid_file_name="jwt_svid.token"}]
+        jwt_svids = [{jwt_audience="your-audience",jwt_extra_audiences=["a", "b"],
+                      jwt_svid_file_name="jwt_svid.token"}]
         cert_file_mode = 0444
         """
     )
@@ -30,7 +31,7 @@ def test_spiffe_helper_readme_example_parses() -> None:
         }
     ]
     assert obj.line_of("agent_address") == 2
-    assert obj.line_of("cert_file_mode") == 9
+    assert obj.line_of("cert_file_mode") == 10
 
 
 def test_numbers_follow_go_base_detection() -> None:

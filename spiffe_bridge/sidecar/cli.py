@@ -1,0 +1,106 @@
+"""``spiffe-bridge run``: spiffe-helper's command line, wired to the sidecar library.
+
+``spiffe-bridge run -config helper.conf [-daemon-mode=false] [-- prog args...]``
+(Go-style single-dash flags are rewritten by the top-level CLI). Everything
+after ``--`` is a program to wrap: it starts once the files are written,
+receives forwarded signals and ``renew_signal`` on rotation, and its exit code
+becomes ours. Exit codes: 0 ok, 1 runtime failure, 2 configuration error,
+3 agent unavailable, 4 no identity issued, 5 write error (3-5 in one-shot mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from spiffe_bridge.sidecar.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
+
+log = logging.getLogger("spiffe_bridge.sidecar")
+
+EXIT_CONFIG = 2
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "t", "yes"):
+        return True
+    if low in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``run`` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help="sidecar: a drop-in for spiffe-helper",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG_FILE,
+        help="configuration file: HCL, .toml or .json (default %(default)s)",
+    )
+    parser.add_argument(
+        "--daemon-mode",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="override daemon_mode from the file (-daemon-mode=false: write once and exit)",
+    )
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit (0 or 2)")
+    parser.add_argument(
+        "wrapped", nargs="*", metavar="PROGRAM", help="after --: a program to run and supply (wrapper mode)"
+    )
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Config, list[Any]] | int:
+    """Load config, set up logging, build the plans; an exit code on configuration errors."""
+    from spiffe_bridge.sidecar import logs, metrics, plan
+
+    try:
+        config = load(args.config, daemon_mode=args.daemon_mode)
+    except ConfigError as exc:
+        logs.setup()
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    logs.setup(config.log_level, config.log_format)
+    for warning in config.warnings:
+        log.warning("%s: %s", config.source, warning)
+    try:
+        plans, warnings = plan.build(config, os.environ)
+        if config.metrics.enabled and config.daemon_mode:
+            metrics.require_prometheus()
+        if args.wrapped and config.cmd:
+            raise ConfigError("'cmd' and a wrapped program after '--' cannot be used together")
+        if args.wrapped and not config.daemon_mode:
+            raise ConfigError("wrapping a program after '--' needs daemon mode")
+    except ConfigError as exc:
+        log.error("configuration error: %s: %s", config.source, exc)
+        return EXIT_CONFIG
+    for warning in warnings:
+        log.warning("%s: %s", config.source, warning)
+    return config, plans
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sidecar in daemon, wrapper or one-shot mode; return the exit code."""
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    config, plans = prepared
+    if args.check:
+        print(f"{config.source}: configuration is valid", file=sys.stderr)
+        return 0
+    if not config.daemon_mode:
+        from spiffe_bridge.sidecar.oneshot import OneShot
+
+        return OneShot(config, plans).run()
+    from spiffe_bridge.sidecar.runner import Daemon
+
+    return Daemon(config, plans, wrapper_argv=args.wrapped).run()

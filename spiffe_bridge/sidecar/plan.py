@@ -1,0 +1,218 @@
+"""From configuration to "which files go into which directory": one plan per output directory.
+
+spiffe-helper's keys describe one directory (``cert_dir``) holding the PEM
+files and the JWT files; every ``outputs`` entry adds a format in a directory.
+Entries that share a directory are merged into one plan, because a
+:class:`~spiffe_bridge.fileset.FileSetWriter` owns its directory and always
+writes the complete set. Rendering is pure: material in, ``FileSpec`` list out.
+X.509 files are re-rendered only when the X.509 context changes (PKCS#12 with
+a password differs on every render, and a JWT refresh must not look like an
+X.509 rotation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiffe_bridge.fileset import FileSetWriter, FileSpec, Layout
+from spiffe_bridge.formats import X509_FORMATS, JwtOptions, X509Options, render_jwt, render_x509
+from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.model import X509Context
+from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, parse_mode, where
+
+#: X509Options fields that are never set from a config file.
+_NOT_CONFIGURABLE = {"now", "pkcs12_password", "pkcs12_truststore_password"}
+#: Per-output keys handled here rather than passed to X509Options.
+_PASSWORD_KEYS = {"pkcs12_password_file", "pkcs12_password_env"}
+_OPTION_FIELDS = {f.name: f for f in dataclasses.fields(X509Options) if f.name not in _NOT_CONFIGURABLE}
+
+
+@dataclass(frozen=True)
+class X509Output:
+    """One X.509 format with its options."""
+
+    format: str
+    options: X509Options
+
+
+@dataclass
+class DirPlan:
+    """Everything written into one directory, and how."""
+
+    directory: str
+    layout: str
+    uid: int | None = None
+    gid: int | None = None
+    x509: list[X509Output] = field(default_factory=list)
+    jwt_svids: list[JwtSvidConfig] = field(default_factory=list)
+    jwt_options: JwtOptions | None = None
+    _cache: dict[int, tuple[bytes, list[FileSpec]]] = field(default_factory=dict, repr=False)
+
+    def writer(self) -> FileSetWriter:
+        """The writer that owns this directory."""
+        layout: Layout = "flat" if self.layout == "flat" else "symlink"
+        return FileSetWriter(self.directory, layout=layout, uid=self.uid, gid=self.gid)
+
+    @property
+    def wants_jwt_bundle(self) -> bool:
+        """True when this directory receives a JWT bundle file."""
+        return self.jwt_options is not None and bool(self.jwt_options.jwt_bundle_file_name)
+
+    def render(
+        self,
+        ctx: X509Context | None,
+        tokens: Mapping[str, JwtSvid],
+        bundles: JwtBundleSet | None,
+    ) -> list[FileSpec]:
+        """The files for whatever material is available (FormatError if the options cannot be met)."""
+        files: list[FileSpec] = []
+        if ctx is not None:
+            for i, out in enumerate(self.x509):
+                cached = self._cache.get(i)
+                if cached is None or cached[0] != ctx.digest:
+                    cached = (ctx.digest, render_x509(out.format, ctx, out.options))
+                    self._cache[i] = cached
+                files += cached[1]
+        if self.jwt_options is not None:
+            pairs = [(tokens[j.file_name], j.file_name) for j in self.jwt_svids if j.file_name in tokens]
+            if pairs or (bundles is not None and self.wants_jwt_bundle):
+                files += render_jwt(pairs, bundles if self.wants_jwt_bundle else None, self.jwt_options)
+        return files
+
+
+def _abs(directory: str) -> str:
+    return os.path.abspath(directory or ".")
+
+
+def _check_names(names: Sequence[str], what: str) -> None:
+    for name in names:
+        try:
+            FileSpec(name, b"")
+        except ValueError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
+def legacy_plan(config: Config) -> DirPlan | None:
+    """The directory plan of spiffe-helper's own keys (``cert_dir``), if any are set."""
+    if not (config.x509_enabled or config.jwt_enabled):
+        return None
+    plan = DirPlan(_abs(config.cert_dir), config.layout)
+    if config.x509_enabled:
+        names = [config.svid_file_name, config.svid_key_file_name, config.svid_bundle_file_name]
+        _check_names(names, "X.509 file names")
+        plan.x509.append(
+            X509Output(
+                "pem",
+                X509Options(
+                    hint=config.hint or None,
+                    svid_file_name=config.svid_file_name,
+                    svid_key_file_name=config.svid_key_file_name,
+                    svid_bundle_file_name=config.svid_bundle_file_name,
+                    cert_file_mode=config.cert_file_mode,
+                    key_file_mode=config.key_file_mode,
+                    add_intermediates_to_bundle=config.add_intermediates_to_bundle,
+                    include_federated_domains=config.include_federated_domains,
+                    omit_expired=config.omit_expired,
+                    federated_layout="merged" if config.federated_layout == "merged" else "per-trust-domain",
+                ),
+            )
+        )
+    if config.jwt_enabled:
+        _check_names([j.file_name for j in config.jwt_svids], "'jwt_svids' file names")
+        if config.jwt_bundle_file_name:
+            _check_names([config.jwt_bundle_file_name], "'jwt_bundle_file_name'")
+        plan.jwt_svids = list(config.jwt_svids)
+        plan.jwt_options = JwtOptions(
+            jwt_svid_file_mode=config.jwt_svid_file_mode,
+            jwt_bundle_file_name=config.jwt_bundle_file_name or None,
+            jwt_bundle_file_mode=config.jwt_bundle_file_mode,
+            jwks_dir=None,
+        )
+    return plan
+
+
+def read_password(file_name: str, env_name: str, environ: Mapping[str, str]) -> str | None:
+    """The PKCS#12 password from a file (one trailing newline dropped) or an environment variable."""
+    if file_name:
+        try:
+            with open(file_name, encoding="utf-8") as fh:
+                return fh.read().removesuffix("\n").removesuffix("\r")
+        except OSError as exc:
+            raise ConfigError(
+                f"'pkcs12_password_file' {file_name!r} cannot be read: {exc.strerror}"
+            ) from None
+    return environ.get(env_name) if env_name else None
+
+
+def _option_value(name: str, value: Any, out: OutputConfig, issues: Issues) -> Any:
+    line = out.option_lines.get(name, out.line)
+    label = f"outputs entry {out.format!r}: {name}"
+    default: Any = _OPTION_FIELDS[name].default
+    if name.endswith("_mode"):
+        return parse_mode(value, label, line, int(default), issues)
+    if name == "federated_layout":
+        if value not in ("merged", "per-trust-domain"):
+            raise ConfigError(f"{where(label, line)} must be merged or per-trust-domain, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(label, line)} must be true or false, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where(label, line)} must be a string, got {value!r}")
+    return value
+
+
+def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], issues: Issues) -> DirPlan:
+    """The plan of one ``outputs`` entry (X509Options built and checked now)."""
+    if out.format not in X509_FORMATS:
+        raise ConfigError(
+            f"{where('format', out.line)}: unknown output format {out.format!r}; "
+            f"choose one of {', '.join(X509_FORMATS)}"
+        )
+    kwargs: dict[str, Any] = {"hint": config.hint or None}
+    for name, value in out.options.items():
+        if name in _PASSWORD_KEYS:
+            continue
+        if name not in _OPTION_FIELDS:
+            line = out.option_lines.get(name, out.line)
+            raise ConfigError(f"unknown key {where(name, line)} in an 'outputs' entry ({out.format})")
+        kwargs[name] = _option_value(name, value, out, issues)
+    if out.format == "pkcs12":
+        password = read_password(
+            str(out.options.get("pkcs12_password_file", config.pkcs12_password_file)),
+            str(out.options.get("pkcs12_password_env", config.pkcs12_password_env)),
+            environ,
+        )
+        kwargs["pkcs12_password"] = password
+    if out.format == "linkerd":
+        kwargs.setdefault("linkerd_workload_api_address", config.agent_address)
+    options = X509Options(**kwargs)
+    return DirPlan(_abs(out.dir), out.layout, out.uid, out.gid, [X509Output(out.format, options)])
+
+
+def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[DirPlan], list[str]]:
+    """All directory plans (merged by directory) and extra warnings; ConfigError on conflicts."""
+    env = os.environ if environ is None else environ
+    issues = Issues()
+    plans: dict[str, DirPlan] = {}
+    legacy = legacy_plan(config)
+    candidates = [legacy] if legacy else []
+    candidates += [output_plan(out, config, env, issues) for out in config.outputs]
+    for plan in candidates:
+        existing = plans.get(plan.directory)
+        if existing is None:
+            plans[plan.directory] = plan
+            continue
+        if (existing.layout, existing.uid, existing.gid) != (plan.layout, plan.uid, plan.gid):
+            raise ConfigError(
+                f"two outputs write to {plan.directory} with a different layout or owner; "
+                "use one layout/uid/gid per directory"
+            )
+        existing.x509 += plan.x509
+    return list(plans.values()), issues.warnings

@@ -1,0 +1,206 @@
+"""What the sidecar knows about itself, for the health endpoints, metrics and logs.
+
+The runner records every write, reload and stream status change here; the
+health server and the metrics collector only read it. ``live`` and ``ready``
+are decided in one place so HTTP, metrics and tests agree.
+
+* ready: every configured file was written at least once, the last write did
+  not fail, nothing on disk has expired, and the identity is not lost under
+  the ``unready``/``delete`` policies.
+* live: no stream stopped for good, no stream has been down longer than
+  ``health_max_disconnected``, and the last write did not fail (spiffe-helper's
+  rule).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiffe_bridge.errors import WorkloadApiError
+from spiffe_bridge.source_state import SourceState, SourceStatus
+
+UNWRITTEN, WRITTEN, FAILED = "unwritten", "written", "failed"
+
+
+@dataclass
+class StreamInfo:
+    """One Workload API stream (X.509 or JWT bundles) as health and metrics see it."""
+
+    state: SourceState[Any]
+    down_since: float | None  # monotonic time the stream left READY (None while ready)
+
+
+@dataclass
+class SidecarStatus:
+    """Thread-safe counters and flags; ``snapshot()`` gives a consistent JSON-ready view."""
+
+    x509_configured: bool
+    jwt_paths: list[str]
+    max_disconnected: float = 600.0
+    policy: str = "keep"
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    x509_write_status: str = UNWRITTEN
+    jwt_write_status: dict[str, str] = field(default_factory=dict)
+    identity_lost: bool = False
+    last_write_failed: bool = False
+    svid_expires_at: float | None = None
+    jwt_expires_at: dict[str, float] = field(default_factory=dict)
+    rotations: dict[str, int] = field(default_factory=lambda: {"x509": 0, "jwt": 0})
+    write_failures: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    streams: dict[str, StreamInfo] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.jwt_write_status = dict.fromkeys(self.jwt_paths, UNWRITTEN)
+
+    # -- recording ----------------------------------------------------------------------
+
+    def watch(self, name: str, state: SourceState[Any]) -> None:
+        """Track a source's stream status (down from now until its first update)."""
+        info = StreamInfo(state, self.monotonic())
+        with self._lock:
+            self.streams[name] = info
+
+        def on_status(status: SourceStatus, _exc: Exception | None) -> None:
+            with self._lock:
+                if status is SourceStatus.READY:
+                    info.down_since = None
+                elif info.down_since is None:
+                    info.down_since = self.monotonic()
+
+        state.add_status_listener(on_status)
+
+    def wrote(
+        self, *, x509: bool, jwt_paths: list[str], svid_expiry: float | None, jwt_expiry: dict[str, float]
+    ) -> None:
+        """A write of the whole set succeeded."""
+        with self._lock:
+            self.last_write_failed = False
+            if x509:
+                self.x509_write_status = WRITTEN
+                self.svid_expires_at = svid_expiry
+            for path in jwt_paths:
+                self.jwt_write_status[path] = WRITTEN
+            self.jwt_expires_at.update(jwt_expiry)
+
+    def write_failed(self, *, x509: bool, jwt_paths: list[str]) -> None:
+        """A write failed; the previous files (if any) are still on disk."""
+        with self._lock:
+            self.last_write_failed = True
+            self.write_failures += 1
+            if x509:
+                self.x509_write_status = FAILED
+            for path in jwt_paths:
+                self.jwt_write_status[path] = FAILED
+
+    def rotated(self, kind: str) -> None:
+        """New material of ``kind`` (x509 or jwt) reached disk."""
+        with self._lock:
+            self.rotations[kind] += 1
+
+    def reloaded(self, ok: bool) -> None:
+        """A reload action ran (``ok`` False when it failed)."""
+        with self._lock:
+            self.reloads += 1
+            if not ok:
+                self.reload_failures += 1
+
+    def set_identity_lost(self, lost: bool) -> None:
+        """The agent withdrew (or restored) this workload's identity."""
+        with self._lock:
+            self.identity_lost = lost
+
+    def files_removed(self) -> None:
+        """The delete policy removed every output file."""
+        with self._lock:
+            if self.x509_configured:
+                self.x509_write_status = UNWRITTEN
+            self.jwt_write_status = dict.fromkeys(self.jwt_write_status, UNWRITTEN)
+            self.svid_expires_at = None
+            self.jwt_expires_at.clear()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def seconds_until_expiry(self) -> float | None:
+        """Seconds until the first file on disk expires (SVID or JWT), None if nothing written."""
+        with self._lock:
+            times = [t for t in [self.svid_expires_at, *self.jwt_expires_at.values()] if t is not None]
+        return min(times) - self.clock() if times else None
+
+    def ready(self) -> bool:
+        """Files written, last write fine, nothing expired, identity present (unless policy keep)."""
+        with self._lock:
+            statuses = [self.x509_write_status] if self.x509_configured else []
+            statuses += list(self.jwt_write_status.values())
+            if any(s != WRITTEN for s in statuses) or self.last_write_failed:
+                return False
+            if self.identity_lost and self.policy != "keep":
+                return False
+        remaining = self.seconds_until_expiry()
+        return remaining is None or remaining > 0
+
+    def live(self) -> bool:
+        """No stream failed for good or down too long, and the last write did not fail."""
+        now = self.monotonic()
+        with self._lock:
+            if self.last_write_failed:
+                return False
+            for info in self.streams.values():
+                if info.state.status is SourceStatus.FAILED:
+                    return False
+                if info.down_since is not None and now - info.down_since > self.max_disconnected:
+                    return False
+        return True
+
+    def stream_view(self) -> dict[str, dict[str, Any]]:
+        """Per-stream status, counters and last error (code and message, never material)."""
+        now = self.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            items = list(self.streams.items())
+        for name, info in items:
+            state = info.state
+            err = state.last_error
+            code = err.code.name if isinstance(err, WorkloadApiError) and err.code is not None else None
+            out[name] = {
+                "status": state.status.value,
+                "updates": state.updates,
+                "reconnects": state.reconnects,
+                "rejected_updates": state.rejected,
+                "disconnected_seconds": None if info.down_since is None else round(now - info.down_since, 3),
+                "last_error_code": code,
+                "last_error": str(err) if err is not None else None,
+            }
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """spiffe-helper's ``health`` object plus this sidecar's extra fields."""
+        remaining = self.seconds_until_expiry()
+        with self._lock:
+            files = {
+                "x509_write_status": self.x509_write_status if self.x509_configured else UNWRITTEN,
+                "jwt_write_status": dict(self.jwt_write_status),
+            }
+            extra = {
+                "identity": "lost" if self.identity_lost else "present",
+                "on_identity_lost": self.policy,
+                "rotations": dict(self.rotations),
+                "write_failures": self.write_failures,
+                "reloads": self.reloads,
+                "reload_failures": self.reload_failures,
+            }
+        return {
+            "file_write_statuses": files,
+            "live": self.live(),
+            "ready": self.ready(),
+            "seconds_until_expiry": None if remaining is None else round(remaining, 3),
+            "streams": self.stream_view(),
+            **extra,
+        }
