@@ -2,13 +2,16 @@
 
 The trust store marks every certificate as trusted the way Java's keytool does
 (``serialize_java_truststore``), with one alias per certificate named after its
-trust domain. Without a password the files are unencrypted and byte-stable; with
-one they use AES-256/PBKDF2 with a fresh salt on every render, so each render
-differs -- dedupe on the X.509 context digest, not on file bytes.
+trust domain. With a password the files use AES-256/PBKDF2. PKCS#12 output has
+random salts/IDs, so the last few renders are remembered per (context digest,
+options): rendering the same material again gives the same bytes and the
+writer sees nothing to rewrite.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
@@ -55,16 +58,34 @@ def _trusted(material: X509Material, options: X509Options) -> list[tuple[str, Ce
     return out
 
 
+_CACHE_SIZE = 8
+_cache: OrderedDict[tuple[bytes, X509Options], list[FileSpec]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
     """``svid.p12`` (key, leaf, intermediates; 0600) and ``svid_bundle.p12`` (certificates only)."""
+    key = (ctx.digest, options)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return list(_cache[key])
+    files = _render(ctx, options)
+    with _cache_lock:
+        _cache[key] = files
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return list(files)
+
+
+def _render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
     material = x509_material(ctx, options)
-    svid = material.svid
-    key = svid.private_key
-    if not isinstance(key, _KEY_TYPES):
-        raise FormatError(f"PKCS#12 cannot hold a {type(key).__name__}")
+    private_key = material.svid.private_key
+    if not isinstance(private_key, _KEY_TYPES):
+        raise FormatError(f"PKCS#12 cannot hold a {type(private_key).__name__}")
     keystore = pkcs12.serialize_key_and_certificates(
         options.pkcs12_alias.encode(),
-        key,
+        private_key,
         material.chain[0][0],
         [cert for cert, _ in material.chain[1:]],
         _encryption(options.pkcs12_password),

@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import socket
+import ssl
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,3 +110,48 @@ def require_binary(name: str) -> str:
 def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the openssl CLI, capturing text output."""
     return subprocess.run([require_binary("openssl"), *args], capture_output=True, text=True, check=check)
+
+
+def client_context(cafile: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A TLS client that verifies the server against ``cafile`` (hostname ``localhost``)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+def https_get(port: int, ctx: ssl.SSLContext, path: str = "/") -> tuple[bytes, bytes]:
+    """One HTTP/1.0 GET over TLS to 127.0.0.1; returns (response bytes, server leaf DER)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        leaf = tls.getpeercert(binary_form=True) or b""
+        tls.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), leaf
+
+
+def free_port() -> int:
+    """An unused loopback TCP port (bound and released; good enough for tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Block until something accepts on ``port``; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode}: {out}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    pytest.fail(f"nothing listened on port {port} within {timeout}s")
