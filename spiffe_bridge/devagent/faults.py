@@ -100,13 +100,13 @@ class FaultControls:
             self._cond.notify_all()
 
     def hang(self, rpc: Rpc | str, enabled: bool = True) -> None:
-        """Accept calls of ``rpc`` but answer nothing until disabled or the agent stops."""
+        """Accept calls of ``rpc`` but answer nothing until disabled, cancelled or the agent stops."""
         with self._cond:
             self._faults[as_rpc(rpc)].hang = enabled
             self._cond.notify_all()
 
     def delay_first_message(self, rpc: Rpc | str, seconds: float) -> None:
-        """Wait ``seconds`` before the first message of each new ``rpc`` call."""
+        """Wait ``seconds`` before the first message (or unary answer) of each new ``rpc`` call."""
         with self._cond:
             self._faults[as_rpc(rpc)].first_message_delay = seconds
 

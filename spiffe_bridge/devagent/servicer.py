@@ -17,6 +17,7 @@ from spiffe_bridge._proto import workload_pb2 as pb
 
 from ._streams import Outgoing, Signal
 from .faults import RawResponse, Rpc
+from .identity import split_spiffe_id
 from .jwtsvid import JWTValidationError
 from .state import AgentState
 
@@ -36,6 +37,7 @@ class WorkloadAPIServicer:
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
+        self._epoch = state._serving_epoch  # this server's generation; stop() bumps the state's
         self._active = 0
         self._idle = threading.Condition()
 
@@ -65,6 +67,11 @@ class WorkloadAPIServicer:
         if raw is None:
             if not request.audience:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            if request.spiffe_id:
+                try:
+                    split_spiffe_id(request.spiffe_id)
+                except ValueError as err:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {err}")
             if self._state.denied:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
             try:
@@ -112,14 +119,23 @@ class WorkloadAPIServicer:
         error = state._take_error(rpc)
         if error is not None:
             context.abort(error.code, error.message)
-        return None if rpc.streaming else state._take_raw_next(rpc)
+        if rpc.streaming:
+            return None
+        call = state._unary_handle(rpc, self._epoch)
+        context.add_callback(lambda: state._close_stream(call))
+        if not state._await_first(call):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
+        return state._take_raw_next(rpc)
 
     def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
         state = self._state
         self._admit(rpc, context)
         if state.denied:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
-        handle = state._open_stream(rpc)
+        opened = state._open_stream(rpc, self._epoch)
+        if opened is None:  # accepted just before stop(); the client already saw the drop
+            context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
+        handle = opened
         if not context.add_callback(lambda: state._close_stream(handle)):
             state._close_stream(handle)
             return

@@ -54,6 +54,7 @@ class AgentState(FaultControls, StreamCounters):
         self._jwt_ttl = jwt_ttl
         self._crls: list[bytes] = []
         self._deny_until: float | None = None
+        self._deny_timer: threading.Timer | None = None
         self._faults = {rpc: FaultPlan() for rpc in Rpc}
         self._streams: dict[int, StreamHandle] = {}
         self._next_stream_id = 1
@@ -213,17 +214,38 @@ class AgentState(FaultControls, StreamCounters):
     def deny(self, duration: float | None = None) -> None:
         """Answer "no identity issued" for ``duration`` seconds (None: until ``allow``).
 
-        Open streams are terminated with PermissionDenied too.
+        Open streams are terminated with PermissionDenied too. Waiters are
+        woken when the window ends, so ``wait_until(lambda: not agent.denied)``
+        returns promptly.
         """
         with self._cond:
-            self._deny_until = math.inf if duration is None else time.monotonic() + duration
-            _log.info("denying identities for %s", "ever" if duration is None else f"{duration}s")
+            self._cancel_deny_timer()
+            if duration is None:
+                self._deny_until = math.inf
+            else:
+                self._deny_until = time.monotonic() + duration
+                self._deny_timer = threading.Timer(duration, self._deny_window_ended)
+                self._deny_timer.daemon = True
+                self._deny_timer.start()
+            _log.info("denying identities %s", "until allowed" if duration is None else f"for {duration}s")
             self._cond.notify_all()
 
     def allow(self) -> None:
-        """End the PermissionDenied window."""
+        """End the PermissionDenied window now."""
         with self._cond:
+            self._cancel_deny_timer()
             self._deny_until = None
+            _log.info("identities allowed again")
+            self._cond.notify_all()
+
+    def _cancel_deny_timer(self) -> None:
+        if self._deny_timer is not None:
+            self._deny_timer.cancel()
+            self._deny_timer = None
+
+    def _deny_window_ended(self) -> None:
+        with self._cond:
+            _log.info("permission-denied window ended")
             self._cond.notify_all()
 
     @property
@@ -325,9 +347,12 @@ class AgentState(FaultControls, StreamCounters):
             raws = self._faults[rpc].raw_next
             return raws.popleft() if raws else None
 
-    def _open_stream(self, rpc: Rpc) -> StreamHandle:
+    def _open_stream(self, rpc: Rpc, epoch: int) -> StreamHandle | None:
+        """Register a stream; None if its server was stopped (``epoch`` is stale)."""
         with self._cond:
-            handle = StreamHandle(self._next_stream_id, rpc, self._epoch)
+            if epoch != self._epoch:
+                return None
+            handle = StreamHandle(self._next_stream_id, rpc, epoch)
             self._next_stream_id += 1
             raw = self._take_raw_next(rpc)
             if raw is not None:
@@ -344,8 +369,12 @@ class AgentState(FaultControls, StreamCounters):
             self._streams.pop(handle.id, None)
             self._cond.notify_all()
 
+    def _unary_handle(self, rpc: Rpc, epoch: int) -> StreamHandle:
+        """An unregistered handle so a unary call can wait out hang/delay faults."""
+        return StreamHandle(0, rpc, epoch)
+
     def _await_first(self, handle: StreamHandle) -> bool:
-        """Apply hang/delay faults; False if the stream ended meanwhile."""
+        """Apply hang/delay faults; False if the call ended or the agent stopped meanwhile."""
         with self._cond:
             deadline = time.monotonic() + self._faults[handle.rpc].first_message_delay
             while True:
@@ -383,6 +412,12 @@ class AgentState(FaultControls, StreamCounters):
     def _close_after_message(self, rpc: Rpc) -> bool:
         with self._cond:
             return self._faults[rpc].close_after_message
+
+    @property
+    def _serving_epoch(self) -> int:
+        """Bumped by every stop; handlers of an older server must not serve."""
+        with self._cond:
+            return self._epoch
 
     def _end_all_streams(self) -> None:
         """Make every current stream handler return (the agent is stopping)."""

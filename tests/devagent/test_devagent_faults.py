@@ -173,3 +173,22 @@ def test_clear_faults(dev_agent: DevAgent, stub: Stub) -> None:
     stream = open_x509(stub)
     assert next(stream).svids
     stream.cancel()
+
+
+def test_unary_hang_until_released_or_deadline(dev_agent: DevAgent, stub: Stub) -> None:
+    dev_agent.hang("FetchJWTSVID")
+    request = pb.JWTSVIDRequest(audience=["a"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.FetchJWTSVID(request, metadata=HEADER, timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    answers: Collector[pb.JWTSVIDResponse] = Collector()
+    caller = threading.Thread(
+        target=lambda: answers.add(stub.FetchJWTSVID(request, metadata=HEADER, timeout=CALL_TIMEOUT))
+    )
+    caller.start()
+    dev_agent.wait_for_calls("FetchJWTSVID", 2)
+    assert dev_agent.messages_sent("FetchJWTSVID") == 0
+    dev_agent.hang("FetchJWTSVID", enabled=False)
+    assert answers.wait_count(1)[0].svids
+    caller.join()

@@ -75,6 +75,9 @@ def test_fetch_jwt_svid_rules(dev_agent: DevAgent, stub: Stub) -> None:
         fetch([])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as info:
+        fetch(["a"], "not a spiffe id")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
         fetch(["a"], "spiffe://example.org/stranger")
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert info.value.details() == "no identity issued"
@@ -303,3 +306,41 @@ def test_counters_and_waits(dev_agent: DevAgent, stub: Stub) -> None:
     dev_agent.wait_for_no_streams()
     with pytest.raises(TimeoutError, match="4 FetchX509SVID calls"):
         dev_agent.wait_for_calls("FetchX509SVID", 4, timeout=0.05)
+
+
+def test_repeated_restarts_each_reach_the_reconnected_stream(dev_agent: DevAgent) -> None:
+    fast_reconnect = [
+        ("grpc.initial_reconnect_backoff_ms", 20),
+        ("grpc.min_reconnect_backoff_ms", 20),
+        ("grpc.max_reconnect_backoff_ms", 100),
+    ]
+    received: Collector[bytes] = Collector()
+    done = threading.Event()
+    channel = grpc.insecure_channel(dev_agent.grpc_target, options=fast_reconnect)
+    stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                for message in stub.FetchX509SVID(
+                    pb.X509SVIDRequest(), metadata=HEADER, wait_for_ready=True, timeout=60
+                ):
+                    received.add(message.svids[0].x509_svid)
+            except grpc.RpcError:
+                continue
+            except ValueError:  # channel closed at the end of the test
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        received.wait_count(1)
+        for i in range(20):
+            dev_agent.restart()
+            received.wait_count(i + 2)
+        assert dev_agent.streams_opened("FetchX509SVID") == len(received.items) == 21
+        assert set(received.items) == {dev_agent.svids[0].chain_der()}
+    finally:
+        done.set()
+        channel.close()
+        watcher.join(10)
