@@ -1,0 +1,187 @@
+"""``spiffe-bridge fetch`` and ``linkerd-env`` against the dev agent: files, summaries, no key material."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spiffe_bridge.cli import main
+from spiffe_bridge.formats import X509_FORMATS
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def no_key_material(text: str) -> None:
+    assert "PRIVATE KEY" not in text and "eyJ" not in text
+
+
+@pytest.mark.parametrize("fmt", X509_FORMATS)
+def test_fetch_x509_writes_each_format(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    extra = ["--linkerd-server-name", "web.local"] if fmt == "linkerd" else []
+    code, out, err = run(
+        capsys,
+        "fetch",
+        "x509",
+        "--address",
+        dev_agent.address,
+        "--write",
+        str(tmp_path),
+        "--format",
+        fmt,
+        *extra,
+    )
+    assert code == 0, err
+    summary = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert summary["spiffe_id"] == "spiffe://example.org/workload"
+    assert summary["format"] == fmt and summary["changed"] == "True"
+    for entry in summary["files"].split(", "):
+        name = entry.split(" (")[0]
+        assert (tmp_path / name).is_file()
+    no_key_material(out + err)
+
+
+def test_fetch_x509_json_summary_and_no_op_rewrite(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fetch", "x509", "--address", dev_agent.address, "--write", str(tmp_path), "--json"]
+    assert run(capsys, *args)[0] == 0
+    code, out, _ = run(capsys, *args)
+    doc = json.loads(out)
+    assert code == 0 and doc["changed"] is False
+    assert doc["files"] == ["svid.pem (0644)", "svid_key.pem (0600)", "svid_bundle.pem (0644)"]
+    assert doc["trust_domains"] == ["example.org"] and doc["expires_at"].endswith("Z")
+
+
+@pytest.mark.dev_agent(federate_with=["partner.test"], intermediate=True)
+def test_fetch_x509_helper_options(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run(
+        capsys,
+        "fetch",
+        "x509",
+        "--address",
+        dev_agent.address,
+        "--write",
+        str(tmp_path),
+        "--layout",
+        "flat",
+        "--include-federated-domains",
+        "--add-intermediates-to-bundle",
+        "--key-file-mode",
+        "0640",
+    )
+    assert code == 0, err
+    assert (tmp_path / "federated" / "partner.test.pem").is_file()
+    assert (tmp_path / "svid.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 1
+    assert (tmp_path / "svid_bundle.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 2
+    assert oct((tmp_path / "svid_key.pem").stat().st_mode & 0o777) == oct(0o640)
+    assert not (tmp_path / "svid.pem").is_symlink()
+
+
+def test_fetch_x509_without_write_only_prints(dev_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "fetch", "x509", "--address", dev_agent.address)
+    assert code == 0 and "spiffe_id: spiffe://example.org/workload" in out and "files" not in out
+    no_key_material(out)
+
+
+def test_pkcs12_password_comes_from_env_or_file(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    monkeypatch.setenv("P12_PASS", "from-env")
+    base = ["fetch", "x509", "--address", dev_agent.address, "--format", "pkcs12"]
+    assert run(capsys, *base, "--write", str(tmp_path / "a"), "--pkcs12-password-env", "P12_PASS")[0] == 0
+    pkcs12.load_pkcs12((tmp_path / "a" / "svid.p12").read_bytes(), b"from-env")
+    secret = tmp_path / "pass.txt"
+    secret.write_text("from-file\n")
+    assert run(capsys, *base, "--write", str(tmp_path / "b"), "--pkcs12-password-file", str(secret))[0] == 0
+    pkcs12.load_pkcs12((tmp_path / "b" / "svid.p12").read_bytes(), b"from-file")
+    code, _, err = run(capsys, *base, "--write", str(tmp_path / "c"), "--pkcs12-password-env", "UNSET_VAR")
+    assert code == 1 and "UNSET_VAR" in err
+
+
+def test_fetch_jwt_prints_the_token(dev_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "fetch", "jwt", "--address", dev_agent.address, "--audience", "db")
+    assert code == 0
+    token = out.strip()
+    spiffe_id, _claims = dev_agent.validate_jwt_svid(token, "db")
+    assert spiffe_id == "spiffe://example.org/workload"
+    assert "spiffe_id: spiffe://example.org/workload" in err and token not in err
+
+
+@pytest.mark.dev_agent(federate_with=["partner.test"])
+def test_fetch_jwt_writes_token_and_bundles(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "fetch",
+        "jwt",
+        "--address",
+        dev_agent.address,
+        "--audience",
+        "db",
+        "--audience",
+        "cache",
+        "--bundles",
+        "--write",
+        str(tmp_path),
+    )
+    assert code == 0, err
+    no_key_material(out + err)
+    token = (tmp_path / "jwt_svid.token").read_text()
+    dev_agent.validate_jwt_svid(token, "cache")
+    assert oct((tmp_path / "jwt_svid.token").stat().st_mode & 0o777) == oct(0o600)
+    assert set(json.loads((tmp_path / "jwt_bundle.json").read_bytes())) == {"example.org", "partner.test"}
+    assert (tmp_path / "jwks" / "partner.test.json").is_file()
+
+
+def test_errors_exit_1_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dev_agent: Any
+) -> None:
+    code, _, err = run(
+        capsys, "fetch", "x509", "--address", f"unix://{tmp_path}/none.sock", "--timeout", "0.5"
+    )
+    assert code == 1 and "error" in err
+    code, _, err = run(capsys, "fetch", "x509", "--address", dev_agent.address, "--hint", "nope")
+    assert code == 1 and "hint='nope'" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "fetch", "x509", "--address", dev_agent.address, "--write", str(blocker / "x"))
+    assert code == 1 and str(blocker) in err
+
+
+def test_linkerd_env_prints_or_writes(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "linkerd-env", "--address", dev_agent.address, "--server-name", "web.local")
+    assert code == 0
+    assert f'LINKERD2_PROXY_IDENTITY_SPIRE_WORKLOAD_API_ADDRESS="{dev_agent.address}"' in out
+    assert 'LINKERD2_PROXY_IDENTITY_SERVER_ID="spiffe://example.org/workload"' in out
+    args = [
+        "linkerd-env",
+        "--address",
+        dev_agent.address,
+        "--server-name",
+        "web.local",
+        "--write",
+        str(tmp_path),
+    ]
+    code, out, _ = run(capsys, *args, "--workload-api-address", "unix:///run/relay.sock")
+    assert code == 0 and "trust_anchors_changed: True" in out
+    assert "unix:///run/relay.sock" in (tmp_path / "linkerd.env").read_text()
+    code, out, _ = run(capsys, *args, "--workload-api-address", "unix:///run/relay.sock")
+    assert "trust_anchors_changed: False" in out and "changed: False" in out
+    assert os.path.islink(tmp_path / "trust_anchors.pem")
