@@ -49,7 +49,10 @@ class AgentState(FaultControls, StreamCounters):
         self._ca = TrustDomainCA(trust_domain, intermediate=intermediate, key_type=key_type)
         self._federated: dict[str, TrustDomainCA] = {}
         for td in federate_with:
-            self._federated[trust_domain_name(td)] = TrustDomainCA(td)
+            name = trust_domain_name(td)
+            if name == self._ca.trust_domain:
+                raise ValueError("cannot federate with the agent's own trust domain")
+            self._federated[name] = TrustDomainCA(name)
         self._ttl = ttl
         self._jwt_ttl = jwt_ttl
         self._crls: list[bytes] = []
@@ -168,6 +171,8 @@ class AgentState(FaultControls, StreamCounters):
     ) -> str:
         """A JWT-SVID for ``spiffe_id`` (default: first identity), as FetchJWTSVID mints it."""
         with self._cond:
+            if not spiffe_id and not self._identities:
+                raise LookupError("no identity issued")
             sid = spiffe_id or self._identities[0].spiffe_id
             return self._ca.mint_jwt_svid(sid, audience, ttl=ttl or self._jwt_ttl)
 

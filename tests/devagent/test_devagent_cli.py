@@ -14,6 +14,7 @@ import pytest
 from devagent_helpers import Collector
 from spiffe import TrustDomain, WorkloadApiClient
 from spiffe.workloadapi.errors import FetchX509SvidError
+from spiffe.workloadapi.x509_context import X509Context
 
 from spiffe_bridge.devagent._duration import parse_duration
 from spiffe_bridge.devagent.identity import Identity
@@ -151,3 +152,32 @@ def test_identity_spec() -> None:
     ):
         with pytest.raises(ValueError):
             Identity.parse(bad)
+
+
+def test_cli_sigusr2_rotates_the_root_keeping_the_old_one(socket_dir: str) -> None:
+    proc = start_cli("--socket", os.path.join(socket_dir, "a.sock"))
+    try:
+        address = read_banner(proc)
+        root_counts: Collector[int] = Collector()
+        errors: Collector[Exception] = Collector()
+        own = TrustDomain("example.org")
+        with WorkloadApiClient(address) as client:
+
+            def on_update(ctx: X509Context) -> None:
+                bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(own)
+                root_counts.add(len(bundle.x509_authorities) if bundle else 0)
+
+            handle = client.stream_x509_contexts(on_update, errors.add)
+            try:
+                assert root_counts.wait_count(1) == [1]
+                proc.send_signal(signal.SIGUSR2)
+                root_counts.wait_for(lambda counts: 2 in counts)
+            finally:
+                handle.cancel()
+        assert errors.items == []
+        code, err = stop(proc)
+        assert code == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -55,7 +55,13 @@ def test_fail_next_on_unary_rpcs(dev_agent: DevAgent, stub: Stub) -> None:
     assert code_of(fetch) == code_of(fetch) == grpc.StatusCode.UNAVAILABLE
     token = fetch().svids[0].svid
     request = pb.ValidateJWTSVIDRequest(audience="a", svid=token)
-    validate = lambda: stub.ValidateJWTSVID(request, metadata=HEADER, timeout=CALL_TIMEOUT)  # noqa: E731
+
+    def validate() -> pb.ValidateJWTSVIDResponse:
+        result: pb.ValidateJWTSVIDResponse = stub.ValidateJWTSVID(
+            request, metadata=HEADER, timeout=CALL_TIMEOUT
+        )
+        return result
+
     assert code_of(validate) == grpc.StatusCode.UNIMPLEMENTED
     assert validate().spiffe_id == "spiffe://example.org/workload"
 

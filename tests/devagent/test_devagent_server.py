@@ -17,6 +17,7 @@ import pytest
 from conftest import CALL_TIMEOUT, HEADER
 from cryptography import x509
 from devagent_helpers import Collector
+from google.protobuf import json_format
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._proto import workload_pb2_grpc
@@ -95,9 +96,10 @@ def test_validate_jwt_svid_returns_claims(dev_agent: DevAgent, stub: Stub) -> No
     token = dev_agent.mint_jwt_svid(["svc", "other"])
     result = validate(token, "other")
     assert result.spiffe_id == "spiffe://example.org/workload"
-    assert result.claims["sub"] == result.spiffe_id
-    assert list(result.claims["aud"]) == ["svc", "other"]
-    assert result.claims["exp"] > result.claims["iat"]
+    claims = json_format.MessageToDict(result.claims)
+    assert claims["sub"] == result.spiffe_id
+    assert claims["aud"] == ["svc", "other"]
+    assert claims["exp"] > claims["iat"]
 
     partner = dev_agent.federated_trust_domains["partner.test"]
     fed_token = partner.mint_jwt_svid("spiffe://partner.test/api", ["svc"], ttl=60)
