@@ -39,6 +39,9 @@ RECORDER = textwrap.dedent(
     if len(sys.argv) > 2:
         open(sys.argv[2], "w").write(str(os.getpid()))
     out.write("started %d\\n" % os.getpid())
+    check = os.environ.get("RECORDER_CHECK")
+    if check:
+        out.write("file %s\\n" % ("present" if os.path.exists(check) else "missing"))
     exit_now = os.environ.get("RECORDER_EXIT_NOW")
     if exit_now is not None:
         sys.exit(int(exit_now))
