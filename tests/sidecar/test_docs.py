@@ -1,0 +1,41 @@
+"""docs/sidecar.md describes every key, environment variable, exit code and example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from spiffe_bridge.sidecar import env, runner
+from spiffe_bridge.sidecar.schema import TOP_KEYS, Key
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "sidecar.md").read_text()
+
+
+@pytest.mark.parametrize("key", TOP_KEYS, ids=lambda k: k.name)
+def test_every_key_is_documented(key: Key) -> None:
+    name = key.name
+    assert f"| `{name}` |" in DOC
+    for sub in key.fields:
+        assert f"`{name}.{sub.name}`" in DOC or f"`{name}[].{sub.name}`" in DOC, f"{name}.{sub.name}"
+
+
+def test_block_and_jwt_environment_variables_are_documented() -> None:
+    for name, path, _key in env.variables():
+        if len(path) == 2:
+            assert name in DOC, name
+    for name in (env.JWT_AUDIENCE, env.JWT_EXTRA_AUDIENCES, env.JWT_SVID_FILE_NAME, "SPIFFE_ENDPOINT_SOCKET"):
+        assert name in DOC, name
+
+
+def test_exit_codes_are_documented() -> None:
+    for code in (runner.EXIT_OK, runner.EXIT_FAILURE, runner.EXIT_CONFIG, runner.EXIT_UNAVAILABLE,
+                 runner.EXIT_NO_IDENTITY, runner.EXIT_WRITE):  # fmt: skip
+        assert re.search(rf"^\| {code} \|", DOC, re.MULTILINE), code
+
+
+def test_documented_examples_exist() -> None:
+    for name in re.findall(r"`([\w.-]+\.(?:conf|toml|service|yaml))`", DOC):
+        assert (ROOT / "examples" / "sidecar" / name).exists(), name
