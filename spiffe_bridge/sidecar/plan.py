@@ -165,6 +165,10 @@ def _option_value(name: str, value: Any, out: OutputConfig, issues: Issues) -> A
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{where(label, line)} must be a string, got {value!r}")
+    if name.endswith("_file_name"):
+        _check_names([value], where(label, line))
+    elif name.endswith("_dir"):
+        _check_names([f"{value}/x"], where(label, line))
     return value
 
 

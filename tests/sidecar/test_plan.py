@@ -1,0 +1,150 @@
+"""Output plans: format options checked with lines, directories merged, passwords read, CLI wiring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spiffe_bridge.sidecar import cli, metrics, plan
+from spiffe_bridge.sidecar.config import Config, ConfigError, build, parse_text
+
+X509 = 'svid_file_name = "s.pem"\nsvid_key_file_name = "k.pem"\nsvid_bundle_file_name = "b.pem"\n'
+
+
+def cfg(text: str) -> Config:
+    return build(parse_text(text, "hcl"), environ={})
+
+
+def plans(text: str, environ: dict[str, str] | None = None) -> list[plan.DirPlan]:
+    return plan.build(cfg(text), environ or {})[0]
+
+
+def test_legacy_keys_make_one_pem_plan_in_cert_dir(tmp_path: Path) -> None:
+    text = X509 + f'cert_dir = "{tmp_path}"\nhint = "h"\nomit_expired = true\ncert_file_mode = 0640\n'
+    text += (
+        'jwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "a.jwt"}]\njwt_bundle_file_name = "jb.json"'
+    )
+    (only,) = plans(text)
+    assert only.directory == str(tmp_path) and only.layout == "flat"
+    (out,) = only.x509
+    assert out.format == "pem"
+    opts = out.options
+    assert (opts.svid_file_name, opts.hint, opts.omit_expired, opts.cert_file_mode) == (
+        "s.pem",
+        "h",
+        True,
+        0o640,
+    )
+    assert opts.federated_layout == "merged"
+    assert only.jwt_options is not None and only.jwt_options.jwt_bundle_file_name == "jb.json"
+    assert only.jwt_options.jwks_dir is None and only.wants_jwt_bundle
+
+
+def test_outputs_sharing_a_directory_merge_and_inherit_hint(tmp_path: Path) -> None:
+    text = (
+        X509
+        + f'cert_dir = "{tmp_path}"\nhint = "front"\n'
+        + (
+            f'outputs = [{{format = "combined", dir = "{tmp_path}", layout = "flat"}},\n'
+            f'  {{format = "der", dir = "{tmp_path / "der"}",\n'
+            '    der_key_file_name = "k.der", key_file_mode = "0640"}]'
+        )
+    )
+    merged, der = plans(text)
+    assert [o.format for o in merged.x509] == ["pem", "combined"]
+    assert der.x509[0].options.hint == "front"
+    assert der.x509[0].options.der_key_file_name == "k.der" and der.x509[0].options.key_file_mode == 0o640
+    assert der.layout == "symlink"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('outputs = [{format = "pfx", dir = "/x"}]', "unknown output format 'pfx'"),
+        ('outputs = [{format = "pem",\n dir = "/x",\n svid_name = "a"}]', "unknown key 'svid_name' (line 3)"),
+        ('outputs = [{format = "pem", dir = "/x", now = "2020"}]', "unknown key 'now'"),
+        ('outputs = [{format = "pkcs12", dir = "/x", pkcs12_password = "hunter2"}]', "unknown key"),
+        ('outputs = [{format = "pem", dir = "/x", omit_expired = "yes"}]', "must be true or false"),
+        ('outputs = [{format = "pem", dir = "/x", svid_file_name = 3}]', "must be a string"),
+        ('outputs = [{format = "pem", dir = "/x", federated_layout = "tree"}]', "merged or per-trust-domain"),
+        ('outputs = [{format = "pem", dir = "/x"}, {format = "der", dir = "/x", layout = "flat"}]',
+         "different layout or owner"),
+        ('outputs = [{format = "pem", dir = "/x", svid_file_name = "../escape.pem"}]', "invalid file name"),
+        ('outputs = [{format = "pem", dir = "/x", federated_dir = "/abs"}]', "invalid file name"),
+        (X509.replace('"s.pem"', '".hidden"'), "X.509 file names"),
+        ('jwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "a/../b"}]', "'jwt_svids' file names"),
+        ('outputs = [{format = "pkcs12", dir = "/x", pkcs12_password_file = "/no/p"}]', "cannot be read"),
+    ],
+)  # fmt: skip
+def test_output_errors(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        plans(text)
+    assert fragment in str(info.value)
+
+
+def test_pkcs12_password_from_file_or_env(tmp_path: Path) -> None:
+    secret = tmp_path / "p12"
+    secret.write_text("s3cret\n")
+    (from_file,) = plans(f'outputs = [{{format = "pkcs12", dir = "/x", pkcs12_password_file = "{secret}"}}]')
+    assert from_file.x509[0].options.pkcs12_password == "s3cret"
+    (from_env,) = plans('outputs = [{format = "pkcs12", dir = "/x"}]', {"SPIFFE_BRIDGE_PKCS12_PASSWORD": "e"})
+    assert from_env.x509[0].options.pkcs12_password == "e"
+    (custom,) = plans('pkcs12_password_env = "P"\noutputs = [{format = "pkcs12", dir = "/x"}]', {"P": "c"})
+    assert custom.x509[0].options.pkcs12_password == "c"
+    assert "s3cret" not in repr(from_file.x509[0].options)
+
+
+def test_linkerd_output_defaults_to_the_agent_address() -> None:
+    text = 'agent_address = "/run/a.sock"\n'
+    text += 'outputs = [{format = "linkerd", dir = "/x", linkerd_server_name = "w"}]'
+    (only,) = plans(text)
+    assert only.x509[0].options.linkerd_workload_api_address == "/run/a.sock"
+
+
+def test_metrics_without_prometheus_client_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ConfigError, match=r"pip install 'spiffe-bridge\[metrics\]'"):
+        metrics.require_prometheus()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    cli.add_parser(sub)
+    return parser.parse_args(["run", *argv])
+
+
+def test_cli_arguments() -> None:
+    args = parse([])
+    assert (args.config, args.daemon_mode, args.wrapped, args.check) == ("helper.conf", None, [], False)
+    args = parse(["--config", "f.conf", "--daemon-mode=false", "--", "envoy", "-c", "--flag"])
+    assert (args.config, args.daemon_mode, args.wrapped) == ("f.conf", False, ["envoy", "-c", "--flag"])
+    assert parse(["--daemon-mode"]).daemon_mode is True
+    with pytest.raises(SystemExit):
+        parse(["--daemon-mode=maybe"])
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.conf"
+    good.write_text(X509)
+    assert cli.run(parse(["--config", str(good), "--check"])) == 0
+    assert "configuration is valid" in capsys.readouterr().err
+    bad = tmp_path / "bad.conf"
+    bad.write_text(X509 + "nope = 1")
+    assert cli.run(parse(["--config", str(bad), "--check"])) == 2
+    assert cli.run(parse(["--config", str(good), "--daemon-mode=false", "--check", "--", "x"])) == 2
