@@ -73,11 +73,14 @@ def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
     ]
 
 
-def anchors_changed(directory: str | os.PathLike[str], ctx: X509Context, options: X509Options) -> bool:
+def anchors_changed(
+    directory: str | os.PathLike[str], ctx: X509Context, options: X509Options | None = None
+) -> bool:
     """True when ``ctx`` would change the trust anchors written in ``directory`` (or none exist yet).
 
     The proxy parses its trust anchors only at start: callers restart it when this is true.
     """
+    options = options or X509Options()
     try:
         current = (Path(directory) / options.linkerd_trust_anchors_file_name).read_bytes()
     except FileNotFoundError:
