@@ -101,6 +101,11 @@ class OneShot:
         """Return the exit code (see the module docstring)."""
         try:
             with _interruptible():
+                log.info(
+                    "one-shot: waiting up to %gs for the Workload API at %s",
+                    self.config.one_shot_timeout,
+                    self.config.agent_address,
+                )
                 return self._run()
         except _Interrupted as exc:
             log.warning("interrupted by %s before the files were written", signal.Signals(exc.signum).name)

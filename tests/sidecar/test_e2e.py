@@ -266,3 +266,12 @@ def test_oneshot_5_unwritable_directory(dev_agent: DevAgent, tmp_path: Path) -> 
     code, log = run_once(["-config", str(conf)], tmp_path)
     assert code == 5, log
     assert "writing the files failed" in log
+
+
+def test_oneshot_interrupted_while_waiting(tmp_path: Path) -> None:
+    text = minimal(DevAgent(str(tmp_path / "none.sock")), 'daemon_mode = false\none_shot_timeout = "30s"')
+    with sidecar(["-config", str(write_conf(tmp_path, text))], tmp_path) as proc:
+        wait_until(lambda: "one-shot: waiting up to 30s" in proc.log, "one-shot waiting")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in proc.log
