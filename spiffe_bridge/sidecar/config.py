@@ -217,14 +217,14 @@ def parse_text(text: str, kind: str) -> HclObject:
             raise ConfigError(f"invalid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError("the JSON configuration must be an object")
-        return _toml_with_lines_json(data)
+        return _json_object(data)
     try:
         return loads(text)
     except HclError as exc:
         raise ConfigError(f"invalid HCL: {exc}") from None
 
 
-def _toml_with_lines_json(data: dict[str, Any]) -> HclObject:
+def _json_object(data: dict[str, Any]) -> HclObject:
     def convert(value: Any) -> Any:
         if isinstance(value, dict):
             obj = HclObject(1)
