@@ -77,10 +77,8 @@ def test_authorize_member_of() -> None:
         _refusal(rule, PARTNER)
         == "peer spiffe://partner.org/api is not authorized: expected a member of example.org"
     )
-    assert trust_domains_of(authorize_member_of("a.org", "b.org")) == {
-        TrustDomain("a.org"),
-        TrustDomain("b.org"),
-    }
+    both = frozenset({TrustDomain("a.org"), TrustDomain("b.org")})
+    assert trust_domains_of(authorize_member_of("a.org", "b.org")) == both
     with pytest.raises(ValueError):
         authorize_member_of()
 
