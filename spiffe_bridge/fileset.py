@@ -533,13 +533,15 @@ class FileSetWriter:
         for spec in specs:
             *parents, _ = spec.name.split("/")
             for i in range(len(parents)):
-                st = _lstat(dfd, "/".join(parents[: i + 1]))
+                sub = "/".join(parents[: i + 1])
+                st = _lstat(dfd, sub)
                 if st is not None and not stat.S_ISDIR(st.st_mode):
-                    raise WriteError(
-                        self._path("/".join(parents[: i + 1])),
-                        "expected a directory (symlinks are not followed); remove it",
-                        errno.ENOTDIR,
+                    hint = (
+                        "left by the symlink layout; remove() the set before switching to flat"
+                        if i == 0 and self._is_our_link(dfd, sub)
+                        else "expected a directory (symlinks are not followed); remove it"
                     )
+                    raise WriteError(self._path(sub), hint, errno.ENOTDIR)
             self._check_target(dfd, spec.name, allow_our_link="/" not in spec.name)
         names = {s.name for s in specs}
         previous = self._manifest(dfd)

@@ -302,3 +302,12 @@ def test_invalid_sets_are_rejected_before_touching_disk(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         writer.write([])
     assert not (tmp_path / "out").exists()
+
+
+def test_switching_to_flat_with_subdirectories_asks_for_remove(tmp_path: Path) -> None:
+    FileSetWriter(tmp_path).write(creds(1, extra=True))
+    with pytest.raises(WriteError, match=r"remove\(\) the set"):
+        FileSetWriter(tmp_path, layout="flat").write(creds(2, extra=True))
+    assert (tmp_path / "svid.pem").read_bytes() == b"cert 1\n"
+    FileSetWriter(tmp_path).remove()
+    assert FileSetWriter(tmp_path, layout="flat").write(creds(2, extra=True)).changed
