@@ -104,12 +104,15 @@ def _check_name(name: str) -> None:
 
 
 def _check_specs(files: Sequence[FileSpec]) -> list[FileSpec]:
-    specs = list(files)
+    by_name: dict[str, FileSpec] = {}
+    for spec in files:  # formats sharing a directory may both render e.g. svid_bundle.pem
+        seen = by_name.setdefault(spec.name, spec)
+        if seen != spec:
+            raise ValueError(f"duplicate file name {spec.name!r} with different content or mode in the set")
+    specs = list(by_name.values())
     if not specs:
         raise ValueError("a file set needs at least one file")
-    names = {s.name for s in specs}
-    if len(names) != len(specs):
-        raise ValueError("duplicate file names in the set")
+    names = set(by_name)
     for name in names:
         parts = name.split("/")
         for i in range(1, len(parts)):

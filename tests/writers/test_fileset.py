@@ -297,6 +297,8 @@ def test_invalid_sets_are_rejected_before_touching_disk(tmp_path: Path) -> None:
     writer = FileSetWriter(tmp_path / "out")
     with pytest.raises(ValueError, match="duplicate"):
         writer.write([FileSpec("a", b"1"), FileSpec("a", b"2")])
+    with pytest.raises(ValueError, match="duplicate"):
+        writer.write([FileSpec("a", b"1", 0o644), FileSpec("a", b"1", 0o600)])
     with pytest.raises(ValueError, match="inside"):
         writer.write([FileSpec("a", b"1"), FileSpec("a/b", b"2")])
     with pytest.raises(ValueError, match="at least one"):
@@ -311,3 +313,9 @@ def test_switching_to_flat_with_subdirectories_asks_for_remove(tmp_path: Path) -
     assert (tmp_path / "svid.pem").read_bytes() == b"cert 1\n"
     FileSetWriter(tmp_path).remove()
     assert FileSetWriter(tmp_path, layout="flat").write(creds(2, extra=True)).changed
+
+
+def test_identical_duplicates_are_written_once(tmp_path: Path) -> None:
+    """pem and combined both render svid_bundle.pem: one directory can hold both formats."""
+    result = FileSetWriter(tmp_path).write([*creds(1), FileSpec("svid_bundle.pem", b"bundle\n", 0o644)])
+    assert len(result.written) == 3
