@@ -7,6 +7,7 @@ decided without waiting lives here, so both behave identically.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -35,6 +36,8 @@ log = logging.getLogger("spiffe_bridge.client")
 METADATA: tuple[tuple[str, str], ...] = (("workload.spiffe.io", "true"),)
 #: Default deadline for one-shot calls (socket wait included).
 DEFAULT_TIMEOUT = 30.0
+#: How long a stream must stay up after its first valid message to count as healthy.
+HEALTHY_STREAM_SECONDS = 1.0
 
 T = TypeVar("T")
 ErrorCallback = Callable[[Exception], None]
@@ -55,6 +58,40 @@ X509_BUNDLES = StreamSpec(
     "FetchX509Bundles", pb.X509BundlesRequest(), model.bundles_from_message, "X.509 bundles"
 )
 JWT_BUNDLES = StreamSpec("FetchJWTBundles", pb.JWTBundlesRequest(), jwt.bundles_from_message, "JWT bundles")
+
+
+class ReconnectCounter:
+    """Numbers the reconnect attempts of one watch, for ``Backoff.delay``.
+
+    Failed connects count up as usual. After a stream that delivered and then stayed
+    up for ``HEALTHY_STREAM_SECONDS`` the count starts over (an agent restart is
+    followed at once). A stream that delivered but ended sooner counts as one more in
+    a streak of short-lived streams, so an agent that closes every stream right after
+    its first message gets a growing backoff instead of a hot reconnect loop.
+    """
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self._streak = 0
+        self._healthy_since: float | None = None
+
+    def delivered(self) -> None:
+        """The current stream delivered a valid message."""
+        if self._healthy_since is None:
+            self._healthy_since = time.monotonic()
+
+    def ended(self) -> int:
+        """The current stream ended; returns the attempt number of the next connect."""
+        since, self._healthy_since = self._healthy_since, None
+        if since is None:
+            self.attempt += 1
+        elif time.monotonic() - since >= HEALTHY_STREAM_SECONDS:
+            self._streak, self.attempt = 0, 1
+        else:
+            self._streak += 1
+            self.attempt = self._streak + 1
+        return self.attempt
+
 
 _CODE_ERRORS: dict[grpc.StatusCode, type[WorkloadApiError]] = {
     grpc.StatusCode.UNAVAILABLE: AgentUnavailableError,

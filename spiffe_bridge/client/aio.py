@@ -20,6 +20,7 @@ from spiffe_bridge.client._core import (
     X509_CONTEXTS,
     ClientCore,
     ErrorCallback,
+    ReconnectCounter,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -159,7 +160,7 @@ class AsyncWorkloadClient:
         )
 
     async def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> AsyncIterator[T]:
-        attempt = 0
+        attempts = ReconnectCounter()
         while not self._closed.is_set():
             call = getattr(self._stub_now(), spec.method)(
                 spec.request, metadata=METADATA, wait_for_ready=True
@@ -173,7 +174,7 @@ class AsyncWorkloadClient:
                     except ValidationError as exc:
                         self._core.report(exc, on_error)
                         continue
-                    attempt = 0
+                    attempts.delivered()
                     yield item
                 error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
             except grpc.RpcError as exc:
@@ -185,7 +186,7 @@ class AsyncWorkloadClient:
                 self._calls.discard(call)
             if not error.retryable:
                 raise error
-            attempt += 1
+            attempt = attempts.ended()
             self._core.report(error, on_error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))

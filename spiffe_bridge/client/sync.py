@@ -18,6 +18,7 @@ from spiffe_bridge.client._core import (
     X509_CONTEXTS,
     ClientCore,
     ErrorCallback,
+    ReconnectCounter,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -179,7 +180,7 @@ class WorkloadClient:
         )
 
     def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> Iterator[T]:
-        attempt = 0
+        attempts = ReconnectCounter()
         while not self._closed.is_set():
             call = getattr(self._stub, spec.method)(spec.request, metadata=METADATA, wait_for_ready=True)
             self._track(call, True)
@@ -191,7 +192,7 @@ class WorkloadClient:
                     except ValidationError as exc:
                         self._core.report(exc, on_error)
                         continue
-                    attempt = 0
+                    attempts.delivered()
                     yield item
                 error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
             except grpc.RpcError as exc:
@@ -203,7 +204,7 @@ class WorkloadClient:
                 self._track(call, False)
             if not error.retryable:
                 raise error
-            attempt += 1
+            attempt = attempts.ended()
             self._core.report(error, on_error)
             if self._closed.wait(self._core.backoff.delay(attempt)):
                 return
