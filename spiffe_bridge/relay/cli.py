@@ -1,0 +1,158 @@
+"""``spiffe-bridge relay``: argument wiring for the Workload API relay, nothing else.
+
+Runs an ``AsyncRelay`` on the main thread's event loop until SIGTERM or
+SIGINT, then ends downstream streams, closes upstream and removes the socket.
+Tells systemd it is ready (``Type=notify``) once the socket is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+from spiffe_bridge.errors import SpiffeBridgeError
+from spiffe_bridge.relay.core import DEFAULT_HOLD, AsyncRelay
+from spiffe_bridge.relay.sockets import Owner, parse_mode
+from spiffe_bridge.retry import Backoff
+
+
+def _mode(text: str) -> int:
+    try:
+        return parse_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _owner(text: str) -> Owner:
+    try:
+        return Owner.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("seconds must be >= 0")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``relay`` subcommand."""
+    p = subparsers.add_parser(
+        "relay",
+        help="re-serve the Workload API on a local socket",
+        description="Re-serve an upstream SPIFFE Workload API (one upstream stream per kind) on a "
+        "local Unix socket to any number of clients, optionally showing them only some SVIDs.",
+        epilog="An SVID is shown if its SPIFFE ID or its hint is allowed; with no --allow-* option "
+        "every SVID is shown. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    p.add_argument(
+        "--upstream",
+        default=None,
+        metavar="ADDR",
+        help="upstream Workload API, unix:///path or tcp://IP:port (default: $SPIFFE_ENDPOINT_SOCKET)",
+    )
+    p.add_argument("--listen", required=True, metavar="unix:///PATH", help="socket to serve on")
+    p.add_argument(
+        "--allow-spiffe-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="show downstream only SVIDs with this SPIFFE ID (repeatable)",
+    )
+    p.add_argument(
+        "--allow-hint",
+        action="append",
+        default=[],
+        metavar="HINT",
+        help="show downstream only SVIDs with this hint (repeatable)",
+    )
+    p.add_argument("--socket-mode", type=_mode, default=None, metavar="MODE", help="socket mode, e.g. 0660")
+    p.add_argument(
+        "--socket-owner",
+        type=_owner,
+        default=None,
+        metavar="UID[:GID]",
+        help="socket owner and group, numbers or names (needs privileges)",
+    )
+    p.add_argument(
+        "--hold",
+        type=_seconds,
+        default=DEFAULT_HOLD,
+        metavar="SECONDS",
+        help="keep serving the last state this long after losing upstream (%(default)s; 0 = never)",
+    )
+    p.add_argument(
+        "--max-backoff",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait between upstream reconnects (%(default)s)",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        relay = AsyncRelay(
+            args.upstream,
+            args.listen,
+            allow_ids=args.allow_spiffe_id,
+            allow_hints=args.allow_hint,
+            socket_mode=args.socket_mode,
+            socket_owner=args.socket_owner,
+            hold=args.hold,
+            backoff=Backoff(initial=0.2, maximum=max(args.max_backoff, 0.2)),
+        )
+    except (ValueError, SpiffeBridgeError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(relay))
+
+
+async def _serve(relay: AsyncRelay) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await relay.start()
+    except OSError as exc:
+        print(f"relay: cannot serve on {relay.socket_path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"relay serving {relay.address} from {relay.upstream_endpoint}", flush=True)
+        _notify_systemd(b"READY=1")
+        await stop.wait()
+        _notify_systemd(b"STOPPING=1")
+    finally:
+        await relay.stop()
+    return 0
+
+
+def _notify_systemd(message: bytes) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(path)
+        sock.sendall(message)
