@@ -1,0 +1,93 @@
+"""`spiffe-bridge demo` runs end to end and leaves files nginx accepts."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if path:
+        return path
+    message = f"{binary} not installed: run scripts/install-system-deps.sh"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("demo") / "spiffe-bridge-demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "spiffe_bridge", "demo", "--dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All checks passed" in result.stdout
+    assert "FAILED" not in result.stdout
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    return out
+
+
+def test_every_format_written(demo_dir: pathlib.Path) -> None:
+    for sub, name in [
+        ("pem", "svid.pem"),
+        ("pem", "svid_key.pem"),
+        ("pem", "svid_bundle.pem"),
+        ("pem", "federated/partner.example.pem"),
+        ("pem", "jwt_svid.token"),
+        ("combined", "svid_combined.pem"),
+        ("envoy-sds", "sds_tls_certificate.json"),
+        ("pkcs12", "svid.p12"),
+        ("der", "key.p8"),
+        ("linkerd", "linkerd.env"),
+    ]:
+        assert (demo_dir / sub / name).is_file(), f"{sub}/{name} missing"
+    assert (demo_dir / "pem" / "svid_key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.consumers
+def test_nginx_accepts_demo_files(demo_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    nginx = _require("nginx")
+    pem = demo_dir / "pem"
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"""
+user root;
+pid {tmp_path}/nginx.pid;
+error_log stderr;
+events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{_free_port()} ssl;
+    ssl_certificate {pem}/svid.pem;
+    ssl_certificate_key {pem}/svid_key.pem;
+    ssl_client_certificate {pem}/svid_bundle.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+  }}
+}}
+"""
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
