@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import grpc
@@ -145,7 +145,13 @@ class AsyncRelay:
 
     async def wait_serving(self, kind: Kind = Kind.X509_SVID) -> Snapshot:
         """Wait until the relay serves state of ``kind`` (e.g. the first SVIDs arrived)."""
-        return await self._feed(kind).wait_for(serving=True)
+        return await self._feed(kind).wait_until(lambda s: s.serving)
+
+    async def wait_until(
+        self, predicate: Callable[[Snapshot], bool], kind: Kind = Kind.X509_SVID
+    ) -> Snapshot:
+        """Wait until what streams of ``kind`` get satisfies ``predicate``."""
+        return await self._feed(kind).wait_until(predicate)
 
     def snapshot(self, kind: Kind = Kind.X509_SVID) -> Snapshot:
         """What streams of ``kind`` get right now."""
@@ -159,7 +165,7 @@ class AsyncRelay:
             feeds[kind.value] = FeedStats(
                 version=snap.version,
                 serving=snap.serving,
-                status="serving" if snap.serving else snap.code.name,
+                status=_status(snap),
                 open_streams=feed.open_streams,
                 messages_sent=feed.messages_sent,
                 upstream_updates=feed.upstream_updates,
@@ -182,3 +188,9 @@ class AsyncRelay:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _status(snapshot: Snapshot) -> str:
+    if not snapshot.serving:
+        return snapshot.code.name
+    return "holding" if snapshot.upstream_lost else "serving"

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -43,6 +44,8 @@ class Snapshot:
     details: str = ""
     #: ``time.monotonic_ns()`` when the upstream update behind ``payload`` reached the relay.
     received_ns: int = 0
+    #: True while ``payload`` is still served although the upstream stream is gone (the hold).
+    upstream_lost: bool = False
 
     @property
     def serving(self) -> bool:
@@ -69,7 +72,10 @@ class Feed:
     def publish(self, payload: bytes, received_ns: int) -> bool:
         """Serve ``payload`` from now on; False (nobody woken) when it equals what is served."""
         self.upstream_updates += 1
-        if self._snapshot.payload == payload:
+        current = self._snapshot
+        if current.payload == payload:
+            if current.upstream_lost:  # upstream is back with the same state
+                self._replace(replace(current, upstream_lost=False))
             return False
         self._replace(Snapshot(self._snapshot.version + 1, payload, received_ns=received_ns))
         return True
@@ -82,15 +88,21 @@ class Feed:
         self._replace(Snapshot(current.version + 1, None, code, details))
         return True
 
+    def mark_upstream_lost(self) -> None:
+        """Note that the payload is now served from memory only; streams are not disturbed."""
+        current = self._snapshot
+        if current.serving and not current.upstream_lost:
+            self._replace(replace(current, upstream_lost=True))
+
     async def wait_newer(self, version: int) -> Snapshot:
         """Wait until the snapshot's version differs from ``version``; return it."""
         while self._snapshot.version == version:
             await self._changed.wait()
         return self._snapshot
 
-    async def wait_for(self, serving: bool = True) -> Snapshot:
-        """Wait until the feed is (or is not) serving a payload."""
-        while self._snapshot.serving != serving:
+    async def wait_until(self, predicate: Callable[[Snapshot], bool]) -> Snapshot:
+        """Wait until ``predicate(snapshot)`` holds; return that snapshot."""
+        while not predicate(self._snapshot):
             await self._changed.wait()
         return self._snapshot
 

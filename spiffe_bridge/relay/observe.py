@@ -58,6 +58,7 @@ class FeedStats:
 
     version: int
     serving: bool
+    #: "serving", "holding" (upstream lost, last state still served) or the status code name.
     status: str
     open_streams: int
     messages_sent: int

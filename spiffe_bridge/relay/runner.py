@@ -136,6 +136,12 @@ class Relay:
         """Block until the relay serves state of ``kind``; TimeoutError otherwise."""
         return self._run(self._relay.wait_serving(kind), timeout)
 
+    def wait_until(
+        self, predicate: Callable[[Snapshot], bool], kind: Kind = Kind.X509_SVID, timeout: float = 10.0
+    ) -> Snapshot:
+        """Block until what streams of ``kind`` get satisfies ``predicate``; TimeoutError otherwise."""
+        return self._run(self._relay.wait_until(predicate, kind), timeout)
+
     def snapshot(self, kind: Kind = Kind.X509_SVID) -> Snapshot:
         """What new streams of ``kind`` get right now (payload, or the status they end with)."""
         return self._call(lambda: self._relay.snapshot(kind))

@@ -154,6 +154,7 @@ class Upstream:
             if kind not in self._timers:
                 loop = asyncio.get_running_loop()
                 self._timers[kind] = loop.call_later(self._hold, self._hold_expired, kind, details)
+                feed.mark_upstream_lost()
                 log.info("relay: %s upstream lost; serving the last state for %.1fs", kind, self._hold)
             return
         self._lose(kind, details)
