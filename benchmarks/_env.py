@@ -145,9 +145,24 @@ def machine(workdir: str) -> dict[str, Any]:
     }
 
 
+#: Bytecode cache for benchmark subprocesses, outside the work tree.
+PYCACHE = (
+    Path(os.environ.get("SPIFFE_BRIDGE_CACHE", Path.home() / ".cache" / "spiffe-bridge")) / "bench-pycache"
+)
+
+
 def probe_env() -> dict[str, str]:
-    """Environment for benchmark subprocesses: the repo importable, no proxies, no agent variable."""
+    """Environment for benchmark subprocesses: the repo importable, bytecode cached, no agent variable.
+
+    ``PYTHONDONTWRITEBYTECODE`` (set in some dev shells) would make every
+    subprocess compile the editable package from source, which no installed
+    package does; so bytecode is cached under ``PYCACHE`` (outside the work
+    tree) for every library alike, and cold-start figures measure imports,
+    not the compiler.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("SPIFFE_ENDPOINT_SOCKET", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env

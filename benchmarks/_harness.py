@@ -90,6 +90,7 @@ class EventPipe:
     """A FIFO that probes write one-line events to, read by a background thread into a queue."""
 
     def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "events.fifo")
         os.mkfifo(self.path, 0o600)
         # O_RDWR: opening never blocks and the reader never sees EOF when a probe exits.
