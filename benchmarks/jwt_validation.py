@@ -148,6 +148,9 @@ def run(quick: bool) -> Result:
     rows.append(
         ["same token via JWTSource.validate (live source)", fmt_rate(p50["ours_source_same"]), "", ""]
     )
+    rows.append(
+        ["ceiling: the ES256 signature verification alone", fmt_rate(p50["ecdsa_verify_only"]), "", ""]
+    )
     result["results"] = {"cpu": cpu, "per_second_p50": p50, "rounds": measured}
     goal(
         result,
