@@ -95,3 +95,10 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in cells[1:]]
     return "\n".join(out)
+
+
+def fmt_delta(value: float | None) -> str:
+    """A signed difference of seconds: ``+3.6 ms`` / ``-1.2 ms``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return ("+" if value >= 0 else "-") + fmt_seconds(abs(value))

@@ -1,0 +1,132 @@
+"""7. Relay overhead: rotation latency to N downstream clients, direct vs through the relay.
+
+N raw Workload API streams (one channel each, no decoding: the client side
+costs the same in both set-ups) run in one probe process, either straight on
+the dev agent or on a ``spiffe_bridge.relay.Relay`` running in its own
+process in front of it. Per rotation the latency runs from the agent's push
+(the first one, when it pushes to N streams itself) to the moment the first
+and the last of the N clients hold the message. Set-ups run one after the
+other against the same agent; the difference of the medians is the overhead.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from benchmarks._harness import EventPipe, Proc, TimedAgent, probe_argv, spawn, wait_ready, workdir
+from benchmarks._report import Result, goal, new_result
+from benchmarks._stats import fmt_delta, fmt_seconds, summary
+
+NAME = "relay"
+
+
+def _rotations(
+    agent: TimedAgent, pipe: EventPipe, count: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """(push -> first client, push -> last client) for ``count`` rotations after ``warmup``."""
+    first: list[float] = []
+    last: list[float] = []
+    for i in range(warmup + count):
+        time.sleep(0.03 + random.random() * 0.03)
+        mark = agent.mark()
+        agent.rotate()
+        event = pipe.get("event", timeout=30)
+        pushes = agent.pushes_since(mark)
+        if not pushes:
+            raise RuntimeError("the agent recorded no push for a rotation")
+        t0 = min(p.at for p in pushes)
+        if i >= warmup:
+            first.append(float(event.fields[0]) - t0)
+            last.append(float(event.fields[1]) - t0)
+    return first, last
+
+
+def run(quick: bool) -> Result:
+    """``quick``: 1 and 5 clients, 3 rotations; full: 1 and 100 clients, 60 and 30 rotations."""
+    try:
+        from spiffe_bridge.relay import Relay  # noqa: F401 - availability check only
+    except ImportError:
+        result = new_result("relay overhead", [])
+        result["notes"].append("relay not available")
+        return result
+    sizes = [(1, 3), (5, 3)] if quick else [(1, 60), (100, 30)]
+    warmup = 1 if quick else 3
+    result = new_result(
+        "relay overhead: agent push -> N downstream clients hold the update",
+        [
+            "clients",
+            "path",
+            "first client p50",
+            "last client p50",
+            "last client p99",
+            "added by relay (p50 / p99)",
+        ],
+    )
+    stats: dict[str, Any] = {}
+    with workdir() as wd, TimedAgent(f"{wd}/agent.sock", max_workers=256) as agent:
+        pipe = EventPipe(wd)
+        try:
+            for n, count in sizes:
+                for path in ("direct", "relay"):
+                    procs: list[Proc] = []
+                    try:
+                        target = agent.socket_path
+                        if path == "relay":
+                            target = f"{wd}/relay-{n}.sock"
+                            relay = spawn(
+                                f"relay-{n}", probe_argv("relay", agent.socket_path, pipe.path, target), wd
+                            )
+                            procs.append(relay)
+                            wait_ready(pipe, relay)
+                        clients = spawn(
+                            f"fanout-{path}-{n}", probe_argv("fanout", target, pipe.path, str(n)), wd
+                        )
+                        procs.append(clients)
+                        wait_ready(pipe, clients, timeout=60)
+                        time.sleep(0.3)
+                        pipe.drain()
+                        first, last = _rotations(agent, pipe, count, warmup)
+                    finally:
+                        for proc in reversed(procs):
+                            proc.stop()
+                        pipe.drain()
+                    stats[f"{path}_{n}"] = {
+                        "first": summary(first),
+                        "last": summary(last),
+                        "samples_last": last,
+                    }
+        finally:
+            pipe.close()
+    rows = result["table"]["rows"]
+    added: dict[int, tuple[float, float]] = {}
+    for n, _ in sizes:
+        d, r = stats[f"direct_{n}"]["last"], stats[f"relay_{n}"]["last"]
+        added[n] = (r["p50"] - d["p50"], r["p99"] - d["p99"])
+        for path in ("direct", "relay"):
+            s = stats[f"{path}_{n}"]
+            extra = f"{fmt_delta(added[n][0])} / {fmt_delta(added[n][1])}" if path == "relay" else ""
+            rows.append(
+                [
+                    str(n),
+                    path,
+                    fmt_seconds(s["first"]["p50"]),
+                    fmt_seconds(s["last"]["p50"]),
+                    fmt_seconds(s["last"]["p99"]),
+                    extra,
+                ]
+            )
+    result["results"] = {"setups": stats, "added_p50_p99": {str(n): v for n, v in added.items()}}
+    n_big = sizes[-1][0]
+    goal(
+        result,
+        f"relay overhead reported for 1 and {n_big} clients (no numeric target given)",
+        f"{fmt_delta(added[1][0])} at 1, {fmt_delta(added[n_big][0])} at {n_big} clients (p50)",
+        None,
+    )
+    result["notes"].append(
+        "direct: the dev agent (Python) builds and sends the message once per stream; through the relay "
+        "it sends once and the relay (grpc.aio, one event loop) writes the same bytes to every stream"
+    )
+    return result
