@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -36,14 +36,29 @@ def pem_block(label: str, der: bytes) -> bytes:
     return b"-----BEGIN " + label.encode() + b"-----\n" + lines + b"\n-----END " + label.encode() + b"-----\n"
 
 
+#: What cryptography raises for certificates and keys it cannot parse or does not support.
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
+
+
 def _load_certs(blob: bytes, what: str) -> tuple[tuple[x509.Certificate, ...], tuple[bytes, ...]]:
     ders = split_der(blob, what)
     certs = []
     for i, der in enumerate(ders):
         try:
-            certs.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+            cert = x509.load_der_x509_certificate(der)
+            # Extensions, names and the key are parsed lazily: surface their errors here,
+            # so the checks below never meet a half-parsable certificate.
+            _ = cert.extensions, cert.subject, cert.issuer, cert.public_key()
+        except _PARSE_ERRORS as exc:
             raise ValidationError(f"{what}: certificate {i} is not valid DER: {exc}") from None
+        certs.append(cert)
     return tuple(certs), tuple(ders)
 
 
@@ -172,7 +187,7 @@ def parse_svid(
     chain, ders = _load_certs(chain_blob, f"SVID {sid} chain")
     try:
         key = serialization.load_der_private_key(key_blob, password=None)
-    except (ValueError, TypeError) as exc:
+    except _PARSE_ERRORS as exc:
         raise ValidationError(
             f"SVID {sid}: private key is not unencrypted PKCS#8 DER ({type(exc).__name__})"
         ) from None
@@ -255,7 +270,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (*_PARSE_ERRORS, InvalidSignature):
         return False
     return True
 
@@ -332,7 +347,7 @@ def _check_crls(crls: Iterable[bytes]) -> tuple[bytes, ...]:
     for i, der in enumerate(crls):
         try:
             x509.load_der_x509_crl(der)
-        except ValueError:
+        except _PARSE_ERRORS:
             raise ValidationError(f"CRL {i} is not valid DER") from None
         out.append(bytes(der))
     return tuple(out)
