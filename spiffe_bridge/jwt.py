@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -89,7 +90,7 @@ class JwtBundle:
         """Parse a JWKS document; keys without ``kid``, of unknown type or other ``use`` are skipped."""
         try:
             doc = json.loads(jwks)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise ValidationError(f"JWT bundle for {trust_domain} is not valid JSON") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("keys", []), list):
             raise ValidationError(f"JWT bundle for {trust_domain} is not a JWK Set")
@@ -184,7 +185,7 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str, bytes]:
         header = json.loads(b64url_decode(head_b64))
         claims = json.loads(b64url_decode(body_b64))
         signature = b64url_decode(sig_b64)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise JwtSvidError("token header, claims or signature is not valid base64url JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise JwtSvidError("token header and claims must be JSON objects")
@@ -209,6 +210,8 @@ def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...],
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise JwtSvidError("token has no numeric 'exp' claim")
+    if isinstance(exp, float) and not math.isfinite(exp):
+        raise JwtSvidError("token 'exp' claim is not a finite number")
     return sid, auds, int(exp)
 
 
@@ -243,7 +246,7 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
     """Validate a JWT-SVID for ``audience``; raise JwtSvidError naming the failed check."""
     header, claims, signed, signature = _split(token)
     alg = header.get("alg")
-    if alg not in _ALGS:
+    if not isinstance(alg, str) or alg not in _ALGS:
         raise JwtSvidError(f"token algorithm {alg!r} is not allowed")
     typ = header.get("typ")
     if typ is not None and typ not in ("JWT", "JOSE"):

@@ -22,6 +22,7 @@ from spiffe_bridge.errors import (
     AgentUnavailableError,
     DeadlineError,
     InvalidArgumentError,
+    JwtSvidError,
     NoIdentityError,
     UnimplementedError,
     ValidationError,
@@ -191,6 +192,9 @@ class ClientCore:
     @staticmethod
     def decode_validation(token: str, message: Any) -> jwt.JwtSvid:
         """Turn the agent's ValidateJWTSVID answer into a JwtSvid."""
-        claims = json_format.MessageToDict(message.claims)
+        try:
+            claims = json_format.MessageToDict(message.claims)
+        except ValueError:  # e.g. a non-finite number, which JSON cannot carry
+            raise JwtSvidError("the agent's claims for the token are not valid JSON values") from None
         sid, aud, exp = jwt._check_claims({**claims, "sub": message.spiffe_id})
         return jwt.JwtSvid(sid, token, aud, exp, claims)
