@@ -251,6 +251,8 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
     typ = header.get("typ")
     if typ is not None and typ not in ("JWT", "JOSE"):
         raise JwtSvidError(f"token type {typ!r} is not JWT or JOSE")
+    if "crit" in header:  # RFC 7515 4.1.11: we understand no JWS extension
+        raise JwtSvidError("token names critical header extensions ('crit'); none are supported")
     sid, auds, exp = _check_claims(claims)
     if audience not in auds:
         raise JwtSvidError(f"token audience {list(auds)!r} does not contain {audience!r}")
