@@ -65,10 +65,11 @@ class ReconnectCounter:
     """Numbers the reconnect attempts of one watch, for ``Backoff.delay``.
 
     Failed connects count up as usual. After a stream that delivered and then stayed
-    up for ``HEALTHY_STREAM_SECONDS`` the count starts over (an agent restart is
-    followed at once). A stream that delivered but ended sooner counts as one more in
-    a streak of short-lived streams, so an agent that closes every stream right after
-    its first message gets a growing backoff instead of a hot reconnect loop.
+    up for ``HEALTHY_STREAM_SECONDS`` the count starts over: an agent restart is
+    followed at once. A stream that delivered but failed sooner (an agent restarting
+    again) waits at most the initial backoff. A stream the agent *closed* (status OK)
+    that soon counts as one more in a streak, so an agent that ends every stream
+    right after its first message gets a growing backoff instead of a hot loop.
     """
 
     def __init__(self) -> None:
@@ -81,16 +82,18 @@ class ReconnectCounter:
         if self._healthy_since is None:
             self._healthy_since = time.monotonic()
 
-    def ended(self) -> int:
+    def ended(self, closed_by_agent: bool) -> int:
         """The current stream ended; returns the attempt number of the next connect."""
         since, self._healthy_since = self._healthy_since, None
         if since is None:
             self.attempt += 1
         elif time.monotonic() - since >= HEALTHY_STREAM_SECONDS:
             self._streak, self.attempt = 0, 1
-        else:
+        elif closed_by_agent:
             self._streak += 1
             self.attempt = self._streak + 1
+        else:
+            self.attempt = 2
         return self.attempt
 
 

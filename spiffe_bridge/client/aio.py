@@ -186,7 +186,7 @@ class AsyncWorkloadClient:
                 self._calls.discard(call)
             if not error.retryable:
                 raise error
-            attempt = attempts.ended()
+            attempt = attempts.ended(isinstance(error, StreamEndedError))
             self._core.report(error, on_error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))

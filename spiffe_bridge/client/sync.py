@@ -204,7 +204,7 @@ class WorkloadClient:
                 self._track(call, False)
             if not error.retryable:
                 raise error
-            attempt = attempts.ended()
+            attempt = attempts.ended(isinstance(error, StreamEndedError))
             self._core.report(error, on_error)
             if self._closed.wait(self._core.backoff.delay(attempt)):
                 return
