@@ -77,8 +77,8 @@ def _wait_files(directory: Path, proc: Proc, timeout: float = 30.0) -> None:
 
 
 def run(quick: bool) -> Result:
-    """``quick``: sample 3 s; full: 25 s, after 3 s of settling."""
-    window, settle = (3.0, 1.0) if quick else (25.0, 3.0)
+    """``quick``: sample 1.5 s; full: 25 s, after 3 s of settling."""
+    window, settle = (1.5, 0.5) if quick else (25.0, 3.0)
     helper = _env.spiffe_helper()
     result = new_result(
         f"idle while connected ({window:g} s window): CPU per second and RSS",

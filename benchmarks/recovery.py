@@ -33,7 +33,7 @@ GIVE_UP = 20.0
 
 def run(quick: bool) -> Result:
     """``quick``: 1 cycle; full: 8 cycles."""
-    cycles = 1 if quick else 8
+    cycles, settle = (1, 0.5) if quick else (8, SETTLE)
     helper = _env.spiffe_helper()
     clients = [c for c in ROTATION_CLIENTS if c.kind != "helper" or helper is not None]
     result = new_result(
@@ -49,7 +49,7 @@ def run(quick: bool) -> Result:
             for client in clients:
                 pipes[client.key] = EventPipe(f"{wd}/{client.key}")
                 procs[client.key], _ = start_client(client, agent, pipes[client.key], wd, client.key, helper)
-            time.sleep(SETTLE)
+            time.sleep(settle)
             for _ in range(cycles):
                 for pipe in pipes.values():
                     pipe.drain()
@@ -66,7 +66,7 @@ def run(quick: bool) -> Result:
                         missed[client.key] += 1
                         continue
                     samples[client.key].append(event.t - back)
-                time.sleep(SETTLE)
+                time.sleep(settle)
         finally:
             for proc in procs.values():
                 proc.stop()
