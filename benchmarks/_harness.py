@@ -61,6 +61,10 @@ class TimedAgent(DevAgent):
             self.pushes.append(Push(rpc, stream_id, at))
         super()._record_sent(rpc, summary, stream_id)
 
+    def __enter__(self) -> TimedAgent:
+        super().__enter__()
+        return self
+
     def mark(self) -> int:
         """A position in ``pushes``; pass it to :meth:`pushes_since`."""
         with self._push_lock:
