@@ -36,7 +36,7 @@ SPIRE_REPLACES=(
   "github.com/Keyfactor/ejbca-go-client-sdk=github.com/Keyfactor/ejbca-go-client-sdk@v1.0.2"
 )
 
-CACHE_ROOT="${SPIFFE_BRIDGE_CACHE:-$HOME/.cache/spiffe-bridge}"
+CACHE_ROOT="${SPIFFE_BRIDGE_CACHE:-${HOME:-/tmp}/.cache/spiffe-bridge}"
 BIN_DIR="$CACHE_ROOT/bin/spire-${SPIRE_VERSION}_spiffe-helper-${SPIFFE_HELPER_VERSION}"
 
 force=0

@@ -7,6 +7,7 @@ Fixtures:
   spire           (function) spire_session, with the agent running; entries a test adds
                              are deleted and default entries it deleted are re-created
                              after the test, and an agent it killed is restarted.
+  spiffe_helper_bin (session) Path of the spiffe-helper binary (same skip/fail rule).
   spire_factory   (function) factory(**SpireDeployment kwargs) -> a separate, started
                              deployment, torn down after the test.
 Env: SPIRE_BIN_DIR (binaries), CI=true (missing binaries fail instead of skip),
@@ -66,6 +67,18 @@ def spire_bin_dir() -> Path:
         if _ci():
             pytest.fail(f"CI=true and {exc}", pytrace=False)
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def spiffe_helper_bin(spire_bin_dir: Path) -> Path:
+    """The spiffe-helper binary built next to SPIRE (skip, or fail with CI=true, when absent)."""
+    path = spire_bin_dir / "spiffe-helper"
+    if not os.access(path, os.X_OK):
+        msg = f"spiffe-helper not found in {spire_bin_dir}; run scripts/install-spire.sh (needs Go) to enable"
+        if _ci():
+            pytest.fail(f"CI=true and {msg}", pytrace=False)
+        pytest.skip(msg)
+    return path
 
 
 def _start(bin_dir: Path, base: Path, name: str, **kwargs: Any) -> SpireDeployment:

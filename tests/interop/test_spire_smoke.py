@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import subprocess
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 from spiffe import SpiffeId, TrustDomain, WorkloadApiClient
 from spiffe.workloadapi.x509_context import X509Context
-from spire import SpireDeployment
+from spire import EntrySpec, SpireDeployment
 
 
 def _leaf_serials(ctx: X509Context) -> dict[str, int]:
@@ -123,3 +128,46 @@ def test_agent_kill_and_restart(spire: SpireDeployment) -> None:
 @pytest.mark.parametrize("path", ["/live", "/ready"])
 def test_agent_health_listener(spire: SpireDeployment, path: str) -> None:
     assert spire.agent.http_health(path) == 200
+
+
+def test_spire_factory_gives_an_isolated_deployment(
+    spire: SpireDeployment, spire_factory: Callable[..., SpireDeployment]
+) -> None:
+    other = spire_factory(
+        trust_domain="other.test", federated_trust_domain=None, entries=[EntrySpec("/solo")]
+    )
+    assert other.socket_path != spire.socket_path
+    assert len(str(other.socket_path)) < 100
+    with WorkloadApiClient(socket_path=other.workload_api_address, default_timeout=10) as client:
+        ctx = client.fetch_x509_context()
+    assert [str(s.spiffe_id) for s in ctx.x509_svids] == ["spiffe://other.test/solo"]
+    assert {str(b.trust_domain) for b in ctx.x509_bundle_set.bundles} == {"other.test"}
+
+
+def test_spiffe_helper_one_shot_writes_the_hinted_svid(
+    spire: SpireDeployment, spiffe_helper_bin: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "certs"
+    out.mkdir()
+    conf = tmp_path / "helper.conf"
+    conf.write_text(
+        f"""agent_address = "{spire.socket_path}"
+cert_dir = "{out}"
+daemon_mode = false
+hint = "db"
+svid_file_name = "svid.pem"
+svid_key_file_name = "svid_key.pem"
+svid_bundle_file_name = "svid_bundle.pem"
+jwt_bundle_file_name = "jwt_bundle.json"
+"""
+    )
+    res = subprocess.run(
+        [str(spiffe_helper_bin), "-config", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    leaf = x509.load_pem_x509_certificates((out / "svid.pem").read_bytes())[0]
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [spire.spiffe_id("/workload/db")]
+    assert x509.load_pem_x509_certificates((out / "svid_bundle.pem").read_bytes())
+    jwt_bundles = json.loads((out / "jwt_bundle.json").read_text())
+    assert spire.trust_domain in jwt_bundles
