@@ -17,7 +17,7 @@ import socket
 import sys
 
 from spiffe_bridge.errors import SpiffeBridgeError
-from spiffe_bridge.relay.core import DEFAULT_HOLD, AsyncRelay
+from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
 
@@ -93,6 +93,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="keep serving the last state this long after losing upstream (%(default)s; 0 = never)",
     )
     p.add_argument(
+        "--startup-wait",
+        type=_seconds,
+        default=DEFAULT_STARTUP_WAIT,
+        metavar="SECONDS",
+        help="how long a client that connects before upstream's first answer waits for it (%(default)s)",
+    )
+    p.add_argument(
         "--max-backoff",
         type=_seconds,
         default=5.0,
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             socket_mode=args.socket_mode,
             socket_owner=args.socket_owner,
             hold=args.hold,
+            startup_wait=args.startup_wait,
             backoff=Backoff(initial=0.2, maximum=max(args.max_backoff, 0.2)),
         )
     except (ValueError, SpiffeBridgeError) as exc:

@@ -33,6 +33,8 @@ log = logging.getLogger("spiffe_bridge.relay")
 
 #: Seconds the last good state is still served after the upstream stream was lost.
 DEFAULT_HOLD = 10.0
+#: Seconds a stream opened before upstream's first answer waits for it (then: Unavailable).
+DEFAULT_STARTUP_WAIT = 1.0
 #: Reconnect backoff towards the agent: a returning identity is seen within 5 s.
 DEFAULT_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 
@@ -43,7 +45,9 @@ class AsyncRelay:
     ``upstream``: agent address (None: ``SPIFFE_ENDPOINT_SOCKET``); ``listen``:
     ``unix:///path`` to serve on. ``allow_ids``/``allow_hints`` restrict the
     SVIDs downstream clients see (an SVID passes if either list allows it).
-    ``hold``: seconds to keep serving the last state after losing upstream.
+    ``hold``: seconds to keep serving the last state after losing upstream;
+    ``startup_wait``: seconds a stream opened before upstream's first answer
+    waits for it before ending Unavailable.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class AsyncRelay:
         socket_mode: int | None = None,
         socket_owner: Owner | str | None = None,
         hold: float = DEFAULT_HOLD,
+        startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -66,9 +71,10 @@ class AsyncRelay:
         self.filter = SvidFilter.of(allow_ids, allow_hints)
         self._mode = socket_mode
         self._owner = Owner.parse(socket_owner) if isinstance(socket_owner, str) else socket_owner
-        if hold < 0:
-            raise ValueError("hold must be >= 0 seconds")
+        if hold < 0 or startup_wait < 0:
+            raise ValueError("hold and startup_wait must be >= 0 seconds")
         self._hold = hold
+        self._startup_wait = startup_wait
         self._backoff = backoff or DEFAULT_BACKOFF
         self._observer = observer
         self._feeds: dict[Kind, Feed] = {}
@@ -97,7 +103,7 @@ class AsyncRelay:
         sockets.clear_stale(path)
         self._feeds = {kind: Feed(kind) for kind in Kind}
         self._forwarder = Forwarder(self.upstream_endpoint, self.filter)
-        self._servicer = RelayServicer(self._feeds, self._forwarder, self._observer)
+        self._servicer = RelayServicer(self._feeds, self._forwarder, self._observer, self._startup_wait)
         server = grpc.aio.server(handlers=[self._servicer.generic_handler()])
         bound = sockets.temporary_path(path)
         try:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from spiffe_bridge.relay.core import DEFAULT_HOLD, AsyncRelay
+from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.feed import Kind, Snapshot
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.observe import Observer, RelayStats
@@ -45,6 +45,7 @@ class Relay:
         socket_mode: int | None = None,
         socket_owner: Owner | str | None = None,
         hold: float = DEFAULT_HOLD,
+        startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -56,6 +57,7 @@ class Relay:
             socket_mode=socket_mode,
             socket_owner=socket_owner,
             hold=hold,
+            startup_wait=startup_wait,
             backoff=backoff,
             observer=observer,
         )

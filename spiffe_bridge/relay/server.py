@@ -3,13 +3,17 @@
 Every RPC first checks the security header itself (InvalidArgument "security
 header missing from request", as SPIRE answers). A stream then sends the
 feed's current snapshot at once and, on every version change, the newest
-one; when the feed fails, the stream ends with the feed's status code. The
+one; when the feed fails, the stream ends with the feed's status code. Only
+right after the relay started, before upstream ever answered, does a new
+stream wait (``startup_wait``) for the first state before ending Unavailable. The
 response bytes were serialized once per update, so a stream's only work is
 ``context.write`` of shared bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Mapping
@@ -33,10 +37,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class RelayServicer:
     """Handlers of the five Workload API RPCs, backed by feeds and a forwarder."""
 
-    def __init__(self, feeds: Mapping[Kind, Feed], forwarder: Forwarder, observer: Observer | None) -> None:
+    def __init__(
+        self,
+        feeds: Mapping[Kind, Feed],
+        forwarder: Forwarder,
+        observer: Observer | None,
+        startup_wait: float = 0.0,
+    ) -> None:
         self._feeds = feeds
         self._forwarder = forwarder
         self._observer = observer
+        self._startup_wait = startup_wait
         self._stream_ids = itertools.count(1)
         self.rejected = 0
 
@@ -55,6 +66,11 @@ class RelayServicer:
         feed.open_streams += 1
         try:
             snapshot = feed.snapshot
+            if snapshot.version == 0 and self._startup_wait > 0:
+                # The relay just started and upstream has not answered yet: give it a moment
+                # rather than failing a client that merely raced the relay's own start.
+                with contextlib.suppress(TimeoutError):
+                    snapshot = await asyncio.wait_for(feed.wait_newer(0), self._startup_wait)
             while True:
                 if snapshot.payload is None:
                     await context.abort(snapshot.code, snapshot.details)
