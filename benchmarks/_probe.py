@@ -10,6 +10,7 @@ the idle benchmark a process whose CPU and RSS belong to that client alone.
 Modes:
   ours-callback      spiffe_bridge.X509Source, timestamp in the subscriber callback
   ours-files DIR     the same, plus pem rendering and FileSetWriter (what the sidecar does)
+  ours-aio           spiffe_bridge.AsyncX509Source on asyncio (grpc.aio), timestamp in its callback
   pyspiffe-callback  py-spiffe's X509Source, timestamp in its subscriber callback
   fanout N           N raw Workload API streams (one channel each, no decoding) on grpc.aio
   relay LISTEN       spiffe_bridge.relay.Relay from SOCKET to LISTEN
@@ -73,6 +74,26 @@ def ours(socket: str, out: _Out, files_dir: str | None) -> None:
     with X509Source("unix://" + socket, timeout=30.0) as source:
         source.subscribe(on_update)
         _wait_for_term()
+
+
+def ours_aio(socket: str, out: _Out) -> None:
+    import asyncio
+
+    from spiffe_bridge import AsyncX509Source
+
+    async def main() -> None:
+        async with AsyncX509Source("unix://" + socket) as source:
+
+            def on_update(ctx: Any) -> None:
+                out.write("event", time.monotonic(), ctx.default_svid.leaf.serial_number)
+
+            source.subscribe(on_update)
+            out.write("ready", time.monotonic(), source.context.default_svid.leaf.serial_number)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+
+    asyncio.run(main())
 
 
 def pyspiffe(socket: str, out: _Out) -> None:
@@ -154,6 +175,8 @@ def main(argv: list[str]) -> int:
             ours(socket, out, None)
         elif mode == "ours-files":
             ours(socket, out, rest[0])
+        elif mode == "ours-aio":
+            ours_aio(socket, out)
         elif mode == "pyspiffe-callback":
             pyspiffe(socket, out)
         elif mode == "fanout":

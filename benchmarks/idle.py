@@ -56,12 +56,17 @@ def tick_seconds(pid: int) -> float:
 
 
 def memory(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (bytes) and thread count from /proc/<pid>/status."""
+    """VmRSS, VmHWM, RssAnon (bytes) and thread count from /proc/<pid>/status.
+
+    RssAnon is the process's own memory (heap, stacks, Python objects); the rest
+    of RSS is mapped library text and data (grpc's cygrpc, cryptography's Rust
+    module, libpython, OpenSSL), shared with any other process using them.
+    """
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         for line in fh:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon"):
                 out[key] = int(value.split()[0]) * 1024
             elif key == "Threads":
                 out[key] = int(value)
@@ -82,13 +87,18 @@ def run(quick: bool) -> Result:
     helper = _env.spiffe_helper()
     result = new_result(
         f"idle while connected ({window:g} s window): CPU per second and RSS",
-        ["process", "CPU ms/s", "RSS", "peak RSS", "threads", "vs peer (CPU / RSS)"],
+        ["process", "CPU ms/s", "RSS", "of which anonymous", "peak RSS", "threads", "vs peer (CPU / RSS)"],
     )
     procs: dict[str, Proc] = {}
     with workdir() as wd, TimedAgent(f"{wd}/agent.sock") as agent:
         pipe = EventPipe(wd)
         try:
-            for key, mode in (("ours_source", "ours-callback"), ("pyspiffe_source", "pyspiffe-callback")):
+            probes = (
+                ("ours_source", "ours-callback"),
+                ("ours_aio_source", "ours-aio"),
+                ("pyspiffe_source", "pyspiffe-callback"),
+            )
+            for key, mode in probes:
                 procs[key] = spawn(key, probe_argv(mode, agent.socket_path, pipe.path), wd)
                 pipe.get("ready", 30)
             sidecars: list[tuple[str, list[str] | None]] = [("ours_sidecar", [])]
@@ -120,13 +130,14 @@ def run(quick: bool) -> Result:
         stats[key] = {"cpu_s_per_s": cpu, "cpu_s_per_s_ticks": ticks, **after[key][2]}
     labels = {
         "ours_source": ("ours: X509Source", "pyspiffe_source"),
+        "ours_aio_source": ("ours: AsyncX509Source (asyncio)", "pyspiffe_source"),
         "pyspiffe_source": ("py-spiffe: X509Source", None),
         "ours_sidecar": ("ours: `spiffe-bridge run` daemon", "spiffe_helper"),
         "spiffe_helper": ("spiffe-helper daemon", None),
     }
     for key, (label, peer) in labels.items():
         if key not in stats:
-            result["table"]["rows"].append([label, "skipped", "", "", "", ""])
+            result["table"]["rows"].append([label, "skipped", "", "", "", "", ""])
             continue
         s = stats[key]
         vs = ""
@@ -138,6 +149,7 @@ def run(quick: bool) -> Result:
             label,
             f"{s['cpu_s_per_s'] * 1e3:.3f}",
             fmt_bytes(s["VmRSS"]),
+            fmt_bytes(s["RssAnon"]),
             fmt_bytes(s["VmHWM"]),
             str(s["Threads"]),
             vs,
@@ -157,4 +169,8 @@ def run(quick: bool) -> Result:
     if helper is None:
         result["notes"].append(_env.HELPER_MISSING)
     result["notes"].append("CPU from schedstat of every thread over the same window for all processes")
+    result["notes"].append(
+        "grpcio's blocking stream iterator wakes its thread every 0.1 s (grpc/_common.py "
+        "MAXIMUM_WAIT_TIMEOUT), in ours and py-spiffe alike; the asyncio source has no such poll"
+    )
     return result

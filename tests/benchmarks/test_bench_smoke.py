@@ -80,7 +80,7 @@ def test_coldstart(report: dict[str, Any]) -> None:
 
 def test_idle(report: dict[str, Any]) -> None:
     processes = _result(report, "idle")["results"]["processes"]
-    for key in ("ours_source", "pyspiffe_source", "ours_sidecar"):
+    for key in ("ours_source", "ours_aio_source", "pyspiffe_source", "ours_sidecar"):
         assert processes[key]["cpu_s_per_s"] >= 0 and processes[key]["VmRSS"] > 0, key
 
 
