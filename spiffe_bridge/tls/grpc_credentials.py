@@ -10,8 +10,9 @@ against the union of the bundles; ``SpiffeServerInterceptor`` (or
 bundle of *its own* trust domain and that the authorizer accepts its ID.
 Refusals end the RPC with UNAUTHENTICATED (not a valid SVID of a trusted trust
 domain) or PERMISSION_DENIED (authorizer said no), with the peer's ID in the
-details. Verdicts are cached per (certificate, bundle set), so the cost is paid
-once per client certificate rather than per RPC.
+details. Verdicts are cached per (certificate, bundle set) and dropped when the
+authorizer is replaced, so the cost is paid once per client certificate
+rather than per RPC.
 
 Client. gRPC Python's channel credentials are static, so ``SpiffeChannel``
 builds a new secure channel whenever the source's context changes and hands
@@ -143,9 +144,19 @@ class _PeerChecker:
 
     def __init__(self, source: X509SourceLike, authorizer: Authorizer) -> None:
         self._source = source
-        self.authorizer = authorizer
-        self._cache: OrderedDict[tuple[bytes, bytes, bytes, int], SpiffeId | PeerRefusedError] = OrderedDict()
+        self._authorizer = authorizer
+        self._cache: OrderedDict[tuple[bytes, bytes, bytes], SpiffeId | PeerRefusedError] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self._authorizer
+
+    @authorizer.setter
+    def authorizer(self, value: Authorizer) -> None:
+        with self._lock:  # verdicts of the previous rule must not outlive it
+            self._authorizer = value
+            self._cache.clear()
 
     def verdict(self, auth_context: Any) -> SpiffeId | PeerRefusedError:
         leaf_pem = _first(auth_context.get("x509_pem_cert"))
@@ -153,20 +164,25 @@ class _PeerChecker:
             return PeerRefusedError("peer presented no client certificate")
         chain_pem = _first(auth_context.get("x509_pem_cert_chain"))
         context = self._source.context
-        key = (context.digest, leaf_pem, chain_pem, id(self.authorizer))
+        key = (context.digest, leaf_pem, chain_pem)
         with self._lock:
+            authorizer = self._authorizer
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        result = self._check(leaf_pem, chain_pem, context)
+        result = self._check(leaf_pem, chain_pem, context, authorizer)
         with self._lock:
-            self._cache[key] = result
+            if authorizer is self._authorizer:
+                self._cache[key] = result
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return result
 
-    def _check(self, leaf_pem: bytes, chain_pem: bytes, context: X509Context) -> SpiffeId | PeerRefusedError:
+    @staticmethod
+    def _check(
+        leaf_pem: bytes, chain_pem: bytes, context: X509Context, authorizer: Authorizer
+    ) -> SpiffeId | PeerRefusedError:
         try:
             ders = _pem_ders(leaf_pem)
             if len(ders) != 1:
@@ -174,7 +190,7 @@ class _PeerChecker:
             peer_id = verify_peer(
                 ders[0], context.bundles, intermediates_der=_pem_ders(chain_pem), check_times=False
             )
-            self.authorizer(peer_id)
+            authorizer(peer_id)
             return peer_id
         except PeerRefusedError as exc:
             return exc
