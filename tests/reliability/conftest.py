@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 SOAK_ENV = "SPIFFE_BRIDGE_SOAK"
+#: Per-test timeout (seconds) under --soak; the CI suite keeps pyproject's.
+SOAK_TIMEOUT = 3600
 
 # Examples per hypothesis test come from reliability_support.examples(); the profiles
 # hold everything else. Neither profile is loaded globally: other suites keep theirs.
@@ -44,6 +47,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # Set before test modules are imported, so example counts chosen at import see it.
     if config.getoption("--soak", default=False):
         os.environ[SOAK_ENV] = "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak runs take longer than the suite-wide per-test timeout allows."""
+    if os.environ.get(SOAK_ENV) != "1":
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT))
 
 
 @pytest.fixture(autouse=True)

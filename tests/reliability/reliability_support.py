@@ -17,6 +17,7 @@ from hypothesis import settings
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSpec
+from spiffe_bridge.formats import X509Options, render_x509
 from spiffe_bridge.model import X509Context, X509Svid, pem_block
 from spiffe_bridge.retry import Backoff
 
@@ -165,20 +166,8 @@ def pem_set_problems(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> lis
 
 
 def pem_specs(ctx: X509Context) -> list[FileSpec]:
-    """spiffe-helper's three PEM files for the default SVID (the pem format, once it has landed)."""
-    try:
-        from spiffe_bridge.formats import pem
-        from spiffe_bridge.formats.options import X509Options
-    except ImportError:  # pragma: no cover - before the formats package landed
-        svid = ctx.default_svid
-        bundle = ctx.bundle_for(svid.spiffe_id.trust_domain)
-        assert bundle is not None
-        return [
-            FileSpec("svid.pem", svid.chain_pem, 0o644),
-            FileSpec("svid_key.pem", svid.key_pem, 0o600),
-            FileSpec("svid_bundle.pem", bundle.pem, 0o644),
-        ]
-    return pem.render(ctx, X509Options())
+    """spiffe-helper's three PEM files for the default SVID, as the pem format renders them."""
+    return render_x509("pem", ctx, X509Options())
 
 
 # -- building (possibly hostile) Workload API messages ------------------------------------------

@@ -1,0 +1,304 @@
+"""Hostile filesystem around FileSetWriter: the directory replaced while running, links planted
+between two writes, permission denied. The previous set stays intact, the error is clear, and
+nothing is written outside the configured directory (checked by listing the parent and an
+outside target before and after).
+
+tests/writers covers the rest (full filesystem, read-only directory, a write failing part-way,
+links planted at visible names before a write); this file does not repeat those.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from reliability_support import pem_set_problems, pem_specs, svid_pb
+
+from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.devagent.ca import TrustDomainCA
+from spiffe_bridge.fileset import (
+    DATA_LINK,
+    FileSetWriter,
+    FileSpec,
+    WriteError,
+    current_version_dir,
+    read_current,
+)
+from spiffe_bridge.model import X509Context, context_from_message
+
+LAYOUTS = ("symlink", "flat")
+NAMES = ("svid.pem", "svid_key.pem", "svid_bundle.pem")
+
+
+@functools.cache
+def _contexts() -> tuple[X509Context, ...]:
+    ca = TrustDomainCA("example.org", intermediate=True)
+    return tuple(
+        context_from_message(pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")]))
+        for _ in range(3)
+    )
+
+
+def material(n: int) -> list[FileSpec]:
+    return pem_specs(_contexts()[n])
+
+
+def tree(path: Path) -> dict[str, tuple[int, str]]:
+    """Every entry under ``path`` (not following links): mode and content hash or link target."""
+    out: dict[str, tuple[int, str]] = {}
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = Path(dirpath, name)
+            st = full.lstat()
+            rel = str(full.relative_to(path))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = (st.st_mode, os.readlink(full))
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = (st.st_mode, hashlib.sha256(full.read_bytes()).hexdigest())
+            else:
+                out[rel] = (st.st_mode, "")
+    return out
+
+
+def read_set(directory: Path) -> dict[str, bytes]:
+    if (directory / DATA_LINK).is_symlink():
+        return read_current(directory, NAMES)
+    return {n: (directory / n).read_bytes() for n in NAMES}
+
+
+def assert_complete(directory: Path, n: int) -> None:
+    """``directory`` holds exactly material ``n``, coherent, key 0600."""
+    got = read_set(directory)
+    assert got == {s.name: s.data for s in material(n)}
+    assert pem_set_problems(got["svid.pem"], got["svid_key.pem"], got["svid_bundle.pem"]) == []
+    assert stat.S_IMODE(os.stat(directory / "svid_key.pem").st_mode) == 0o600
+
+
+@dataclass
+class Scene:
+    """``base/certs`` is the configured directory; ``outside`` is what must never change."""
+
+    base: Path
+    out: Path
+    outside: Path
+    target: Path
+
+    def writer(self, layout: str) -> FileSetWriter:
+        return FileSetWriter(self.out, layout=layout)  # type: ignore[arg-type]
+
+    def snapshot(self) -> tuple[list[str], dict[str, tuple[int, str]]]:
+        return sorted(os.listdir(self.base)), tree(self.outside)
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Iterator[Scene]:
+    base = tmp_path / "base"
+    base.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "precious"
+    target.write_bytes(b"do not overwrite")
+    os.chmod(target, 0o644)
+    yield Scene(base, base / "certs", outside, target)
+
+
+# -- the output directory replaced while running --------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_directory_removed_while_running(scene: Scene, layout: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    shutil.rmtree(scene.out)
+    before = scene.snapshot()
+    assert writer.write(material(1)).changed
+    assert_complete(scene.out, 1)
+    assert scene.snapshot() == (before[0] + ["certs"], before[1])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_directory_swapped_for_an_empty_one(scene: Scene, layout: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    old = scene.base / "certs.old"
+    os.rename(scene.out, old)
+    old_tree = tree(old)
+    scene.out.mkdir()
+    assert writer.write(material(1)).changed
+    assert_complete(scene.out, 1)
+    assert tree(old) == old_tree, "the moved-away directory must not be touched"
+    assert_complete(old, 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_directory_swapped_for_one_with_planted_links(scene: Scene, layout: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    os.rename(scene.out, scene.base / "certs.old")
+    scene.out.mkdir()
+    os.symlink(scene.target, scene.out / "svid_key.pem")
+    before = scene.snapshot()
+    with pytest.raises(WriteError, match="symlink") as info:
+        writer.write(material(1))
+    assert info.value.path == str(scene.out / "svid_key.pem")
+    assert scene.snapshot() == before
+    assert scene.target.read_bytes() == b"do not overwrite"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FileSetWriter follows a symlink that replaced the output directory while running and "
+    "writes the key set outside it: spiffe_bridge/fileset.py FileSetWriter._open_dir",
+)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_directory_swapped_for_a_symlink(scene: Scene, layout: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    os.rename(scene.out, scene.base / "certs.old")
+    os.symlink(scene.outside, scene.out)
+    before = scene.snapshot()
+    try:
+        writer.write(material(1))
+        refused = False
+    except WriteError:
+        refused = True
+    assert scene.snapshot() == before, "key material was written outside the configured directory"
+    assert refused
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_configured_directory_that_is_a_symlink_from_the_start_works(scene: Scene, layout: str) -> None:
+    """The legitimate case the fix for the swapped-directory bug must keep working."""
+    real = scene.base / "real-certs"
+    real.mkdir()
+    os.symlink(real, scene.out)
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    writer.write(material(1))
+    assert_complete(scene.out, 1)
+    assert scene.target.read_bytes() == b"do not overwrite"
+
+
+# -- links planted between two writes ---------------------------------------------------------
+
+
+def test_symlink_planted_inside_the_current_version(scene: Scene) -> None:
+    """A link inside ``..data`` is never written through; the next write makes a fresh version."""
+    writer = scene.writer("symlink")
+    writer.write(material(0))
+    version = current_version_dir(scene.out)
+    assert version is not None
+    os.unlink(version / "svid_key.pem")
+    os.symlink(scene.target, version / "svid_key.pem")
+    before_outside = tree(scene.outside)
+    # Same material: the writer must notice the key is no longer its file and repair the set.
+    assert writer.write(material(0)).changed
+    assert current_version_dir(scene.out) != version
+    assert_complete(scene.out, 0)
+    assert tree(scene.outside) == before_outside
+    assert writer.write(material(1)).changed
+    assert_complete(scene.out, 1)
+    assert tree(scene.outside) == before_outside
+
+
+def test_data_link_pointed_outside(scene: Scene) -> None:
+    writer = scene.writer("symlink")
+    writer.write(material(0))
+    tmp = scene.out / "..data.evil"
+    os.symlink(scene.outside, tmp)
+    os.replace(tmp, scene.out / DATA_LINK)
+    before = scene.snapshot()
+    with pytest.raises(WriteError, match="not a version dir"):
+        writer.write(material(1))
+    assert scene.snapshot() == before
+
+
+def test_version_named_symlink_to_outside_is_never_followed(scene: Scene) -> None:
+    """A symlink named like a version directory (what ``..data`` may point at, what pruning deletes)."""
+    writer = scene.writer("symlink")
+    writer.write(material(0))
+    (scene.outside / "victim-dir").mkdir()
+    (scene.outside / "victim-dir" / "keep").write_bytes(b"keep me")
+    fake = "..2000_01_01_00_00_00.000000000_deadbeef"
+    os.symlink(scene.outside / "victim-dir", scene.out / fake)
+    tmp = scene.out / "..data.evil"
+    os.symlink(fake, tmp)
+    os.replace(tmp, scene.out / DATA_LINK)
+    before_outside = tree(scene.outside)
+    for n in (1, 2, 0):  # several writes: each prunes old versions
+        writer.write(material(n))
+        assert_complete(scene.out, n)
+        assert tree(scene.outside) == before_outside
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_non_file_planted_at_a_visible_name(scene: Scene, layout: str, kind: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    key = scene.out / "svid_key.pem"
+    os.unlink(key)
+    if kind == "fifo":
+        os.mkfifo(key)
+    else:
+        key.mkdir()
+    with pytest.raises(WriteError, match=r"not a regular file|directory is in the way") as info:
+        writer.write(material(1))  # must not block on the FIFO either
+    assert info.value.path == str(key)
+    assert (scene.out / "svid.pem").read_bytes() == material(0)[0].data
+
+
+# -- permission denied ------------------------------------------------------------------------
+
+
+def _write_as_nobody(directory: Path, layout: str, files: list[FileSpec]) -> dict[str, object]:
+    """Run one write in a forked child that dropped root (root ignores permission bits)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level cleanup, no pytest machinery
+        result: dict[str, object]
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            FileSetWriter(directory, layout=layout).write(files)  # type: ignore[arg-type]
+            result = {"ok": True}
+        except WriteError as exc:
+            result = {"errno": exc.errno, "path": exc.path, "message": str(exc)}
+        except BaseException as exc:
+            result = {"unexpected": repr(exc)}
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        data = b""
+        while chunk := os.read(read_end, 65536):
+            data += chunk
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    return dict(json.loads(data))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_permission_denied(scene: Scene, layout: str) -> None:
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    os.chmod(scene.out, 0o755)  # root's; nobody may not create entries
+    before = tree(scene.out)
+    result = _write_as_nobody(scene.out, layout, material(1))
+    assert result.get("errno") == errno.EACCES, result
+    message = str(result["message"])
+    assert message.startswith(f"cannot write {scene.out}") and "EACCES" in message
+    assert tree(scene.out) == before
+    assert_complete(scene.out, 0)
