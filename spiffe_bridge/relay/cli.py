@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
 
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
+from spiffe_bridge.relay.sdnotify import notify
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
 
@@ -146,21 +144,9 @@ async def _serve(relay: AsyncRelay) -> int:
         return 1
     try:
         print(f"relay serving {relay.address} from {relay.upstream_endpoint}", flush=True)
-        _notify_systemd(b"READY=1")
+        notify("READY=1")
         await stop.wait()
-        _notify_systemd(b"STOPPING=1")
+        notify("STOPPING=1")
     finally:
         await relay.stop()
     return 0
-
-
-def _notify_systemd(message: bytes) -> None:
-    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.sendall(message)
