@@ -88,8 +88,8 @@ def importtime_profile(argv: list[str]) -> dict[str, Any]:
 
 
 def run(quick: bool) -> Result:
-    """``quick``: 1 one-shot and 1 import each, no warm-up; full: 15 and 15 after a warm-up run."""
-    repeats, first = (1, 0) if quick else (15, -1)
+    """``quick``: 1 one-shot and 1 import each, no warm-up; full: 10 and 10 after a warm-up run."""
+    repeats, first = (1, 0) if quick else (10, -1)
     helper = _env.spiffe_helper()
     result = new_result(
         "cold start: one-shot CLI to files on disk; library import",
