@@ -16,6 +16,36 @@ from spiffe_bridge.source_state import SourceState, SourceStatus
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 
+class _AsyncSubscriber:
+    """Runs one callback in its own task, newest update only: a slow one delays only itself."""
+
+    def __init__(self, callback: Callable[[model.X509Context], Any]) -> None:
+        self.callback = callback
+        self._pending: model.X509Context | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, ctx: model.X509Context) -> None:
+        self._pending = ctx
+        self._wake.set()
+        if self._task is None:  # created here, inside the running loop
+            self._task = asyncio.create_task(self._run(), name="spiffe-bridge-async-subscriber")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ctx, self._pending = self._pending, None
+            if ctx is not None:
+                await AsyncX509Source._call(self.callback, ctx)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class AsyncX509Source:
     """Use ``async with AsyncX509Source(addr) as source:``; it waits for the first update.
 
@@ -38,7 +68,7 @@ class AsyncX509Source:
         )
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._callbacks: list[Callable[[model.X509Context], Any]] = []
+        self._subscribers: list[_AsyncSubscriber] = []
 
     async def start(self) -> AsyncX509Source:
         """Start watching and wait (up to ``timeout``) for the first valid update."""
@@ -59,8 +89,8 @@ class AsyncX509Source:
         try:
             async for ctx in self._client.watch_x509_contexts(on_error=self._on_error):
                 if self._state.offer(ctx):
-                    for callback in list(self._callbacks):
-                        await self._call(callback, ctx)
+                    for subscriber in list(self._subscribers):
+                        subscriber.push(ctx)
                 self._wake()
         except WorkloadApiError as exc:
             self._state.fail(exc)
@@ -109,9 +139,21 @@ class AsyncX509Source:
         return self.context.bundle_for(trust_domain)
 
     def subscribe(self, callback: Callable[[model.X509Context], Any]) -> Callable[[], None]:
-        """Call ``callback(ctx)`` (sync or async) on every changed update, in the source's task."""
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+        """Call ``callback(ctx)`` (sync or async) on every changed update, in a task of its own.
+
+        An async callback that takes long (or raises) delays only itself, and then gets
+        only the newest update; a sync callback runs on the event loop, so keep it short.
+        """
+        subscriber = _AsyncSubscriber(callback)
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+                if subscriber._task is not None:
+                    subscriber._task.cancel()
+
+        return unsubscribe
 
     async def wait_for(
         self, predicate: Callable[[model.X509Context], bool] | None = None
@@ -133,6 +175,9 @@ class AsyncX509Source:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            await subscriber.stop()
         if self._owns_client:
             await self._client.close()
         self._state.fail(None, SourceStatus.CLOSED)
