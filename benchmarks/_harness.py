@@ -62,6 +62,7 @@ class TimedAgent(DevAgent):
         super()._record_sent(rpc, summary, stream_id)
 
     def __enter__(self) -> TimedAgent:
+        """Start serving; typed as TimedAgent so ``with TimedAgent(...) as agent`` keeps ``pushes``."""
         super().__enter__()
         return self
 
@@ -144,6 +145,7 @@ class EventPipe:
                 self.events.get_nowait()
 
     def close(self) -> None:
+        """Stop the reader thread and close the FIFO (probes still writing get SIGPIPE and end)."""
         self._closed = True
         with contextlib.suppress(OSError):
             os.write(self._fd, b"stop\n")
@@ -163,9 +165,11 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """The process id (for /proc sampling)."""
         return self.popen.pid
 
     def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; also kill recorded children (reload recorders)."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -178,6 +182,7 @@ class Proc:
                 os.kill(pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 20) -> str:
+        """The end of the process's output, for error messages."""
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:

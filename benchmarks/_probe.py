@@ -29,17 +29,21 @@ from typing import Any
 
 
 class _Out:
+    """The event FIFO, written one whole line per ``os.write`` (atomic below PIPE_BUF)."""
+
     def __init__(self, fifo: str) -> None:
         self._fd = os.open(fifo, os.O_WRONLY)
         self._lock = threading.Lock()
 
     def write(self, kind: str, *fields: object) -> None:
+        """Send ``kind field...`` as one line."""
         line = " ".join([kind, *(str(f) for f in fields)]) + "\n"
         with self._lock:
             os.write(self._fd, line.encode())
 
 
 def _wait_for_term() -> None:
+    """Idle until SIGTERM/SIGINT (an Event wait with a long timeout: no periodic wake-ups of our own)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -48,6 +52,7 @@ def _wait_for_term() -> None:
 
 
 def ours(socket: str, out: _Out, files_dir: str | None) -> None:
+    """spiffe_bridge.X509Source; with ``files_dir`` each update is also written as the sidecar would."""
     from spiffe_bridge import X509Source
 
     write: Any = None
@@ -77,6 +82,7 @@ def ours(socket: str, out: _Out, files_dir: str | None) -> None:
 
 
 def ours_aio(socket: str, out: _Out) -> None:
+    """spiffe_bridge.AsyncX509Source on asyncio.run."""
     import asyncio
 
     from spiffe_bridge import AsyncX509Source
@@ -97,6 +103,7 @@ def ours_aio(socket: str, out: _Out) -> None:
 
 
 def pyspiffe(socket: str, out: _Out) -> None:
+    """py-spiffe's X509Source; ``ready`` once its constructor returned with the first update."""
     from spiffe import X509Source as PyX509Source
 
     with PyX509Source(socket_path="unix://" + socket, timeout_in_seconds=30) as source:
@@ -112,6 +119,7 @@ def pyspiffe(socket: str, out: _Out) -> None:
 
 
 def fanout(socket: str, out: _Out, n: int) -> None:
+    """N raw FetchX509SVID streams; one line per message index once all N streams received it."""
     import asyncio
 
     import grpc
@@ -158,6 +166,7 @@ def fanout(socket: str, out: _Out, n: int) -> None:
 
 
 def relay(socket: str, out: _Out, listen: str) -> None:
+    """spiffe_bridge.relay.Relay serving ``listen`` from the agent at ``socket``."""
     from spiffe_bridge.relay import Relay
 
     with Relay("unix://" + socket, "unix://" + listen) as running:

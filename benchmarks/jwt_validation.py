@@ -41,43 +41,41 @@ def one_core() -> Iterator[int]:
         os.sched_setaffinity(0, previous)
 
 
-def rates(
-    validate: Callable[[Any, str], Any], make_bundle: Callable[[], Any], tokens: Sequence[str], rounds: int
-) -> list[float]:
-    """Validations per second over ``tokens``, one figure per round (bundle built outside the timing)."""
-    out = []
-    for _ in range(rounds):
-        bundle = make_bundle()
-        validate(bundle, tokens[0])  # fails loudly here if the setup is wrong
-        bundle = make_bundle()
-        start = time.perf_counter()
-        for token in tokens:
-            validate(bundle, token)
-        out.append(len(tokens) / (time.perf_counter() - start))
-    return out
+def one_round(
+    validate: Callable[[Any, str], Any], make_bundle: Callable[[], Any], tokens: Sequence[str]
+) -> float:
+    """Validations per second over ``tokens`` with a fresh bundle (built outside the timing)."""
+    validate(make_bundle(), tokens[0])  # fails loudly here if the setup is wrong
+    bundle = make_bundle()
+    start = time.perf_counter()
+    for token in tokens:
+        validate(bundle, token)
+    return len(tokens) / (time.perf_counter() - start)
 
 
-def _verify_only(ca: Any, tokens: Sequence[str], rounds: int) -> list[float]:
+def verify_only_round(key: Any, work: Sequence[tuple[bytes, bytes]]) -> float:
     """Rate of the bare ECDSA verifications the distinct-token workload needs (the floor of its cost)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    start = time.perf_counter()
+    for der, data in work:
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    return len(work) / (time.perf_counter() - start)
+
+
+def signatures(tokens: Sequence[str]) -> list[tuple[bytes, bytes]]:
+    """(DER signature, signed bytes) of each token, as a JWS verifier hands them to OpenSSL."""
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
     from spiffe_bridge.jwt import b64url_decode
 
-    key = ca.jwt_authorities[0].public_key
-    work = []
+    out = []
     for token in tokens:
         head, body, sig = token.split(".")
         raw = b64url_decode(sig)
         der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-        work.append((der, f"{head}.{body}".encode()))
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for der, data in work:
-            key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        out.append(len(work) / (time.perf_counter() - start))
+        out.append((der, f"{head}.{body}".encode()))
     return out
 
 
@@ -111,18 +109,29 @@ def run(quick: bool) -> Result:
     def py_validate(bundle: Any, token: str) -> Any:
         return PyJwtSvid.parse_and_validate(token, bundle, {AUDIENCE})
 
-    measured: dict[str, list[float]] = {}
-    with one_core() as cpu:
-        measured["ours_same"] = rates(ours_validate, ours_bundle, [tokens[0]] * same_ours, rounds)
-        measured["pyspiffe_same"] = rates(py_validate, py_bundle, [tokens[0]] * same_py, rounds)
-        measured["ours_distinct"] = rates(ours_validate, ours_bundle, tokens, rounds)
-        measured["pyspiffe_distinct"] = rates(py_validate, py_bundle, tokens, rounds)
-        measured["ecdsa_verify_only"] = _verify_only(ca, tokens, rounds)
-        with workdir() as wd, DevAgent(f"{wd}/agent.sock") as agent, JWTSource(agent.address) as source:
-            token = agent.mint_jwt_svid([AUDIENCE])
-            measured["ours_source_same"] = rates(
-                lambda src, tok: src.validate(tok, AUDIENCE), lambda: source, [token] * same_ours, rounds
-            )
+    key = ca.jwt_authorities[0].public_key
+    work = signatures(tokens)
+    with (
+        one_core() as cpu,
+        workdir() as wd,
+        DevAgent(f"{wd}/agent.sock") as agent,
+        JWTSource(agent.address) as src,
+    ):
+        live = agent.mint_jwt_svid([AUDIENCE])
+        workloads: dict[str, Callable[[], float]] = {
+            "ours_same": lambda: one_round(ours_validate, ours_bundle, [tokens[0]] * same_ours),
+            "pyspiffe_same": lambda: one_round(py_validate, py_bundle, [tokens[0]] * same_py),
+            "ours_distinct": lambda: one_round(ours_validate, ours_bundle, tokens),
+            "pyspiffe_distinct": lambda: one_round(py_validate, py_bundle, tokens),
+            "ecdsa_verify_only": lambda: verify_only_round(key, work),
+            "ours_source_same": lambda: one_round(
+                lambda s, t: s.validate(t, AUDIENCE), lambda: src, [live] * same_ours
+            ),
+        }
+        measured: dict[str, list[float]] = {k: [] for k in workloads}
+        for _ in range(rounds):  # round-robin, so a burst of machine noise hits every workload
+            for name, workload in workloads.items():
+                measured[name].append(workload())
     p50 = {k: median(v) for k, v in measured.items()}
     result = new_result(
         f"JWT-SVID validation throughput, one core (ES256, median of {rounds} rounds)",
