@@ -75,7 +75,7 @@ class X509Bundle:
         """Parse concatenated DER CA certificates; each must be a CA."""
         certs, ders = _load_certs(blob, f"bundle for {trust_domain}")
         for i, cert in enumerate(certs):
-            if not _is_ca(cert):
+            if not is_ca(cert):
                 raise ValidationError(f"bundle for {trust_domain}: authority {i} is not a CA certificate")
         return cls(trust_domain, certs, ders)
 
@@ -191,16 +191,16 @@ def parse_svid(
         raise ValidationError(
             f"SVID {sid}: private key is not unencrypted PKCS#8 DER ({type(exc).__name__})"
         ) from None
-    _check_leaf(sid, chain[0])
+    check_leaf(sid, chain[0])
     for i, cert in enumerate(chain[1:], start=1):
-        if not _is_ca(cert):
+        if not is_ca(cert):
             raise ValidationError(f"SVID {sid}: chain certificate {i} is not a CA")
     if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
         raise ValidationError(f"SVID {sid}: private key does not match the leaf certificate")
-    _check_times(sid, chain, now or dt.datetime.now(dt.UTC))
+    check_times(sid, chain, now or dt.datetime.now(dt.UTC))
     if bundle.trust_domain != sid.trust_domain:
         raise ValidationError(f"SVID {sid}: bundle is for another trust domain ({bundle.trust_domain})")
-    _verify_chain(sid, chain, bundle)
+    verify_chain(sid, chain, bundle)
     return X509Svid(sid, chain, ders, key, key_blob, hint)
 
 
@@ -211,7 +211,8 @@ def _public_der(public_key: Any) -> bytes:
     return data
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: x509.Certificate) -> bool:
+    """True for a signing certificate: basicConstraints cA=true and, if keyUsage is present, keyCertSign."""
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -225,7 +226,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bool(ku.key_cert_sign)
 
 
-def _check_leaf(sid: SpiffeId, leaf: x509.Certificate) -> None:
+def check_leaf(sid: SpiffeId, leaf: x509.Certificate) -> None:
+    """X509-SVID leaf rules: one URI SAN equal to ``sid``, not a CA, digitalSignature, no cert/CRL signing."""
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -253,7 +255,8 @@ def _check_leaf(sid: SpiffeId, leaf: x509.Certificate) -> None:
         raise ValidationError(f"SVID {sid}: leaf keyUsage must not allow keyCertSign or cRLSign")
 
 
-def _check_times(sid: SpiffeId, chain: Iterable[x509.Certificate], now: dt.datetime) -> None:
+def check_times(sid: SpiffeId, chain: Iterable[x509.Certificate], now: dt.datetime) -> None:
+    """Every certificate is inside its validity window (notBefore with ``CLOCK_SKEW`` tolerance)."""
     for i, cert in enumerate(chain):
         if cert.not_valid_after_utc <= now:
             raise ValidationError(
@@ -275,7 +278,8 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _verify_chain(sid: SpiffeId, chain: tuple[x509.Certificate, ...], bundle: X509Bundle) -> None:
+def verify_chain(sid: SpiffeId, chain: tuple[x509.Certificate, ...], bundle: X509Bundle) -> None:
+    """Each certificate is signed by the next, and the last by an authority of ``bundle``."""
     for i in range(len(chain) - 1):
         if not _issued_by(chain[i], chain[i + 1]):
             raise ValidationError(f"SVID {sid}: certificate {i} is not signed by certificate {i + 1}")

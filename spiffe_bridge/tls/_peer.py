@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 
+from spiffe_bridge import model
 from spiffe_bridge.errors import SpiffeIdError, ValidationError
-from spiffe_bridge.model import X509Bundle, _check_leaf, _check_times, _is_ca, _verify_chain
+from spiffe_bridge.model import X509Bundle
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls.authorize import PeerRefusedError
 
@@ -68,7 +69,7 @@ def verify_peer(
     if not peer_id.path:
         raise PeerRefusedError(f"peer {peer_id}: an SVID's SPIFFE ID needs a path", peer_id)
     try:
-        _check_leaf(peer_id, leaf)
+        model.check_leaf(peer_id, leaf)
     except ValidationError as exc:
         raise PeerRefusedError(f"peer {exc}", peer_id) from None
     bundle = bundles.get(peer_id.trust_domain)
@@ -91,13 +92,13 @@ def verify_peer(
         if der == leaf_der and i == 1:
             continue  # some stacks report the leaf again at the start of the chain
         cert = _load(der, f"peer {peer_id}: chain certificate {i}")
-        if not _is_ca(cert):
+        if not model.is_ca(cert):
             raise PeerRefusedError(f"peer {peer_id}: chain certificate {i} is not a CA", peer_id)
         chain.append(cert)
     try:
         if check_times:
-            _check_times(peer_id, chain, now or dt.datetime.now(dt.UTC))
-        _verify_chain(peer_id, tuple(chain), bundle)
+            model.check_times(peer_id, chain, now or dt.datetime.now(dt.UTC))
+        model.verify_chain(peer_id, tuple(chain), bundle)
     except ValidationError as exc:
         raise PeerRefusedError(f"peer {exc}", peer_id) from None
     return peer_id
