@@ -14,13 +14,11 @@ if TYPE_CHECKING:
     from .ca import TrustDomainCA, X509SVIDMaterial
     from .faults import Rpc
     from .identity import Identity
-    from .jwtsvid import JWTValidationError
     from .server import DevAgent
 
 __all__ = [
     "DevAgent",
     "Identity",
-    "JWTValidationError",
     "Rpc",
     "TrustDomainCA",
     "X509SVIDMaterial",
@@ -29,7 +27,6 @@ __all__ = [
 _HOMES = {
     "DevAgent": ".server",
     "Identity": ".identity",
-    "JWTValidationError": ".jwtsvid",
     "Rpc": ".faults",
     "TrustDomainCA": ".ca",
     "X509SVIDMaterial": ".ca",

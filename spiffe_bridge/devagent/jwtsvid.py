@@ -1,38 +1,29 @@
-"""Minimal ES256 JWS for JWT-SVIDs: signing, verification and JWKS rendering.
+"""Minimal ES256 JWS for JWT-SVIDs: signing and JWKS rendering.
 
-Only what the dev agent needs (JWT-SVID.md §2-4): compact serialisation, the
-``alg``/``kid``/``typ`` headers and the ``sub``/``aud``/``exp`` checks. Written
-against ``cryptography`` so the package needs no JWT library.
+Only what the dev agent needs to mint tokens (JWT-SVID.md §2-3). Verification
+is the library's own (``spiffe_bridge.jwt``), so the agent's ValidateJWTSVID
+and local validation apply the very same rules.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
-    encode_dss_signature,
 )
-
-from .identity import split_spiffe_id
 
 ALGORITHM = "ES256"
 _COORD_BYTES = 32
 _ALLOWED_HEADERS = frozenset({"alg", "kid", "typ"})
-
-
-class JWTValidationError(ValueError):
-    """The token is malformed, badly signed, expired or not for this audience."""
 
 
 @dataclass(frozen=True)
@@ -87,86 +78,9 @@ def jwks_json(authorities: list[JWTAuthority]) -> bytes:
     return _compact_json({"keys": [a.jwk() for a in authorities]})
 
 
-KeyLookup = Callable[[str, str], ec.EllipticCurvePublicKey | None]
-
-
-def validate(token: str, audience: str, lookup: KeyLookup) -> tuple[str, dict[str, Any]]:
-    """Verify a JWT-SVID and return (SPIFFE ID, claims).
-
-    ``lookup(trust_domain, kid)`` returns the key for the subject's trust
-    domain, so a token is only ever checked against its own domain's bundle.
-    """
-    header, claims, signing_input, signature = _split(token)
-    extra = set(header) - _ALLOWED_HEADERS
-    if extra:
-        raise JWTValidationError(f"unexpected JWT headers {sorted(extra)}")
-    if header.get("alg") != ALGORITHM:
-        raise JWTValidationError(f"unsupported token algorithm {header.get('alg')!r}")
-    if header.get("typ") not in (None, "JWT", "JOSE"):
-        raise JWTValidationError(f"invalid token type {header.get('typ')!r}")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise JWTValidationError("token has no key ID")
-    sub = claims.get("sub")
-    if not isinstance(sub, str):
-        raise JWTValidationError("token has no subject")
-    try:
-        trust_domain, path = split_spiffe_id(sub)
-    except ValueError as err:
-        raise JWTValidationError(f"token subject is not a SPIFFE ID: {err}") from None
-    if not path:
-        raise JWTValidationError("token subject has no path")
-    key = lookup(trust_domain, kid)
-    if key is None:
-        raise JWTValidationError(f"no key {kid!r} for trust domain {trust_domain!r}")
-    if len(signature) != 2 * _COORD_BYTES:
-        raise JWTValidationError("token signature has the wrong length")
-    r = int.from_bytes(signature[:_COORD_BYTES], "big")
-    s = int.from_bytes(signature[_COORD_BYTES:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise JWTValidationError("token signature is invalid") from None
-    _check_claims(claims, audience)
-    return sub, claims
-
-
-def _check_claims(claims: Mapping[str, Any], audience: str) -> None:
-    aud = claims.get("aud")
-    auds = [aud] if isinstance(aud, str) else aud
-    if not isinstance(auds, list) or audience not in auds:
-        raise JWTValidationError(f"expected audience {audience!r}, token has {aud!r}")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise JWTValidationError("token has no expiry")
-    if exp <= time.time():
-        raise JWTValidationError("token has expired")
-
-
-def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise JWTValidationError("token is not a compact JWS")
-    try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-        signature = b64url_decode(parts[2])
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-    except (ValueError, binascii.Error) as err:
-        raise JWTValidationError(f"token is malformed: {err}") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise JWTValidationError("token header and claims must be JSON objects")
-    return header, claims, signing_input, signature
-
-
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as JWS and JWK use it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _compact_json(obj: Mapping[str, Any]) -> bytes:

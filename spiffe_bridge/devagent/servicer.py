@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.errors import JwtSvidError
 
 from ._streams import Outgoing, Signal
 from .faults import RawResponse, Rpc
 from .identity import split_spiffe_id
-from .jwtsvid import JWTValidationError
 from .state import AgentState
 
 SERVICE = "SpiffeWorkloadAPI"
@@ -97,7 +97,7 @@ class WorkloadAPIServicer:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
             try:
                 spiffe_id, claims = self._state.validate_jwt_svid(request.svid, request.audience)
-            except JWTValidationError as err:
+            except JwtSvidError as err:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             response = pb.ValidateJWTSVIDResponse(spiffe_id=spiffe_id)
             response.claims.update(claims)

@@ -16,15 +16,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from spiffe_bridge._proto import workload_pb2 as pb
 
 from ._streams import Outgoing, Signal, StreamCounters, StreamHandle
 from .ca import KeyType, TrustDomainCA, X509SVIDMaterial
 from .faults import STREAMING_RPCS, FaultControls, FaultPlan, InjectedError, RawResponse, Rpc
 from .identity import Identity, as_identity, trust_domain_name
-from .jwtsvid import validate
 
 _log = logging.getLogger("spiffe_bridge.devagent")
 X509_STREAMS = frozenset({Rpc.FETCH_X509_SVID, Rpc.FETCH_X509_BUNDLES})
@@ -179,10 +176,14 @@ class AgentState(FaultControls, StreamCounters):
     def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
         """Check a JWT-SVID against the bundle of its subject's trust domain.
 
-        Returns (SPIFFE ID, claims); raises ``JWTValidationError``.
+        Returns (SPIFFE ID, claims); raises ``JwtSvidError`` (the library's own validator).
         """
+        from spiffe_bridge import jwt
+
         with self._cond:
-            return validate(token, audience, self._jwt_key)
+            bundles = jwt.bundles_from_message(self.jwt_bundles_response())
+        svid = jwt.validate_jwt_svid(token, audience, bundles)
+        return str(svid.spiffe_id), dict(svid.claims)
 
     # ----- federation -----
     @property
@@ -307,10 +308,6 @@ class AgentState(FaultControls, StreamCounters):
 
     def _all_cas(self) -> list[TrustDomainCA]:
         return [self._ca, *self._federated.values()]
-
-    def _jwt_key(self, trust_domain: str, kid: str) -> ec.EllipticCurvePublicKey | None:
-        ca = self._ca if trust_domain == self.trust_domain else self._federated.get(trust_domain)
-        return ca.jwt_key(kid) if ca else None
 
     def _broadcast(self, rpcs: Iterable[Rpc]) -> None:
         """Queue a full-state push on every open stream of ``rpcs`` (caller holds the lock)."""

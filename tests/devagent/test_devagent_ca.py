@@ -16,8 +16,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from spiffe import JwtBundle, JwtSvid, TrustDomain, X509Bundle, X509Svid
 
+from spiffe_bridge import jwt
+from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA, der_concat
-from spiffe_bridge.devagent.jwtsvid import JWTValidationError, b64url_decode, validate
+from spiffe_bridge.errors import JwtSvidError
+from spiffe_bridge.jwt import b64url_decode
 
 SVID_ID = "spiffe://example.org/ns/web"
 
@@ -190,11 +193,10 @@ def test_jwt_svid_header_claims_and_jwks() -> None:
 def test_jwt_validation_rules() -> None:
     ca = TrustDomainCA("example.org")
 
-    def lookup(td: str, kid: str) -> ec.EllipticCurvePublicKey | None:
-        return ca.jwt_key(kid) if td == "example.org" else None
+    bundles = jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
 
     good = ca.mint_jwt_svid(SVID_ID, ["a", "b"], ttl=60)
-    assert validate(good, "b", lookup)[0] == SVID_ID
+    assert str(jwt.validate_jwt_svid(good, "b", bundles).spiffe_id) == SVID_ID
     bad_tokens = {
         "audience": (good, "c"),
         "expired": (ca.sign_jwt({"sub": SVID_ID, "aud": "a", "exp": 1}), "a"),
@@ -206,6 +208,6 @@ def test_jwt_validation_rules() -> None:
         "malformed": ("not-a-token", "a"),
     }
     for name, (token, audience) in bad_tokens.items():
-        with pytest.raises(JWTValidationError):
-            validate(token, audience, lookup)
+        with pytest.raises(JwtSvidError):
+            jwt.validate_jwt_svid(token, audience, bundles)
             pytest.fail(f"accepted token with bad {name}")
