@@ -9,13 +9,13 @@ import logging
 import os
 import socket
 import stat
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from reliability_support import FAST
+from sidecar_support import read_or_none, running, sidecar_config
 
 from spiffe_bridge import JWTSource, WorkloadClient, X509Source, jwt
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -24,9 +24,6 @@ from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import X509_FORMATS, X509Options, render_x509
 from spiffe_bridge.model import X509Context
-from spiffe_bridge.sidecar import plan
-from spiffe_bridge.sidecar.config import Config, build, parse_text
-from spiffe_bridge.sidecar.runner import Daemon
 
 OPTIONS = X509Options(
     linkerd_workload_api_address="unix:///run/agent.sock",
@@ -131,54 +128,6 @@ class Leaks:
         return [f"{what} ({m[:16]!r}...)" for m, what in self.markers.items() if m in data]
 
 
-def _config(agent: DevAgent, text: str) -> Config:
-    return build(parse_text(f'agent_address = "{agent.address}"\n{text}', "hcl"), environ={})
-
-
-class Published:
-    """Wraps a Daemon's publish step so tests wait on "files written" events, not the clock."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.cond = threading.Condition()
-        self.count = 0
-        original = daemon._publish
-
-        def publish(kind: str, paths: list[str]) -> None:
-            original(kind, paths)
-            with self.cond:
-                self.count += 1
-                self.cond.notify_all()
-
-        daemon._publish = publish  # type: ignore[method-assign]
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
-        with self.cond:
-            assert self.cond.wait_for(condition, timeout), f"timed out waiting for {what}"
-
-
-@contextlib.contextmanager
-def running(config: Config) -> Iterator[tuple[Daemon, Published]]:
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    published = Published(daemon)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon, published
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-    assert codes == [0]
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
 @pytest.mark.dev_agent(identities=["spiffe://example.org/web#web", "spiffe://example.org/db#db"])
 def test_no_secret_in_logs_or_errors(
     dev_agent: DevAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -267,12 +216,12 @@ def test_no_secret_in_logs_or_errors(
         jwt_svids = [{{jwt_audience = "db", jwt_svid_file_name = "db.token"}}]
         jwt_bundle_file_name = "jwt_bundle.json"
     """
-    with running(_config(dev_agent, text)) as (_daemon, published):
-        published.wait(lambda: _read(certs / "db.token") is not None, "the JWT-SVID file")
+    with running(sidecar_config(dev_agent, text)) as (_daemon, published):
+        published.wait(lambda: read_or_none(certs / "db.token") is not None, "the JWT-SVID file")
         leaks.token((certs / "db.token").read_text())
         for _ in range(2):
             serial = dev_agent.svids[0].serial_number
-            published.wait(lambda s=serial: _serial(_read(certs / "svid.pem")) == s, "the SVID files")
+            published.wait(lambda s=serial: _serial(read_or_none(certs / "svid.pem")) == s, "the SVID files")
             for m in dev_agent.rotate():
                 leaks.key(m.key_der())
 
@@ -306,7 +255,7 @@ def test_health_endpoint_binds_loopback_by_default(dev_agent: DevAgent, tmp_path
           bind_port = {port}
         }}
     """
-    config = _config(dev_agent, text)
+    config = sidecar_config(dev_agent, text)
     assert config.health.bind_address == "127.0.0.1"
     with running(config) as (daemon, published):
         published.wait(lambda: daemon.health is not None, "the health server")

@@ -1,0 +1,180 @@
+"""The sidecar daemon under agent faults: restarts, a silent agent, its output directory removed.
+
+A reader thread checks the files continuously while the agent restarts: they are never
+missing, never torn, and identical re-deliveries cause no rewrite and no reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from reliability_support import pem_set_problems, scale
+from sidecar_support import PEM_FILES, read_or_none, running, sidecar_config
+
+from spiffe_bridge.devagent.server import DevAgent
+from spiffe_bridge.fileset import read_current
+from spiffe_bridge.sidecar.runner import Daemon
+from spiffe_bridge.source_state import SourceStatus
+
+NAMES = ["svid.pem", "svid_key.pem", "svid_bundle.pem"]
+RELOAD = 'reload_command = ["/bin/true"]\n'
+
+
+class FileWatcher:
+    """Reads the credential set in a loop; records every distinct set and every problem."""
+
+    def __init__(self, directory: Path, layout: str) -> None:
+        self.directory = directory
+        self.layout = layout
+        self.sets: list[bytes] = []
+        self.problems: list[str] = []
+        self.reads = 0
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        verdicts: dict[bytes, list[str]] = {}
+        while not self._stop.is_set():
+            try:
+                got = read_current(self.directory, NAMES, attempts=1)
+            except FileNotFoundError as exc:
+                with self.cond:
+                    self.problems.append(f"file missing: {exc.filename}")
+                continue
+            digest = hashlib.sha256(b"\0".join(got[n] for n in NAMES)).digest()
+            if digest not in verdicts:
+                verdicts[digest] = self._check(got)
+            with self.cond:
+                self.reads += 1
+                self.problems += verdicts[digest]
+                if not self.sets or self.sets[-1] != digest:
+                    self.sets.append(digest)
+                self.cond.notify_all()
+
+    def _check(self, got: dict[str, bytes]) -> list[str]:
+        if self.layout == "symlink":  # one pinned version: the set must be coherent
+            return pem_set_problems(*(got[n] for n in NAMES))
+        # flat: files switch one by one (documented), so only each file must be whole
+        try:
+            x509.load_pem_x509_certificates(got["svid.pem"])
+            x509.load_pem_x509_certificates(got["svid_bundle.pem"])
+            serialization.load_pem_private_key(got["svid_key.pem"], None)
+        except ValueError as exc:
+            return [f"corrupt file: {exc}"]
+        return []
+
+    def wait_reads(self, n: int, timeout: float = 10) -> None:
+        with self.cond:
+            target = self.reads + n
+            assert self.cond.wait_for(lambda: self.reads >= target, timeout)
+
+
+def _ready_after_reconnect(daemon: Daemon, reconnects: int) -> bool:
+    source = daemon.x509_source
+    return (
+        source is not None and source.state.reconnects >= reconnects and source.status is SourceStatus.READY
+    )
+
+
+@pytest.mark.parametrize("layout", ["symlink", "flat"])
+def test_agent_restarted_many_times_under_the_sidecar(
+    dev_agent: DevAgent, tmp_path: Path, layout: str
+) -> None:
+    restarts = scale(50, 500) if layout == "symlink" else scale(10, 100)
+    certs = tmp_path / "certs"
+    config = sidecar_config(dev_agent, PEM_FILES.format(dir=certs) + RELOAD + f'layout = "{layout}"\n')
+    with running(config) as (daemon, published):
+        published.wait(lambda: daemon.status.snapshot()["reloads"] == 1, "first write and reload")
+        writes = published.count
+        with FileWatcher(certs, layout) as watcher:
+            watcher.wait_reads(1)
+            for i in range(restarts):
+                opened = dev_agent.streams_opened("FetchX509SVID")
+                dev_agent.restart()
+                dev_agent.wait_for_streams_opened("FetchX509SVID", opened + 1, timeout=15)
+                dev_agent.wait_for_messages("FetchX509SVID", i + 2, timeout=15)
+                assert daemon.x509_source is not None
+                daemon.x509_source.wait_for(lambda c, n=i + 1: _ready_after_reconnect(daemon, n), timeout=15)
+                watcher.wait_reads(1)  # a read after this recovery
+            # identical re-deliveries: nothing rewritten, nothing reloaded
+            snapshot = daemon.status.snapshot()
+            assert published.count == writes and snapshot["reloads"] == 1
+            assert snapshot["rotations"]["x509"] == 1
+            assert len(watcher.sets) == 1
+            # a real rotation after all that: one write, one reload
+            serial = dev_agent.rotate()[0].serial_number
+            published.wait(lambda: daemon.status.snapshot()["reloads"] == 2, "reload after rotation")
+            watcher.wait_reads(1)
+            assert watcher.problems == []
+            if layout == "symlink":
+                assert len(watcher.sets) == 2  # flat may show a transient mixed pair in between
+        leaf = read_or_none(certs / "svid.pem")
+        assert leaf is not None and _serial(leaf) == serial
+        assert daemon.status.ready()
+
+
+def _serial(pem: bytes) -> int:
+    return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+
+def _health(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def test_silent_agent_keeps_the_sidecar_not_ready(dev_agent: DevAgent, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    certs = tmp_path / "certs"
+    text = (
+        PEM_FILES.format(dir=certs) + f"health_checks {{\n listener_enabled = true\n bind_port = {port}\n}}\n"
+    )
+    dev_agent.hang("FetchX509SVID")
+    with running(sidecar_config(dev_agent, text)) as (daemon, published):
+        dev_agent.wait_for_streams(1, rpc="FetchX509SVID")
+        code, body = _health(port, "/ready")
+        assert code == 503 and body["health"]["streams"]["x509"]["status"] == "starting"
+        assert _health(port, "/live")[0] == 200  # waiting for the agent is not a failure
+        assert not certs.exists() or list(certs.iterdir()) == []
+        dev_agent.hang("FetchX509SVID", False)
+        published.wait(daemon.status.ready, "ready once the agent answers")
+        assert _health(port, "/ready")[0] == 200
+
+
+def test_output_directory_removed_under_the_sidecar(dev_agent: DevAgent, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    config = sidecar_config(dev_agent, PEM_FILES.format(dir=certs) + RELOAD)
+    with running(config) as (daemon, published):
+        published.wait(lambda: daemon.status.snapshot()["reloads"] == 1, "first write")
+        shutil.rmtree(certs)
+        serial = dev_agent.rotate()[0].serial_number
+        published.wait(lambda: daemon.status.snapshot()["reloads"] == 2, "rewrite after rotation")
+        got = read_current(certs, NAMES)
+        assert pem_set_problems(got["svid.pem"], got["svid_key.pem"], got["svid_bundle.pem"]) == []
+        assert _serial(got["svid.pem"]) == serial
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("sidecar")) == ["certs"]
+        assert daemon.status.ready()
