@@ -28,9 +28,11 @@ T = TypeVar("T")
 class Relay:
     """Re-serves an upstream Workload API on a local Unix socket, from a background thread.
 
-    >>> with Relay("unix:///run/spire/agent.sock", "unix:///run/relay/proxy.sock",
-    ...            allow_ids=["spiffe://example.org/proxy"]) as relay:
-    ...     relay.wait_serving()
+    Example::
+
+        with Relay("unix:///run/spire/agent.sock", "unix:///run/relay/proxy.sock",
+                   allow_ids=["spiffe://example.org/proxy"]) as relay:
+            relay.wait_serving()
 
     Arguments are those of ``AsyncRelay``.
     """
