@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,18 +48,30 @@ _PARSE_ERRORS = (
 )
 
 
+#: Parsed certificates, bundles and signature checks are memoised by their exact DER
+#: bytes: a rotation changes only the leaf, so roots, intermediates and federated
+#: bundles are parsed and verified once, not on every update. Bounded, so hostile
+#: input cannot grow memory.
+_CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _cert_from_der(der: bytes) -> x509.Certificate:
+    cert = x509.load_der_x509_certificate(der)
+    # Extensions, names and the key are parsed lazily: surface their errors here,
+    # so the checks below never meet a half-parsable certificate.
+    _ = cert.extensions, cert.subject, cert.issuer, cert.public_key()
+    return cert
+
+
 def _load_certs(blob: bytes, what: str) -> tuple[tuple[x509.Certificate, ...], tuple[bytes, ...]]:
     ders = split_der(blob, what)
     certs = []
     for i, der in enumerate(ders):
         try:
-            cert = x509.load_der_x509_certificate(der)
-            # Extensions, names and the key are parsed lazily: surface their errors here,
-            # so the checks below never meet a half-parsable certificate.
-            _ = cert.extensions, cert.subject, cert.issuer, cert.public_key()
+            certs.append(_cert_from_der(der))
         except _PARSE_ERRORS as exc:
             raise ValidationError(f"{what}: certificate {i} is not valid DER: {exc}") from None
-        certs.append(cert)
     return tuple(certs), tuple(ders)
 
 
@@ -72,12 +85,8 @@ class X509Bundle:
 
     @classmethod
     def parse_der(cls, trust_domain: TrustDomain, blob: bytes) -> X509Bundle:
-        """Parse concatenated DER CA certificates; each must be a CA."""
-        certs, ders = _load_certs(blob, f"bundle for {trust_domain}")
-        for i, cert in enumerate(certs):
-            if not is_ca(cert):
-                raise ValidationError(f"bundle for {trust_domain}: authority {i} is not a CA certificate")
-        return cls(trust_domain, certs, ders)
+        """Parse concatenated DER CA certificates; each must be a CA. Repeats come from a cache."""
+        return _parse_bundle(trust_domain, bytes(blob))
 
     @cached_property
     def pem(self) -> bytes:
@@ -268,7 +277,27 @@ def check_times(sid: SpiffeId, chain: Iterable[x509.Certificate], now: dt.dateti
             )
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_bundle(trust_domain: TrustDomain, blob: bytes) -> X509Bundle:
+    certs, ders = _load_certs(blob, f"bundle for {trust_domain}")
+    for i, cert in enumerate(certs):
+        if not is_ca(cert):
+            raise ValidationError(f"bundle for {trust_domain}: authority {i} is not a CA certificate")
+    return X509Bundle(trust_domain, certs, ders)
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    return _issued_by_der(
+        cert.public_bytes(serialization.Encoding.DER), issuer.public_bytes(serialization.Encoding.DER)
+    )
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _issued_by_der(cert_der: bytes, issuer_der: bytes) -> bool:
+    try:
+        cert, issuer = _cert_from_der(cert_der), _cert_from_der(issuer_der)
+    except _PARSE_ERRORS:
+        return False
     if cert.issuer != issuer.subject:
         return False
     try:
