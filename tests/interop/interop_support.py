@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,42 @@ def wait_for(
 def short_socket_dir(prefix: str = "sbi-") -> Path:
     """A fresh directory with a short path for Unix sockets (108-byte limit)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def snapshot(directory: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``directory``: (inode, mtime_ns, link target or bytes)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = Path(root) / name
+            st = path.lstat()
+            if path.is_symlink():
+                content: Any = os.readlink(path)
+            elif path.is_dir():
+                content = "<dir>"
+            else:
+                content = path.read_bytes()
+            out[str(path.relative_to(directory))] = (st.st_ino, st.st_mtime_ns, content)
+    return out
+
+
+class StatusLog:
+    """Status listener for ``SourceState.add_status_listener``: records changes, waits for one."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, status: Any, _exc: Exception | None) -> None:
+        with self._cond:
+            self.seen.append(status)
+            self._cond.notify_all()
+
+    def wait(self, status: Any, after: int = 0, timeout: float = 20.0) -> int:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: status in self.seen[after:], timeout)
+            assert ok, f"status {status.value} not reached within {timeout}s; saw {self.seen}"
+            return self.seen.index(status, after)
 
 
 # --------------------------------------------------------------------------

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from pathlib import Path
-from typing import Any
 
-from interop_support import Health, agent_serials, pem_certs, sidecar, wait_for
+from interop_support import Health, StatusLog, agent_serials, pem_certs, sidecar, snapshot, wait_for
 from spire import SpireDeployment
 
 from spiffe_bridge import AsyncX509Source, SourceStatus, X509Context, X509Source
@@ -24,23 +22,6 @@ from spiffe_bridge.fileset import read_current
 pytest_plugins = ("interop_support",)
 
 WEB = "/workload/web"
-
-
-def snapshot(directory: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry under ``directory``: (inode, mtime_ns, link target or bytes)."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = Path(root) / name
-            st = path.lstat()
-            if path.is_symlink():
-                content: Any = os.readlink(path)
-            elif path.is_dir():
-                content = "<dir>"
-            else:
-                content = path.read_bytes()
-            out[str(path.relative_to(directory))] = (st.st_ino, st.st_mtime_ns, content)
-    return out
 
 
 def serials(ctx: X509Context) -> dict[str, int]:
@@ -52,25 +33,6 @@ def file_serials(run: Path) -> tuple[int, int]:
     flat = pem_certs((run / "flat" / "svid.pem").read_bytes())[0].serial_number
     linked = read_current(run / "linked", ["svid.pem"])["svid.pem"]
     return flat, pem_certs(linked)[0].serial_number
-
-
-class StatusLog:
-    """Records a source's status changes; wait for one with a deadline."""
-
-    def __init__(self) -> None:
-        self.seen: list[SourceStatus] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, status: SourceStatus, _exc: Exception | None) -> None:
-        with self._cond:
-            self.seen.append(status)
-            self._cond.notify_all()
-
-    def wait(self, status: SourceStatus, after: int = 0, timeout: float = 20.0) -> int:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: status in self.seen[after:], timeout)
-            assert ok, f"status {status.value} not reached within {timeout}s; saw {self.seen}"
-            return self.seen.index(status, after)
 
 
 async def test_streams_recover_and_sidecar_files_stay_put_while_agent_is_down(
