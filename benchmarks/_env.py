@@ -124,6 +124,22 @@ def spiffe_helper_version() -> str | None:
     return name.split("spiffe-helper-", 1)[1] if "spiffe-helper-" in name else "unknown"
 
 
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and library files that differed from it (the work tree is shared)."""
+    dirty = [line[3:] for line in _git("status", "--porcelain", "--", "spiffe_bridge").splitlines()]
+    return {"commit": _git("rev-parse", "--short", "HEAD"), "library_changes_not_committed": dirty}
+
+
 def machine(workdir: str) -> dict[str, Any]:
     """Facts about this run: date, machine, filesystem of ``workdir``, versions."""
     return {
@@ -142,6 +158,7 @@ def machine(workdir: str) -> dict[str, Any]:
         "spiffe_bridge": _version("spiffe-bridge"),
         "spiffe_helper": spiffe_helper_version(),
         "spiffe_helper_path": str(spiffe_helper()) if spiffe_helper() else None,
+        **source_state(),
     }
 
 

@@ -61,6 +61,12 @@ def render_machine(machine: dict[str, Any], quick: bool, elapsed: float) -> str:
             f"- Python {machine['python']}, grpcio {machine['grpcio']}, protobuf {machine['protobuf']}, "
             f"cryptography {machine['cryptography']}, py-spiffe {machine['py_spiffe']}, "
             f"spiffe-helper {machine['spiffe_helper'] or 'not built'}",
+            f"- spiffe-bridge at commit {machine.get('commit') or 'unknown'}"
+            + (
+                f" plus uncommitted changes to {', '.join(machine['library_changes_not_committed'])}"
+                if machine.get("library_changes_not_committed")
+                else " (library files as committed)"
+            ),
             "",
         ]
     )
