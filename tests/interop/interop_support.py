@@ -288,10 +288,10 @@ def sidecar(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -
         proc.close()
 
 
-def helper_process(binary: Path, conf: Path, cwd: Path) -> subprocess.Popen[str]:
-    """Start spiffe-helper ``-config conf`` in ``cwd`` (collect its output with communicate())."""
+def helper_process(binary: Path, conf: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """Start spiffe-helper ``-config conf ARGS`` in ``cwd`` (collect its output with communicate())."""
     return subprocess.Popen(
-        [str(binary), "-config", str(conf)],
+        [str(binary), "-config", str(conf), *args],
         cwd=cwd,
         env=_clean_env(None),
         stdin=subprocess.DEVNULL,
