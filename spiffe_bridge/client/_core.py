@@ -127,6 +127,13 @@ class ClientCore:
         """The per-call deadline: the argument, else the client's default."""
         return self.timeout if timeout is None else timeout
 
+    @staticmethod
+    def decode(spec: StreamSpec[T], message: Any) -> T:
+        """Validate one streamed message; grpc.aio hands over None for bytes that do not parse."""
+        if message is None:
+            raise ValidationError(f"agent sent {spec.what} that do not parse as a Workload API message")
+        return spec.decode(message)
+
     def error_from_rpc(self, exc: grpc.RpcError, what: str) -> WorkloadApiError:
         """Map a gRPC failure to a typed error that says what to check."""
         code = exc.code() if hasattr(exc, "code") else None

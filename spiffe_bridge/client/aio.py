@@ -149,7 +149,7 @@ class AsyncWorkloadClient:
         self._calls.add(call)
         try:
             async for message in call:
-                return spec.decode(message)
+                return self._core.decode(spec, message)
         except grpc.RpcError as exc:
             raise self._core.error_from_rpc(exc, spec.what) from None
         finally:
@@ -170,7 +170,7 @@ class AsyncWorkloadClient:
             try:
                 async for message in call:
                     try:
-                        item = spec.decode(message)
+                        item = self._core.decode(spec, message)
                     except ValidationError as exc:
                         self._core.report(exc, on_error)
                         continue

@@ -169,7 +169,7 @@ class WorkloadClient:
         self._track(call, True)
         try:
             for message in call:
-                return spec.decode(message)
+                return self._core.decode(spec, message)
         except grpc.RpcError as exc:
             raise self._core.error_from_rpc(exc, spec.what) from None
         finally:
@@ -188,7 +188,7 @@ class WorkloadClient:
             try:
                 for message in call:
                     try:
-                        item = spec.decode(message)
+                        item = self._core.decode(spec, message)
                     except ValidationError as exc:
                         self._core.report(exc, on_error)
                         continue
