@@ -33,8 +33,8 @@ from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
+from spiffe_bridge.sidecar.exitcodes import EXIT_NO_IDENTITY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_WRITE
 from spiffe_bridge.sidecar.plan import DirPlan
-from spiffe_bridge.sidecar.runner import EXIT_NO_IDENTITY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_WRITE
 from spiffe_bridge.source import JWTSource, X509Source
 from spiffe_bridge.source_state import SourceState, SourceStatus
 

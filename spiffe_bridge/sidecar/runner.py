@@ -28,6 +28,7 @@ from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar.config import Config
+from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
 from spiffe_bridge.sidecar.health import HealthServer
 from spiffe_bridge.sidecar.jwt_refresh import JwtRefresher
 from spiffe_bridge.sidecar.plan import DirPlan
@@ -37,7 +38,6 @@ from spiffe_bridge.source_state import SourceStatus
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_NO_IDENTITY, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 #: Signals a wrapper forwards to its child.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

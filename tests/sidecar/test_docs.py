@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spiffe_bridge.sidecar import env, runner
+from spiffe_bridge.sidecar import env, exitcodes
 from spiffe_bridge.sidecar.schema import TOP_KEYS, Key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +31,8 @@ def test_block_and_jwt_environment_variables_are_documented() -> None:
 
 
 def test_exit_codes_are_documented() -> None:
-    for code in (runner.EXIT_OK, runner.EXIT_FAILURE, runner.EXIT_CONFIG, runner.EXIT_UNAVAILABLE,
-                 runner.EXIT_NO_IDENTITY, runner.EXIT_WRITE):  # fmt: skip
+    for code in (exitcodes.EXIT_OK, exitcodes.EXIT_FAILURE, exitcodes.EXIT_CONFIG, exitcodes.EXIT_UNAVAILABLE,
+                 exitcodes.EXIT_NO_IDENTITY, exitcodes.EXIT_WRITE):  # fmt: skip
         assert re.search(rf"^\| {code} \|", DOC, re.MULTILINE), code
 
 
