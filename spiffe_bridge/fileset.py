@@ -437,12 +437,22 @@ class FileSetWriter:
         try:
             vfd = os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=dfd)
             try:
+                subdirs: set[tuple[str, ...]] = set()
                 for spec in specs:
                     current = self._path(f"{name}/{spec.name}")
                     *parents, base = spec.name.split("/")
                     pfd = _open_subdir(vfd, parents, create=True)
                     try:
                         _write_new(pfd, base, spec, self.uid, self.gid)
+                    finally:
+                        os.close(pfd)
+                    if parents:
+                        subdirs.add(tuple(parents))
+                # Each directory is synced once, after all its entries exist (an fsync per
+                # file was most of a rotation's cost on a busy disk).
+                for parents_key in subdirs:
+                    pfd = _open_subdir(vfd, parents_key, create=False)
+                    try:
                         _fsync_dir(pfd)
                     finally:
                         os.close(pfd)
@@ -483,7 +493,8 @@ class FileSetWriter:
             made.append(top)
         for entry in stale:
             self._remove_entry(dfd, entry)
-        _fsync_dir(dfd)
+        if made or stale:  # otherwise nothing changed here since the swap's own fsync
+            _fsync_dir(dfd)
         return made
 
     def _prune(self, dfd: int, keep: set[str]) -> None:
@@ -576,8 +587,12 @@ class FileSetWriter:
                     for pfd2, tmp2, _, _ in staged[i:]:
                         _unlink_quiet(pfd2, tmp2)
                     raise _oserror(path, exc, "set partly replaced: ") from None
-            for pfd, _, _, _ in staged:
-                _fsync_dir(pfd)
+            synced: set[tuple[int, int]] = set()
+            for pfd, _, _, _ in staged:  # once per directory; the top one is synced below
+                st = os.fstat(pfd)
+                if (st.st_dev, st.st_ino) not in synced and not os.path.samestat(st, os.fstat(dfd)):
+                    synced.add((st.st_dev, st.st_ino))
+                    _fsync_dir(pfd)
         finally:
             for pfd, _, _, _ in staged:
                 os.close(pfd)
