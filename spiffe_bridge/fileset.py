@@ -259,6 +259,8 @@ class FileSetWriter:
         self.keep_versions = keep_versions
         self._lock = threading.Lock()
         self._swept = False
+        #: Where the configured path led on first use (it may be a symlink then, by design).
+        self._resolved: str | None = None
 
     def __repr__(self) -> str:
         return f"FileSetWriter({str(self.directory)!r}, layout={self.layout!r})"
@@ -307,12 +309,31 @@ class FileSetWriter:
         return os.path.join(self.directory, name)
 
     def _open_dir(self, create: bool) -> int:
+        """Open the output directory; refuse one that now leads somewhere else than at first use.
+
+        A configured path that is a symlink from the start is fine, but if the
+        directory is swapped for a symlink (or its link retargeted) while we run,
+        following it would write keys outside the directory the operator chose.
+        """
         try:
             if create:
                 os.makedirs(self.directory, mode=_DIR_MODE, exist_ok=True)
-            return os.open(self.directory, _OPEN_DIR)
+            resolved = os.path.realpath(self.directory)
+            if self._resolved is None:
+                self._resolved = resolved
+            elif resolved != self._resolved:
+                raise WriteError(
+                    str(self.directory),
+                    f"the output directory now leads to {resolved}, not {self._resolved} as when it "
+                    "was first used; refusing to write there",
+                    errno.EXDEV,
+                )
+            fd = os.open(resolved, _OPEN_DIR | os.O_NOFOLLOW)
         except OSError as exc:
+            if isinstance(exc, WriteError):
+                raise
             raise _oserror(str(self.directory), exc, "output directory: ") from None
+        return fd
 
     def _sweep_temps(self, dfd: int) -> None:
         """Remove temp files and links left behind by a crash."""

@@ -154,11 +154,6 @@ def test_output_directory_swapped_for_one_with_planted_links(scene: Scene, layou
     assert scene.target.read_bytes() == b"do not overwrite"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileSetWriter follows a symlink that replaced the output directory while running and "
-    "writes the key set outside it: spiffe_bridge/fileset.py FileSetWriter._open_dir",
-)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_output_directory_swapped_for_a_symlink(scene: Scene, layout: str) -> None:
     writer = scene.writer(layout)
