@@ -23,7 +23,6 @@ Binaries come from ``$SPIRE_BIN_DIR`` or the cache dir printed by
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -108,13 +107,18 @@ def short_tmp_dir(prefix: str = "spire-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # Linux: SIGTERM the SPIRE process if the test runner dies without teardown.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _die_with_parent() -> list[str]:
+    """argv prefix that SIGTERMs the SPIRE process if the test runner dies without teardown.
+
+    util-linux ``setpriv --pdeathsig`` (PR_SET_PDEATHSIG), not a ``preexec_fn``: with one,
+    subprocess must fork() instead of vfork(), so gRPC's pthread_atfork handlers run in the
+    child; once the test process has used gRPC they restart its event engine there,
+    ``close_fds`` closes its epoll fd and gRPC aborts the child before exec (the agent
+    "exited with code -6/-11" without a line of output, ~1 start in 40). No setpriv: no
+    death signal.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def wait_until(
@@ -164,12 +168,11 @@ class _Process:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.popen = subprocess.Popen(
-                self.argv,
+                [*_die_with_parent(), *self.argv],
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
