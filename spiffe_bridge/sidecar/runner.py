@@ -40,6 +40,8 @@ log = logging.getLogger("spiffe_bridge.sidecar")
 
 #: Signals a wrapper forwards to its child.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+#: Backoff for re-trying a failed write (disk full, read-only) without a new update.
+WRITE_RETRY_FIRST, WRITE_RETRY_MAX = 0.5, 30.0
 _STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -107,6 +109,8 @@ class Daemon:
         self.health: HealthServer | None = None
         self.exit_code: int | None = None
         self._stopping = False
+        self._retry_timer: threading.Timer | None = None
+        self._retry_delay = WRITE_RETRY_FIRST
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -186,6 +190,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.stop_event.set()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         for source in (self.x509_source, self.jwt_source):
             if source is not None:
                 source.close()
@@ -204,6 +210,9 @@ class Daemon:
             self._on_status(*payload)
         elif self._stopping:
             return
+        elif kind == "retry":
+            self._retry_timer = None
+            self._publish(str(payload), [])
         elif kind == "x509":
             self.ctx = payload
             ids = ", ".join(str(s.spiffe_id) for s in payload.svids)
@@ -296,10 +305,17 @@ class Daemon:
                 if files:
                     changed = writer.write(files).changed or changed
         except (FormatError, WriteError, OSError, ValueError) as exc:
-            log.error("writing the %s files failed (previous files kept): %s", kind, exc)
+            log.error(
+                "writing the %s files failed (previous files kept; retrying in %gs): %s",
+                kind,
+                self._retry_delay,
+                exc,
+            )
             self.status.write_failed(x509=kind == "x509", jwt_paths=paths)
             self.pending_change = self.pending_change or changed
+            self._schedule_retry(kind)
             return
+        self._retry_delay = WRITE_RETRY_FIRST
         written = [self._jwt_path(n) for n in self.tokens]
         if self.bundles is not None and self.config.jwt_bundle_file_name:
             written.append(self._jwt_path(self.config.jwt_bundle_file_name))
@@ -318,6 +334,16 @@ class Daemon:
             self.status.reloaded(self.actions.after_write(first, self.pending_change))
         self.completed_once = True
         self.pending_change = False
+
+    def _schedule_retry(self, kind: str) -> None:
+        """Write again later even if the agent sends nothing new: the disk may free up first."""
+        if self._retry_timer is not None or self.stop_event.is_set():
+            return
+        timer = threading.Timer(self._retry_delay, self.events.put, args=(("retry", kind),))
+        timer.daemon = True
+        self._retry_timer = timer
+        self._retry_delay = min(self._retry_delay * 2, WRITE_RETRY_MAX)
+        timer.start()
 
     def _remove_files(self) -> None:
         for plan, writer in self.writers:

@@ -179,11 +179,6 @@ def test_full_disk_keeps_the_previous_files_and_recovers(dev_agent: DevAgent, sm
         assert daemon.status.ready()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a failed write the daemon waits for the next agent update instead of retrying, so "
-    "files stay stale (possibly until they expire): spiffe_bridge/sidecar/runner.py Daemon._publish",
-)
 def test_failed_write_is_retried_without_a_new_update(dev_agent: DevAgent, small_fs: Path) -> None:
     with disk_full_after_rotation(dev_agent, small_fs) as (daemon, published, certs, new):
         published.wait(lambda: _serial(read_or_none(certs / "svid.pem")) == new, "a retried write", 5)
