@@ -183,7 +183,7 @@ def _chaos(agent: DevAgent, tmp_path: Path, steps: int | None, seconds: float | 
     intermediate=True, identities=["spiffe://example.org/web#web", "spiffe://example.org/db"]
 )
 def test_chaos(dev_agent: DevAgent, tmp_path: Path) -> None:
-    _chaos(dev_agent, tmp_path, steps=scale(100, 1000), seconds=None)
+    _chaos(dev_agent, tmp_path, steps=scale(50, 1000), seconds=None)
 
 
 @pytest.mark.soak
