@@ -138,3 +138,20 @@ def test_no_fd_leak_across_reconnects(dev_agent: DevAgent) -> None:
     )
     assert after <= before + 2, f"fds grew from {before} to {after} over {restarts} reconnects"
     assert closed <= baseline + 2
+
+
+def test_no_fd_leak_across_source_lifecycles(dev_agent: DevAgent) -> None:
+    """Opening and closing sources and clients (each with its own channel and loop) returns every fd."""
+    counts = []
+    for _ in range(scale(20, 200)):
+        with (
+            X509Source(dev_agent.address, backoff=FAST) as source,
+            JWTSource(dev_agent.address, backoff=FAST) as jwt_source,
+            WorkloadClient(dev_agent.address) as client,
+        ):
+            client.fetch_x509_context()
+            assert source.status is SourceStatus.READY and jwt_source.status is SourceStatus.READY
+        gc.collect()
+        counts.append(fd_count())
+    print(f"\nfds after each of {len(counts)} open/close cycles: {sorted(set(counts))}")
+    assert max(counts) <= counts[0] + 1, counts
