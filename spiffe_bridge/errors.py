@@ -68,6 +68,12 @@ class InvalidArgumentError(WorkloadApiError):
     retryable = False
 
 
+class JwtSvidRejectedError(InvalidArgumentError, JwtSvidError):
+    """The agent's ValidateJWTSVID refused the token: both an InvalidArgument answer and a bad JWT-SVID."""
+
+    hint = "the agent found the token invalid for this audience"
+
+
 class UnimplementedError(WorkloadApiError):
     """The agent does not implement this RPC (gRPC Unimplemented); retrying does not help."""
 

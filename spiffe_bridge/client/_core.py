@@ -23,6 +23,7 @@ from spiffe_bridge.errors import (
     DeadlineError,
     InvalidArgumentError,
     JwtSvidError,
+    JwtSvidRejectedError,
     NoIdentityError,
     UnimplementedError,
     ValidationError,
@@ -35,6 +36,8 @@ log = logging.getLogger("spiffe_bridge.client")
 
 #: The security header every Workload API call must carry.
 METADATA: tuple[tuple[str, str], ...] = (("workload.spiffe.io", "true"),)
+#: What ValidateJWTSVID calls are reported as (an InvalidArgument answer then means a bad token).
+VALIDATION = "JWT-SVID validation"
 #: Default deadline for one-shot calls (socket wait included).
 DEFAULT_TIMEOUT = 30.0
 #: How long a stream must stay up after its first valid message to count as healthy.
@@ -139,6 +142,10 @@ class ClientCore:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
         cls = _CODE_ERRORS.get(code, WorkloadApiError) if code is not None else WorkloadApiError
+        if cls is InvalidArgumentError and what == VALIDATION:
+            return JwtSvidRejectedError(
+                f"the agent rejected the JWT-SVID: {details}", code=code, details=details
+            )
         if cls is DeadlineError:
             message = f"no answer for {what} from {self.endpoint} in time"
         elif cls is AgentUnavailableError and "connect" in details.lower():

@@ -16,6 +16,7 @@ from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
     METADATA,
+    VALIDATION,
     X509_BUNDLES,
     X509_CONTEXTS,
     ClientCore,
@@ -101,7 +102,7 @@ class AsyncWorkloadClient:
     async def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
         """Ask the agent to validate a JWT-SVID."""
         request = self._core.validate_request(token, audience)
-        response = await self._unary("ValidateJWTSVID", request, timeout, "JWT-SVID validation")
+        response = await self._unary("ValidateJWTSVID", request, timeout, VALIDATION)
         return self._core.decode_validation(token, response)
 
     def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509Context]:

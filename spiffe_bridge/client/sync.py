@@ -14,6 +14,7 @@ from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
     METADATA,
+    VALIDATION,
     X509_BUNDLES,
     X509_CONTEXTS,
     ClientCore,
@@ -98,7 +99,7 @@ class WorkloadClient:
     def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
         """Ask the agent to validate a JWT-SVID (ValidateJWTSVID); return its parsed claims."""
         request = self._core.validate_request(token, audience)
-        response = self._unary("ValidateJWTSVID", request, timeout, "JWT-SVID validation")
+        response = self._unary("ValidateJWTSVID", request, timeout, VALIDATION)
         return self._core.decode_validation(token, response)
 
     # -- streams ------------------------------------------------------------------------

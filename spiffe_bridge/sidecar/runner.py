@@ -26,6 +26,7 @@ from spiffe_bridge.fileset import FileSetWriter, WriteError
 from spiffe_bridge.formats import FormatError
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
+from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar.config import Config
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
@@ -40,6 +41,9 @@ log = logging.getLogger("spiffe_bridge.sidecar")
 
 #: Signals a wrapper forwards to its child.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+#: Reconnect backoff of the daemon's streams: capped at 5 s so a restored identity (entry
+#: re-created after PermissionDenied) reaches the files within seconds, not up to 30 s.
+RECONNECT = Backoff(initial=0.2, maximum=5.0)
 #: Backoff for re-trying a failed write (disk full, read-only) without a new update.
 WRITE_RETRY_FIRST, WRITE_RETRY_MAX = 0.5, 30.0
 _STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -166,11 +170,11 @@ class Daemon:
     def _start_sources(self) -> None:
         address = self.config.agent_address
         if self.config.needs_x509:
-            self.x509_source = X509Source(address, timeout=0)
+            self.x509_source = X509Source(address, timeout=0, backoff=RECONNECT)
             self._watch("x509", self.x509_source)
             self.x509_source.subscribe(lambda ctx: self.events.put(("x509", ctx)))
         if self.config.jwt_enabled:
-            self.jwt_source = JWTSource(address, timeout=0)
+            self.jwt_source = JWTSource(address, timeout=0, backoff=RECONNECT)
             self._watch("jwt", self.jwt_source)
             if self.config.jwt_bundle_file_name:
                 self.jwt_source.subscribe(lambda b: self.events.put(("jwt_bundles", b)))

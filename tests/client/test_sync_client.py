@@ -58,8 +58,10 @@ def test_jwt_calls(dev_agent: DevAgent) -> None:
         assert str(bundles.validate(svid.token, "extra").spiffe_id) == str(svid.spiffe_id)
         remote = client.validate_jwt_svid(svid.token, "svc")
         assert remote.spiffe_id == svid.spiffe_id and remote.expiry == svid.expiry
-        with pytest.raises(InvalidArgumentError):
+        with pytest.raises(InvalidArgumentError) as rejected:
             client.validate_jwt_svid(svid.token, "wrong-audience")
+        assert isinstance(rejected.value, JwtSvidError)  # a bad token, not a bad request
+        assert "rejected the JWT-SVID" in str(rejected.value)
         with pytest.raises(ValueError, match="non-empty"):
             client.fetch_jwt_svid("")
         with pytest.raises(JwtSvidError):
