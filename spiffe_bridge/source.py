@@ -21,8 +21,8 @@ from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.errors import WorkloadApiError
 from spiffe_bridge.retry import Backoff
-from spiffe_bridge.source_state import SourceState, SourceStatus, T
-from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge.source_state import SourceState, SourceStatus, T, X509Reads
+from spiffe_bridge.spiffeid import SpiffeId
 
 S = TypeVar("S", bound="_ThreadSource[Any]")
 
@@ -153,7 +153,7 @@ class _ThreadSource(Generic[T]):
         self.close()
 
 
-class X509Source(_ThreadSource[model.X509Context]):
+class X509Source(X509Reads, _ThreadSource[model.X509Context]):
     """The current X.509 context of this workload, kept up to date in the background."""
 
     _name = "x509-source"
@@ -170,19 +170,6 @@ class X509Source(_ThreadSource[model.X509Context]):
 
     def _watch(self, client: AsyncWorkloadClient) -> AsyncIterator[model.X509Context]:
         return client.watch_x509_contexts(on_error=self._state.on_error)
-
-    @property
-    def context(self) -> model.X509Context:
-        """The latest valid X.509 context."""
-        return self._state.current()
-
-    def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> model.X509Svid:
-        """The default SVID, or the one with this hint / SPIFFE ID."""
-        return self.context.svid(hint=hint, spiffe_id=spiffe_id)
-
-    def bundle_for(self, trust_domain: TrustDomain | str) -> model.X509Bundle | None:
-        """The X.509 bundle of a trust domain (own or federated), or None."""
-        return self.context.bundle_for(trust_domain)
 
 
 class JWTSource(_ThreadSource[jwt.JwtBundleSet]):

@@ -12,8 +12,7 @@ from spiffe_bridge import model
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import WorkloadApiError
 from spiffe_bridge.retry import Backoff
-from spiffe_bridge.source_state import SourceState, SourceStatus
-from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge.source_state import SourceState, SourceStatus, X509Reads
 
 
 class _AsyncSubscriber:
@@ -46,7 +45,7 @@ class _AsyncSubscriber:
                 await self._task
 
 
-class AsyncX509Source:
+class AsyncX509Source(X509Reads):
     """Use ``async with AsyncX509Source(addr) as source:``; it waits for the first update.
 
     Reads (``context``, ``svid()``) are plain attribute access and never block.
@@ -116,27 +115,9 @@ class AsyncX509Source:
             logging.getLogger("spiffe_bridge.source").exception("subscriber raised; the stream goes on")
 
     @property
-    def status(self) -> SourceStatus:
-        """Where the stream stands."""
-        return self._state.status
-
-    @property
     def state(self) -> SourceState[model.X509Context]:
         """Counters and status."""
         return self._state
-
-    @property
-    def context(self) -> model.X509Context:
-        """The latest valid X.509 context."""
-        return self._state.current()
-
-    def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> model.X509Svid:
-        """The default SVID, or the one with this hint / SPIFFE ID."""
-        return self.context.svid(hint=hint, spiffe_id=spiffe_id)
-
-    def bundle_for(self, trust_domain: TrustDomain | str) -> model.X509Bundle | None:
-        """The X.509 bundle of a trust domain, or None."""
-        return self.context.bundle_for(trust_domain)
 
     def subscribe(self, callback: Callable[[model.X509Context], Any]) -> Callable[[], None]:
         """Call ``callback(ctx)`` (sync or async) on every changed update, in a task of its own.

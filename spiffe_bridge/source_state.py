@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from spiffe_bridge.errors import NoIdentityError, NotReadyError, ValidationError
+from spiffe_bridge.model import X509Bundle, X509Context, X509Svid
+from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 log = logging.getLogger("spiffe_bridge.source")
 
@@ -198,3 +200,28 @@ class SourceState(Generic[T]):
     def _describe(self) -> str:
         err = f"; last error: {self.last_error}" if self.last_error else ""
         return f"status {self.status.value}{err}"
+
+
+class X509Reads:
+    """Read access shared by ``X509Source`` and ``AsyncX509Source`` (both hold a SourceState)."""
+
+    _state: SourceState[Any]
+
+    @property
+    def status(self) -> SourceStatus:
+        """Where the stream stands (ready, reconnecting, identity lost, ...)."""
+        return self._state.status
+
+    @property
+    def context(self) -> X509Context:
+        """The latest valid X.509 context."""
+        ctx: X509Context = self._state.current()
+        return ctx
+
+    def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> X509Svid:
+        """The default SVID, or the one with this hint / SPIFFE ID."""
+        return self.context.svid(hint=hint, spiffe_id=spiffe_id)
+
+    def bundle_for(self, trust_domain: TrustDomain | str) -> X509Bundle | None:
+        """The X.509 bundle of a trust domain (own or federated), or None when not trusted."""
+        return self.context.bundle_for(trust_domain)
