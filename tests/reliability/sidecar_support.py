@@ -84,6 +84,7 @@ class FileWatcher:
         self.sets: list[bytes] = []
         self.problems: list[str] = []
         self.reads = 0
+        self.mixed_sets = 0  # distinct mixed cert/key sets seen (flat layout only)
         self.cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -118,13 +119,16 @@ class FileWatcher:
     def _check(self, got: dict[str, bytes]) -> list[str]:
         if self.layout == "symlink":  # one pinned version: the set must be coherent
             return pem_set_problems(*(got[n] for n in NAMES))
-        # flat: files switch one by one (documented), so only each file must be whole
+        # flat: files switch one by one (documented), so only each file must be whole;
+        # a new certificate read with the old key is counted, not a failure
         try:
             x509.load_pem_x509_certificates(got["svid.pem"])
             x509.load_pem_x509_certificates(got["svid_bundle.pem"])
             serialization.load_pem_private_key(got["svid_key.pem"], None)
         except ValueError as exc:
             return [f"corrupt file: {exc}"]
+        if pem_set_problems(*(got[n] for n in NAMES)):
+            self.mixed_sets += 1
         return []
 
     def wait_reads(self, n: int, timeout: float = 10) -> None:

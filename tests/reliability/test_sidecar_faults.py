@@ -71,7 +71,8 @@ def test_agent_restarted_many_times_under_the_sidecar(
             watcher.wait_reads(1)
             assert watcher.problems == []
             if layout == "symlink":
-                assert len(watcher.sets) == 2  # flat may show a transient mixed pair in between
+                assert len(watcher.sets) == 2 and watcher.mixed_sets == 0
+            print(f"\n{layout}: {watcher.reads} reads, {watcher.mixed_sets} transient mixed cert/key sets")
         leaf = read_or_none(certs / "svid.pem")
         assert leaf is not None and _serial(leaf) == serial
         assert daemon.status.ready()
