@@ -78,8 +78,8 @@ def test_agent_restarted_many_times_under_the_sidecar(
         assert daemon.status.ready()
 
 
-def _serial(pem: bytes) -> int:
-    return x509.load_pem_x509_certificates(pem)[0].serial_number
+def _serial(pem: bytes | None) -> int | None:
+    return x509.load_pem_x509_certificates(pem)[0].serial_number if pem else None
 
 
 def _health(port: int, path: str) -> tuple[int, dict[str, Any]]:
