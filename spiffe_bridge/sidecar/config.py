@@ -118,7 +118,7 @@ class Config:
     health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
     outputs: tuple[OutputConfig, ...] = ()
-    layout: str = "flat"
+    layout: str = "symlink"
     federated_layout: str = "merged"
     log_level: str = "info"
     log_format: str = "text"

@@ -122,7 +122,7 @@ TOP_KEYS: tuple[Key, ...] = (
     Key(
         "layout",
         "enum",
-        "flat",
+        "symlink",
         "layout of the spiffe-helper-style files in cert_dir",
         ours=True,
         choices=("flat", "symlink"),

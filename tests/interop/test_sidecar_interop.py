@@ -56,6 +56,7 @@ def config(spire: SpireDeployment, extra: str = "") -> str:
     return f"""
 agent_address = "{spire.socket_path}"
 cert_dir = "pem"
+layout = "flat"  # spiffe-helper-style plain files here; the outputs use the symlink layout
 svid_file_name = "svid.pem"
 svid_key_file_name = "svid_key.pem"
 svid_bundle_file_name = "svid_bundle.pem"

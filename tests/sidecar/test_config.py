@@ -153,8 +153,9 @@ def test_defaults_match_spiffe_helper() -> None:
         "/ready",
     )
     assert h.bind_address == "127.0.0.1"  # ours: spiffe-helper binds every interface
+    # ours: cert, key and bundle switch together by default (spiffe-helper writes in place)
     assert (c.layout, c.federated_layout, c.on_identity_lost, c.one_shot_timeout) == (
-        "flat",
+        "symlink",
         "merged",
         "keep",
         60.0,

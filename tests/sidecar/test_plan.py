@@ -30,7 +30,7 @@ def test_legacy_keys_make_one_pem_plan_in_cert_dir(tmp_path: Path) -> None:
         'jwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "a.jwt"}]\njwt_bundle_file_name = "jb.json"'
     )
     (only,) = plans(text)
-    assert only.directory == str(tmp_path) and only.layout == "flat"
+    assert only.directory == str(tmp_path) and only.layout == "symlink"  # ours: the set switches at once
     (out,) = only.x509
     assert out.format == "pem"
     opts = out.options
@@ -50,7 +50,7 @@ def test_outputs_sharing_a_directory_merge_and_inherit_hint(tmp_path: Path) -> N
         X509
         + f'cert_dir = "{tmp_path}"\nhint = "front"\n'
         + (
-            f'outputs = [{{format = "combined", dir = "{tmp_path}", layout = "flat"}},\n'
+            f'outputs = [{{format = "combined", dir = "{tmp_path}", layout = "symlink"}},\n'
             f'  {{format = "der", dir = "{tmp_path / "der"}",\n'
             '    der_key_file_name = "k.der", key_file_mode = "0640"}]'
         )
