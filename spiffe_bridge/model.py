@@ -204,20 +204,13 @@ def parse_svid(
     for i, cert in enumerate(chain[1:], start=1):
         if not is_ca(cert):
             raise ValidationError(f"SVID {sid}: chain certificate {i} is not a CA")
-    if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
+    if key.public_key() != chain[0].public_key():  # compared inside OpenSSL, no re-encoding
         raise ValidationError(f"SVID {sid}: private key does not match the leaf certificate")
     check_times(sid, chain, now or dt.datetime.now(dt.UTC))
     if bundle.trust_domain != sid.trust_domain:
         raise ValidationError(f"SVID {sid}: bundle is for another trust domain ({bundle.trust_domain})")
-    verify_chain(sid, chain, bundle)
+    verify_chain(sid, chain, bundle, ders)
     return X509Svid(sid, chain, ders, key, key_blob, hint)
-
-
-def _public_der(public_key: Any) -> bytes:
-    data: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -286,34 +279,33 @@ def _parse_bundle(trust_domain: TrustDomain, blob: bytes) -> X509Bundle:
     return X509Bundle(trust_domain, certs, ders)
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    return _issued_by_der(
-        cert.public_bytes(serialization.Encoding.DER), issuer.public_bytes(serialization.Encoding.DER)
-    )
-
-
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _issued_by_der(cert_der: bytes, issuer_der: bytes) -> bool:
     try:
         cert, issuer = _cert_from_der(cert_der), _cert_from_der(issuer_der)
-    except _PARSE_ERRORS:
-        return False
-    if cert.issuer != issuer.subject:
-        return False
-    try:
+        # Checks the issuer name against the issuer's subject too (ValueError if they differ).
         cert.verify_directly_issued_by(issuer)
     except (*_PARSE_ERRORS, InvalidSignature):
         return False
     return True
 
 
-def verify_chain(sid: SpiffeId, chain: tuple[x509.Certificate, ...], bundle: X509Bundle) -> None:
-    """Each certificate is signed by the next, and the last by an authority of ``bundle``."""
-    for i in range(len(chain) - 1):
-        if not _issued_by(chain[i], chain[i + 1]):
+def verify_chain(
+    sid: SpiffeId,
+    chain: tuple[x509.Certificate, ...],
+    bundle: X509Bundle,
+    chain_der: tuple[bytes, ...] | None = None,
+) -> None:
+    """Each certificate is signed by the next, and the last by an authority of ``bundle``.
+
+    ``chain_der``: the chain's DER when the caller has it (saves re-encoding each certificate).
+    """
+    ders = chain_der or tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
+    for i in range(len(ders) - 1):
+        if not _issued_by_der(ders[i], ders[i + 1]):
             raise ValidationError(f"SVID {sid}: certificate {i} is not signed by certificate {i + 1}")
-    last = chain[-1]
-    if any(_issued_by(last, root) for root in bundle.authorities):
+    last = ders[-1]
+    if any(_issued_by_der(last, root) for root in bundle.authorities_der):
         return
     raise ValidationError(f"SVID {sid}: chain does not verify against the bundle of {bundle.trust_domain}")
 

@@ -7,6 +7,7 @@ afford. ``to_pyspiffe()`` converts when interoperating.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,17 +79,7 @@ class SpiffeId:
         """Parse and validate per SPIFFE-ID.md §2; raise SpiffeIdError saying why."""
         if not isinstance(value, str):
             raise SpiffeIdError("SPIFFE ID must be a string")
-        if len(value.encode()) > MAX_ID_LENGTH:
-            raise SpiffeIdError(f"SPIFFE ID longer than {MAX_ID_LENGTH} bytes")
-        if not value.startswith(_SCHEME):
-            raise SpiffeIdError(f"SPIFFE ID {value!r} must start with 'spiffe://'")
-        rest = value[len(_SCHEME) :]
-        td_name, slash, path = rest.partition("/")
-        _check_td_name(td_name, value)
-        if slash:
-            path = "/" + path
-            _check_path(path, value)
-        return cls(TrustDomain(td_name), path)
+        return _parse_id(value)
 
     def is_member_of(self, trust_domain: TrustDomain) -> bool:
         """True when this ID belongs to ``trust_domain``."""
@@ -102,6 +93,21 @@ class SpiffeId:
         from spiffe import SpiffeId as PySpiffeId
 
         return PySpiffeId(str(self))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_id(value: str) -> SpiffeId:
+    """SpiffeId.parse's work, memoised: every update repeats the same few IDs (errors are not cached)."""
+    if len(value.encode()) > MAX_ID_LENGTH:
+        raise SpiffeIdError(f"SPIFFE ID longer than {MAX_ID_LENGTH} bytes")
+    if not value.startswith(_SCHEME):
+        raise SpiffeIdError(f"SPIFFE ID {value!r} must start with 'spiffe://'")
+    td_name, slash, path = value[len(_SCHEME) :].partition("/")
+    _check_td_name(td_name, value)
+    if slash:
+        path = "/" + path
+        _check_path(path, value)
+    return SpiffeId(TrustDomain(td_name), path)
 
 
 def _check_path(path: str, original: str) -> None:
