@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -47,21 +48,83 @@ T = TypeVar("T")
 ErrorCallback = Callable[[Exception], None]
 
 
+#: Path prefix of the Workload API's RPCs (the proto has no package).
+SERVICE_PATH = "/SpiffeWorkloadAPI/"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec(Generic[T]):
-    """One server-streaming RPC: its method name, request and message decoder."""
+    """One server-streaming RPC: method name, request, how gRPC parses a message, and its decoder.
+
+    ``deserialize`` None hands ``decode`` the message bytes as received (see ``with_bytes``).
+    """
 
     method: str
     request: Any
     decode: Callable[[Any], T]
     what: str
+    deserialize: Callable[[bytes], Any] | None
+
+    def callable(self, channel: Any) -> Any:
+        """The channel's multi-callable for this stream (a sync or a ``grpc.aio`` channel)."""
+        return channel.unary_stream(
+            SERVICE_PATH + self.method,
+            request_serializer=type(self.request).SerializeToString,
+            response_deserializer=self.deserialize,
+        )
 
 
-X509_CONTEXTS = StreamSpec("FetchX509SVID", pb.X509SVIDRequest(), model.context_from_message, "X.509 SVIDs")
-X509_BUNDLES = StreamSpec(
-    "FetchX509Bundles", pb.X509BundlesRequest(), model.bundles_from_message, "X.509 bundles"
+@dataclass(frozen=True, slots=True)
+class Unvalidated:
+    """One stream message as the agent sent it: its bytes and the parsed protobuf, not yet validated."""
+
+    data: bytes
+    message: Any
+
+
+def unvalidated(spec: StreamSpec[Any]) -> StreamSpec[Unvalidated]:
+    """The same stream, handing over each message parsed but not validated, with its bytes.
+
+    For relays, which re-serve the agent's bytes and validate them with ``spec.decode``
+    while the clients already have them. Bytes that are not a protobuf message of the
+    stream's type are still refused (reported as ValidationError, then skipped).
+    """
+    parse = spec.deserialize
+    if parse is None:
+        raise ValueError(f"{spec.method}: the stream already hands over bytes")
+
+    def decode(data: bytes) -> Unvalidated:
+        try:
+            return Unvalidated(data, parse(data))
+        except DecodeError:
+            raise ValidationError(
+                f"agent sent {spec.what} that do not parse as a Workload API message"
+            ) from None
+
+    return StreamSpec(spec.method, spec.request, decode, spec.what, None)
+
+
+X509_CONTEXTS = StreamSpec(
+    "FetchX509SVID",
+    pb.X509SVIDRequest(),
+    model.context_from_message,
+    "X.509 SVIDs",
+    pb.X509SVIDResponse.FromString,
 )
-JWT_BUNDLES = StreamSpec("FetchJWTBundles", pb.JWTBundlesRequest(), jwt.bundles_from_message, "JWT bundles")
+X509_BUNDLES = StreamSpec(
+    "FetchX509Bundles",
+    pb.X509BundlesRequest(),
+    model.bundles_from_message,
+    "X.509 bundles",
+    pb.X509BundlesResponse.FromString,
+)
+JWT_BUNDLES = StreamSpec(
+    "FetchJWTBundles",
+    pb.JWTBundlesRequest(),
+    jwt.bundles_from_message,
+    "JWT bundles",
+    pb.JWTBundlesResponse.FromString,
+)
 
 
 class ReconnectCounter:

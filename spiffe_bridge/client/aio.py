@@ -117,6 +117,10 @@ class AsyncWorkloadClient:
         """Yield each valid JWT bundle set."""
         return self._watch(JWT_BUNDLES, on_error)
 
+    def watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None = None) -> AsyncIterator[T]:
+        """Yield each message of any stream spec that decodes (``unvalidated(X509_CONTEXTS)`` for relays)."""
+        return self._watch(spec, on_error)
+
     async def close(self) -> None:
         """Cancel open streams and close the channel."""
         self._closed.set()
@@ -143,8 +147,7 @@ class AsyncWorkloadClient:
             raise self._core.error_from_rpc(exc, what) from None
 
     async def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
-        stub = self._stub_now()
-        call = getattr(stub, spec.method)(
+        call = self._stream(spec)(
             spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
         )
         self._calls.add(call)
@@ -160,12 +163,14 @@ class AsyncWorkloadClient:
             f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
         )
 
+    def _stream(self, spec: StreamSpec[Any]) -> Any:
+        self._stub_now()  # opens the channel (or raises when closed)
+        return spec.callable(self._channel)
+
     async def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> AsyncIterator[T]:
         attempts = ReconnectCounter()
         while not self._closed.is_set():
-            call = getattr(self._stub_now(), spec.method)(
-                spec.request, metadata=METADATA, wait_for_ready=True
-            )
+            call = self._stream(spec)(spec.request, metadata=METADATA, wait_for_ready=True)
             self._calls.add(call)
             error: WorkloadApiError
             try:

@@ -164,7 +164,7 @@ class WorkloadClient:
 
     def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
         self._check_open()
-        call = getattr(self._stub, spec.method)(
+        call = spec.callable(self._channel)(
             spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
         )
         self._track(call, True)
@@ -183,7 +183,7 @@ class WorkloadClient:
     def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> Iterator[T]:
         attempts = ReconnectCounter()
         while not self._closed.is_set():
-            call = getattr(self._stub, spec.method)(spec.request, metadata=METADATA, wait_for_ready=True)
+            call = spec.callable(self._channel)(spec.request, metadata=METADATA, wait_for_ready=True)
             self._track(call, True)
             error: WorkloadApiError
             try:

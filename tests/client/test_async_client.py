@@ -8,8 +8,9 @@ import grpc
 import pytest
 
 from spiffe_bridge import AsyncWorkloadClient
+from spiffe_bridge.client._core import X509_CONTEXTS, unvalidated
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.errors import InvalidArgumentError, NoIdentityError
+from spiffe_bridge.errors import InvalidArgumentError, NoIdentityError, ValidationError
 from spiffe_bridge.retry import Backoff
 
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -58,3 +59,23 @@ async def test_invalid_argument_stops(dev_agent: DevAgent) -> None:
     async with AsyncWorkloadClient(dev_agent.address, backoff=FAST) as client:
         with pytest.raises(InvalidArgumentError):
             await anext(client.watch_x509_bundles())
+
+
+async def test_unvalidated_watch_hands_over_the_agents_bytes(dev_agent: DevAgent) -> None:
+    """What relays use: the exact bytes plus the parsed message; undecodable bytes are skipped."""
+    errors: list[Exception] = []
+    async with AsyncWorkloadClient(dev_agent.address, backoff=FAST) as client:
+        stream = client.watch(unvalidated(X509_CONTEXTS), on_error=errors.append)
+        first = await anext(stream)
+        assert first.data == dev_agent.x509_svid_response().SerializeToString()
+        assert X509_CONTEXTS.decode(first.message).default_svid.leaf.serial_number == (
+            dev_agent.svids[0].serial_number
+        )
+        await asyncio.to_thread(dev_agent.push_raw, "FetchX509SVID", b"\xff\xff not protobuf")
+        await asyncio.to_thread(dev_agent.rotate)
+        second = await asyncio.wait_for(anext(stream), 10)  # the garbage was skipped, not yielded
+        assert second.data == dev_agent.x509_svid_response().SerializeToString()
+        assert [type(e) for e in errors] == [ValidationError]
+        await stream.aclose()
+    with pytest.raises(ValueError, match="already hands over bytes"):
+        unvalidated(unvalidated(X509_CONTEXTS))
