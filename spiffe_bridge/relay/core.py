@@ -47,7 +47,9 @@ class AsyncRelay:
     SVIDs downstream clients see (an SVID passes if either list allows it).
     ``hold``: seconds to keep serving the last state after losing upstream;
     ``startup_wait``: seconds a stream opened before upstream's first answer
-    waits for it before ending Unavailable.
+    waits for it before ending Unavailable. ``verify_first``: validate each
+    upstream update before any client sees it (default: right after handing it
+    to the clients, taking it back if it fails; see ``upstream.py``).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class AsyncRelay:
         hold: float = DEFAULT_HOLD,
         startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
+        verify_first: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self.upstream_endpoint = resolve(upstream)
@@ -76,6 +79,7 @@ class AsyncRelay:
         self._hold = hold
         self._startup_wait = startup_wait
         self._backoff = backoff or DEFAULT_BACKOFF
+        self._verify_first = verify_first
         self._observer = observer
         self._feeds: dict[Kind, Feed] = {}
         self._upstream: Upstream | None = None
@@ -124,6 +128,7 @@ class AsyncRelay:
             self.filter,
             hold=self._hold,
             backoff=self._backoff,
+            verify_first=self._verify_first,
             observer=self._observer,
         )
         self._upstream.start()

@@ -1,7 +1,7 @@
 """The shared latest-message slot of one stream kind, and how streams wait on it.
 
 Every downstream stream of a kind reads the same ``Snapshot``: either the
-pre-serialized response (built once per upstream change, never per client)
+response bytes (the agent's, set once per upstream change, never per client)
 or the status code new and open streams must end with. A change bumps the
 version and wakes every waiting stream through one ``asyncio.Event`` that is
 swapped for a fresh one on each change, so fan-out costs one ``set()`` no

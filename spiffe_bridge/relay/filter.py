@@ -2,18 +2,19 @@
 
 A relay in front of a proxy should hand it only the proxy's own identity, so
 the filter keeps an SVID when its SPIFFE ID *or* its hint is allowed (the
-union of both lists). An empty filter lets everything through. The filter
-works on the validated model and on JWT-SVID responses alike, so X.509 and
-JWT answers are restricted by the same rule.
+union of both lists). An empty filter lets everything through. It works on
+the Workload API messages themselves (X.509 and JWT-SVID responses alike),
+so a response it leaves whole is re-served as the agent's own bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.errors import SpiffeIdError
-from spiffe_bridge.model import X509Context, X509Svid
 from spiffe_bridge.spiffeid import SpiffeId
 
 
@@ -49,9 +50,29 @@ class SvidFilter:
             return True
         return spiffe_id in self.ids or (bool(hint) and hint in self.hints)
 
-    def select(self, context: X509Context) -> tuple[X509Svid, ...]:
-        """The context's SVIDs this filter allows, in the agent's order (first = default)."""
-        return tuple(s for s in context.svids if self.allows(str(s.spiffe_id), s.hint))
+    def select(self, svids: Iterable[Any]) -> list[Any]:
+        """The SVID messages (X509SVID or JWTSVID) this filter allows, in the agent's order."""
+        return [s for s in svids if self.allows(s.spiffe_id, s.hint)]
+
+    def filter_x509_response(self, message: Any, data: bytes) -> bytes | None:
+        """``data`` (the X509SVIDResponse ``message`` as sent) without the SVIDs not allowed.
+
+        Returns ``data`` itself when nothing is removed and None when nothing is left. The
+        first allowed SVID becomes the downstream's default; bundles, federated bundles and
+        CRLs are kept as they are.
+        """
+        if not self.active:
+            return data
+        allowed = self.select(message.svids)
+        if len(allowed) == len(message.svids):
+            return data
+        if not allowed:
+            return None
+        response = pb.X509SVIDResponse()
+        response.CopyFrom(message)
+        del response.svids[:]
+        response.svids.extend(allowed)
+        return response.SerializeToString(deterministic=True)
 
     def describe(self) -> str:
         """One line for logs."""

@@ -42,7 +42,7 @@ class Forwarder:
         if not self._filter.active:
             return response
         message = pb.JWTSVIDResponse.FromString(response)
-        allowed = [s for s in message.svids if self._filter.allows(s.spiffe_id, s.hint)]
+        allowed = self._filter.select(message.svids)
         if not allowed:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
         if len(allowed) == len(message.svids):

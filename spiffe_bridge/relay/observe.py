@@ -1,9 +1,10 @@
 """Timestamps and counters that make the relay's own overhead measurable.
 
 An observer is a plain callable that gets a ``RelayEvent`` at three points of
-every update's trip through the relay: when the validated upstream update
-arrived (``received``), when its response was serialized into the shared slot
-(``published``), and when each downstream stream handed it to gRPC (``sent``).
+every update's trip through the relay: when the upstream update arrived
+(``received``; already validated only with ``verify_first``), when its bytes
+went into the shared slot (``published``), and when each downstream stream
+handed them to gRPC (``sent``).
 Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC on Linux, comparable
 across processes on one host), so a benchmark can line them up with its own
 clock readings. Observers run on the relay's event loop: keep them short and
@@ -23,8 +24,8 @@ log = logging.getLogger("spiffe_bridge.relay")
 class Stage(enum.StrEnum):
     """Where an update is on its way through the relay."""
 
-    RECEIVED = "received"  # validated upstream update arrived
-    PUBLISHED = "published"  # response serialized into the shared slot
+    RECEIVED = "received"  # upstream update arrived
+    PUBLISHED = "published"  # its bytes went into the shared slot
     SENT = "sent"  # one downstream stream handed it to gRPC
 
 

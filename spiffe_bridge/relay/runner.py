@@ -49,6 +49,7 @@ class Relay:
         hold: float = DEFAULT_HOLD,
         startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
+        verify_first: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self._relay = AsyncRelay(
@@ -61,6 +62,7 @@ class Relay:
             hold=hold,
             startup_wait=startup_wait,
             backoff=backoff,
+            verify_first=verify_first,
             observer=observer,
         )
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,85 @@
+"""Invalid upstream updates: taken back at once by default, never shown with verify_first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from relay_helpers import RawStream, RelayFactory
+
+from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client.sync import WorkloadClient
+from spiffe_bridge.devagent.ca import generate_private_key
+from spiffe_bridge.devagent.server import DevAgent
+from spiffe_bridge.relay import Relay
+from spiffe_bridge.retry import Backoff
+
+
+def _wrong_key(dev_agent: DevAgent) -> pb.X509SVIDResponse:
+    """The agent's current response with the SVID's key swapped for another: fails validation."""
+    response = dev_agent.x509_svid_response()
+    other = generate_private_key()
+    response.svids[0].x509_svid_key = other.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return response
+
+
+def _stream(relay: Relay, streams: list[RawStream]) -> RawStream:
+    stream = RawStream("unix:" + relay.socket_path)
+    streams.append(stream)
+    return stream
+
+
+def _wire(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
+
+
+def test_bytes_are_the_agents(dev_agent: DevAgent, relay: Relay, streams: list[RawStream]) -> None:
+    """No re-encoding: what the relay serves is the agent's serialized message, byte for byte."""
+    served = _stream(relay, streams).next()
+    assert _wire(served) == _wire(dev_agent.x509_svid_response())
+
+
+def test_invalid_update_is_taken_back(dev_agent: DevAgent, relay: Relay, streams: list[RawStream]) -> None:
+    stream = _stream(relay, streams)
+    good = stream.next()
+    bad = _wrong_key(dev_agent)
+
+    assert dev_agent.push_raw("FetchX509SVID", bad) == 1
+    assert stream.next() == bad  # handed on before validation finished ...
+    assert stream.next() == good  # ... and taken back right after: the last valid state again
+    with WorkloadClient(relay.address) as client:  # new clients get the valid state
+        assert client.fetch_x509_context().svids[0].key_der == good.svids[0].x509_svid_key
+
+    assert dev_agent.push_raw("FetchX509SVID", bad) == 1  # the same bad bytes are not forwarded twice:
+    dev_agent.rotate()
+    assert stream.next() == dev_agent.x509_svid_response()  # the next message is the rotation
+
+
+def test_verify_first_never_shows_an_invalid_update(
+    dev_agent: DevAgent, relay_factory: RelayFactory, streams: list[RawStream]
+) -> None:
+    relay = relay_factory(dev_agent.address, verify_first=True)
+    relay.wait_serving()
+    stream = _stream(relay, streams)
+    stream.next()
+
+    assert dev_agent.push_raw("FetchX509SVID", _wrong_key(dev_agent)) == 1
+    dev_agent.rotate()
+    assert stream.next() == dev_agent.x509_svid_response()  # the bad update never came through
+
+
+def test_invalid_first_update_is_not_served(
+    dev_agent: DevAgent, relay_factory: RelayFactory, streams: list[RawStream]
+) -> None:
+    """Nothing valid to fall back to: streams end Unavailable (clients retry), nothing is held."""
+    dev_agent.respond_next_with("FetchX509SVID", _wrong_key(dev_agent))
+    dev_agent.close_after_each_message("FetchX509SVID")  # the agent then goes away for a while
+    slow = Backoff(initial=60.0, maximum=60.0)
+    relay = relay_factory(dev_agent.address, hold=30.0, startup_wait=10.0, backoff=slow)
+    stream = _stream(relay, streams)  # may get the bad update first; must then end Unavailable
+    assert stream.status() is grpc.StatusCode.UNAVAILABLE  # not held for 30 s: it was never valid
+    snapshot = relay.snapshot()
+    assert not snapshot.serving and snapshot.code is grpc.StatusCode.UNAVAILABLE
