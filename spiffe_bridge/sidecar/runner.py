@@ -24,13 +24,13 @@ from typing import Any
 
 from spiffe_bridge.fileset import FileSetWriter, WriteError
 from spiffe_bridge.formats import FormatError
+from spiffe_bridge.health import HealthServer
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar.config import Config
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
-from spiffe_bridge.sidecar.health import HealthServer
 from spiffe_bridge.sidecar.jwt_refresh import JwtRefresher
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus

@@ -1,10 +1,11 @@
 """HTTP liveness, readiness and metrics endpoints (stdlib ``http.server`` on a thread).
 
-Responses keep spiffe-helper's JSON shape, ``{"status": "OK" | "Service
-Unavailable", "health": {"file_write_statuses": {...}}}`` with status 200 or
-503, and add stream state, identity state and seconds until the on-disk
-credentials expire inside ``health``. Unlike spiffe-helper the server binds
-``127.0.0.1`` unless told otherwise (``health_bind_address``).
+Shared by the sidecar and the relay: each hands in a ``HealthSource``. Responses
+keep spiffe-helper's JSON shape, ``{"status": "OK" | "Service Unavailable",
+"health": {...}}`` with status 200 or 503; what ``health`` holds is the source's
+snapshot (for the sidecar: ``file_write_statuses`` as spiffe-helper, plus
+stream state, identity state and seconds until the credentials expire).
+Unlike spiffe-helper the server binds ``127.0.0.1`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -15,13 +16,27 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
-from spiffe_bridge.sidecar.status import SidecarStatus
-
-log = logging.getLogger("spiffe_bridge.sidecar.health")
+log = logging.getLogger("spiffe_bridge.health")
 
 MetricsRenderer = Callable[[], tuple[bytes, str]]
+
+
+class HealthSource(Protocol):
+    """What the endpoints report; called on the HTTP server's threads, so it must be thread-safe."""
+
+    def live(self) -> bool:
+        """True while the process does its job (a failed liveness probe restarts it)."""
+        ...
+
+    def ready(self) -> bool:
+        """True while it can serve its consumers."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready details for the response body's ``health`` member."""
+        ...
 
 
 class HealthServer:
@@ -29,7 +44,7 @@ class HealthServer:
 
     def __init__(
         self,
-        status: SidecarStatus,
+        status: HealthSource,
         *,
         host: str = "127.0.0.1",
         port: int = 8081,
@@ -75,7 +90,7 @@ class HealthServer:
         self._server.server_close()
 
     @staticmethod
-    def _check(status: SidecarStatus, good: bool) -> tuple[int, bytes, str]:
+    def _check(status: HealthSource, good: bool) -> tuple[int, bytes, str]:
         code = HTTPStatus.OK if good else HTTPStatus.SERVICE_UNAVAILABLE
         body: dict[str, Any] = {"status": code.phrase, "health": status.snapshot()}
         return code.value, json.dumps(body).encode(), "application/json"
