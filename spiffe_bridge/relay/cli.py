@@ -14,7 +14,9 @@ import signal
 import sys
 
 from spiffe_bridge.errors import SpiffeBridgeError
+from spiffe_bridge.health import HealthServer
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
+from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
 from spiffe_bridge.relay.sdnotify import notify
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
@@ -42,6 +44,18 @@ def _seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError("seconds must be >= 0")
     return value
+
+
+def _health_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT") from None
+    if not 0 <= number <= 65535 or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT")
+    return host, number
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,6 +119,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="longest wait between upstream reconnects (%(default)s)",
     )
     p.add_argument(
+        "--health-addr",
+        type=_health_addr,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve /live, /ready and /metrics over HTTP here (HOST defaults to 127.0.0.1; off by default)",
+    )
+    p.add_argument(
         "--verify-first",
         action="store_true",
         help="validate each upstream update before any client sees it (costs ~1 ms per update); "
@@ -136,24 +157,45 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, SpiffeBridgeError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(relay))
+    return asyncio.run(_serve(relay, args.health_addr))
 
 
-async def _serve(relay: AsyncRelay) -> int:
+def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
+    reader = loop_stats(relay, asyncio.get_running_loop())
+    host, port = addr
+    metrics = render_metrics(reader)
+    return HealthServer(RelayHealth(reader), host=host, port=port, metrics_path="/metrics", metrics=metrics)
+
+
+async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    health = None
+    if health_addr is not None:
+        try:
+            health = _start_health(relay, health_addr)  # binds now: a taken port fails before serving
+        except OSError as exc:
+            print(f"relay: {exc.strerror}", file=sys.stderr)
+            return 1
     try:
         await relay.start()
     except OSError as exc:
         print(f"relay: cannot serve on {relay.socket_path}: {exc}", file=sys.stderr)
+        if health is not None:
+            health.stop()
         return 1
     try:
         print(f"relay serving {relay.address} from {relay.upstream_endpoint}", flush=True)
+        if health is not None:
+            host, port = health.start().address
+            print(f"relay health on http://{host}:{port} (/live, /ready, /metrics)", flush=True)
         notify("READY=1")
         await stop.wait()
         notify("STOPPING=1")
     finally:
         await relay.stop()
+        if health is not None:
+            await asyncio.to_thread(health.stop)
     return 0

@@ -180,6 +180,7 @@ class AsyncRelay:
                 open_streams=feed.open_streams,
                 messages_sent=feed.messages_sent,
                 upstream_updates=feed.upstream_updates,
+                invalid_updates=feed.invalid_updates,
                 last_received_ns=snap.received_ns,
             )
         forwarded = self._forwarder.calls if self._forwarder else 0

@@ -63,6 +63,7 @@ class Feed:
         self.open_streams = 0
         self.messages_sent = 0
         self.upstream_updates = 0
+        self.invalid_updates = 0
 
     @property
     def snapshot(self) -> Snapshot:
@@ -71,7 +72,6 @@ class Feed:
 
     def publish(self, payload: bytes, received_ns: int) -> bool:
         """Serve ``payload`` from now on; False (nobody woken) when it equals what is served."""
-        self.upstream_updates += 1
         current = self._snapshot
         if current.payload == payload:
             if current.upstream_lost:  # upstream is back with the same state

@@ -64,6 +64,8 @@ class FeedStats:
     open_streams: int
     messages_sent: int
     upstream_updates: int
+    #: Upstream updates that failed validation (refused or taken back).
+    invalid_updates: int
     last_received_ns: int
 
 

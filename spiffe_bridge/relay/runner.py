@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -159,6 +159,8 @@ class Relay:
     def _run(self, coro: Awaitable[T], timeout: float) -> T:
         loop = self._loop
         if loop is None:
+            if isinstance(coro, Coroutine):
+                coro.close()  # never to run: no "was never awaited" warning
             raise RuntimeError("relay is not running")
 
         async def wrapped() -> T:

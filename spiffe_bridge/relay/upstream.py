@@ -143,6 +143,7 @@ class Upstream:
 
     async def _on_update(self, kind: Kind, spec: StreamSpec[Any], raw: Unvalidated, received_ns: int) -> None:
         """Serve one upstream message: forward it, validate it, take it back if it is invalid."""
+        self._feeds[kind].upstream_updates += 1
         self._cancel_hold(kind)
         payload = self._payload(kind, raw)
         if kind in self._valid and payload == self._valid[kind]:
@@ -192,6 +193,7 @@ class Upstream:
 
     def _refuse(self, kind: Kind, spec: StreamSpec[Any], exc: ValidationError, forwarded: bool) -> None:
         """An update failed validation: keep (or restore) the last valid state."""
+        self._feeds[kind].invalid_updates += 1
         if kind in self._valid:
             log.warning(
                 "relay: %s: upstream sent an invalid update (%s); %s the last valid one",

@@ -97,3 +97,15 @@ def serials(message: Any) -> list[int]:
         x509.load_der_x509_certificate(split_der(s.x509_svid, "chain")[0]).serial_number
         for s in message.svids
     ]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on a local health endpoint."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()

@@ -1,0 +1,114 @@
+"""Health and metrics of a running relay, served by ``spiffe_bridge.health.HealthServer``.
+
+Liveness means the relay's event loop answers (its stats are read *on* that
+loop, with a deadline), so a wedged loop fails the probe; readiness means
+FetchX509SVID streams get SVIDs (not an error). Metrics are written in the
+Prometheus text format by hand: a handful of counters need no extra package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from spiffe_bridge.health import MetricsRenderer
+from spiffe_bridge.relay.core import AsyncRelay
+from spiffe_bridge.relay.feed import Kind
+from spiffe_bridge.relay.observe import RelayStats
+
+#: Seconds the relay's loop has to answer a probe before it counts as not live.
+PROBE_TIMEOUT = 2.0
+
+#: Reads the relay's stats from any thread; raises TimeoutError if the relay does not answer.
+StatsReader = Callable[[], RelayStats]
+
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def loop_stats(
+    relay: AsyncRelay, loop: asyncio.AbstractEventLoop, timeout: float = PROBE_TIMEOUT
+) -> StatsReader:
+    """A thread-safe reader of ``relay.stats()``, run on ``loop`` (the relay's)."""
+
+    async def read() -> RelayStats:
+        return relay.stats()
+
+    def reader() -> RelayStats:
+        future = asyncio.run_coroutine_threadsafe(read(), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"relay event loop did not answer within {timeout}s") from None
+
+    return reader
+
+
+class RelayHealth:
+    """``HealthSource`` of a relay. Use ``RelayHealth(relay.stats)`` with the threaded ``Relay``."""
+
+    def __init__(self, stats: StatsReader) -> None:
+        self._stats = stats
+
+    def _read(self) -> RelayStats | None:
+        try:
+            return self._stats()
+        except (TimeoutError, RuntimeError):  # not answering, or not running
+            return None
+
+    def live(self) -> bool:
+        """True while the relay's loop answers."""
+        return self._read() is not None
+
+    def ready(self) -> bool:
+        """True while new FetchX509SVID streams get SVIDs."""
+        stats = self._read()
+        return stats is not None and stats.feeds[Kind.X509_SVID.value].serving
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every stream kind's state and counters, or why there are none."""
+        stats = self._read()
+        if stats is None:
+            return {"relay": "not answering"}
+        return dataclasses.asdict(stats)
+
+
+#: (metric, type, help, FeedStats field) of the per-method series.
+_FEED_METRICS = (
+    (
+        "serving",
+        "gauge",
+        "1 while streams of this method get data, 0 while they end with an error",
+        "serving",
+    ),
+    ("version", "gauge", "Number of state changes served on this method", "version"),
+    ("open_streams", "gauge", "Downstream streams open now", "open_streams"),
+    ("messages_sent_total", "counter", "Messages written to downstream streams", "messages_sent"),
+    ("upstream_updates_total", "counter", "Messages received from upstream", "upstream_updates"),
+    ("invalid_updates_total", "counter", "Upstream messages that failed validation", "invalid_updates"),
+)
+
+
+def render_metrics(stats: StatsReader) -> MetricsRenderer:
+    """The ``/metrics`` page of a relay (Prometheus text format 0.0.4)."""
+
+    def render() -> tuple[bytes, str]:
+        current = stats()
+        lines: list[str] = []
+        for name, kind, help_text, field in _FEED_METRICS:
+            metric = f"spiffe_bridge_relay_{name}"
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+            for method, feed in sorted(current.feeds.items()):
+                lines.append(f'{metric}{{method="{method}"}} {int(getattr(feed, field))}')
+        for name, help_text, value in (
+            ("forwarded_calls_total", "Unary calls forwarded upstream", current.forwarded_calls),
+            ("rejected_calls_total", "Calls refused for a missing security header", current.rejected_calls),
+        ):
+            metric = f"spiffe_bridge_relay_{name}"
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter", f"{metric} {value}"]
+        return ("\n".join(lines) + "\n").encode(), _CONTENT_TYPE
+
+    return render
