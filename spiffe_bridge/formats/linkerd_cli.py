@@ -211,7 +211,7 @@ def _watch(args: argparse.Namespace) -> int:
     from spiffe_bridge import X509Source
     from spiffe_bridge.address import resolve
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.relay.sdnotify import notify
+    from spiffe_bridge.sdnotify import notify
     from spiffe_bridge.source_state import SourceStatus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

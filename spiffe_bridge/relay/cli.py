@@ -17,9 +17,9 @@ from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.health import HealthServer
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
-from spiffe_bridge.relay.sdnotify import notify
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.sdnotify import notify
 
 
 def _mode(text: str) -> int:

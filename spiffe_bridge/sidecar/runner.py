@@ -28,6 +28,7 @@ from spiffe_bridge.health import HealthServer
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar.config import Config
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
@@ -193,6 +194,7 @@ class Daemon:
         source.state.add_status_listener(lambda st, _exc: self.events.put(("status", (name, st))))
 
     def _shutdown(self) -> None:
+        notify("STOPPING=1")
         self.stop_event.set()
         if self._retry_timer is not None:
             self._retry_timer.cancel()
@@ -336,6 +338,8 @@ class Daemon:
         first = not self.completed_once
         if (first or self.pending_change) and self.actions:
             self.status.reloaded(self.actions.after_write(first, self.pending_change))
+        if first:
+            notify("READY=1")  # systemd Type=notify: units ordered after us find the files
         self.completed_once = True
         self.pending_change = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -94,3 +95,26 @@ def test_refuses_a_socket_that_is_in_use(dev_agent: DevAgent, relay_factory: Rel
     assert "served by another process" in done.stderr
     with WorkloadClient(running.address) as client:  # the running relay was left alone
         assert client.fetch_x509_context().svids
+
+
+def test_tells_systemd_when_serving(dev_agent: DevAgent, socket_dir: str) -> None:
+    os.makedirs(socket_dir, exist_ok=True)
+    notify_path = f"{socket_dir}/notify"
+    listen = f"unix://{socket_dir}/relay.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(notify_path)
+        systemd.settimeout(30)
+        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+        proc = subprocess.Popen(
+            _cmd("--upstream", dev_agent.address, "--listen", listen), env=env, stdout=subprocess.DEVNULL
+        )
+        try:
+            assert systemd.recv(64) == b"READY=1"
+            assert stat.S_ISSOCK(os.lstat(f"{socket_dir}/relay.sock").st_mode)  # served before READY
+            proc.send_signal(signal.SIGTERM)
+            assert systemd.recv(64) == b"STOPPING=1"
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
