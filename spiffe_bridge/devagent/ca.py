@@ -235,6 +235,44 @@ class TrustDomainCA:
         )
         return X509SVIDMaterial(spiffe_id, hint, (cert, *self._intermediates), key)
 
+    def forge_leaf(
+        self,
+        *,
+        uris: Iterable[str],
+        ca_flag: bool = False,
+        key_cert_sign: bool = False,
+        digital_signature: bool = True,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """For hostile-input tests: a leaf signed by the real issuing key with chosen, possibly bad, traits.
+
+        Unlike ``issue_x509_svid`` nothing is checked: any URI SANs (none, several, not
+        SPIFFE IDs), a CA flag, keyCertSign, no digitalSignature, any validity window.
+        Returns the certificate (without intermediates) and its new P-256 key.
+        """
+        issuer = self._current_issuer()
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        usage = x509.KeyUsage(
+            digital_signature, False, False, False, False, key_cert_sign, False, False, False
+        )
+        sans = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(issuer.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after or now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .add_extension(sans, critical=True)
+            .sign(issuer.key, _hash_for(issuer.key))
+        )
+        return cert, key
+
     def mint_jwt_svid(self, spiffe_id: str, audience: Iterable[str], *, ttl: float) -> str:
         """Sign a JWT-SVID (ES256, header kid + typ JWT) with the current key."""
         auds = list(audience)

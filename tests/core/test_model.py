@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_material import forge_leaf, svid_message
+from core_material import svid_message
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -126,14 +126,14 @@ def test_chain_must_verify_against_bundle(ca: TrustDomainCA) -> None:
 def test_leaf_rules(ca: TrustDomainCA, kwargs: dict[str, Any], reason: str) -> None:
     if "not_after" in kwargs:  # notBefore must precede notAfter
         kwargs["not_after"] = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    cert, key = forge_leaf(ca, **kwargs)
+    cert, key = ca.forge_leaf(**kwargs)
     msg = _bad(ca, x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
     with pytest.raises(ValidationError, match=reason):
         model.context_from_message(msg)
 
 
 def test_root_id_rejected_for_leaf(ca: TrustDomainCA) -> None:
-    cert, key = forge_leaf(ca, uris=["spiffe://example.org"])
+    cert, key = ca.forge_leaf(uris=["spiffe://example.org"])
     msg = _bad(ca, spiffe_id="spiffe://example.org", x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
     with pytest.raises(ValidationError, match="needs a path"):
         model.context_from_message(msg)
@@ -157,7 +157,7 @@ def test_federated_bad_key_rejected(make_response: Callable[..., Any], fed_ca: T
 
 
 def test_bundle_of_non_ca_rejected(ca: TrustDomainCA) -> None:
-    cert, _ = forge_leaf(ca, uris=["spiffe://example.org/web"])
+    cert, _ = ca.forge_leaf(uris=["spiffe://example.org/web"])
     with pytest.raises(ValidationError, match="not a CA"):
         model.X509Bundle.parse_der(TrustDomain("example.org"), der_concat([cert]))
 

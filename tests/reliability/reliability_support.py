@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from hypothesis import settings
 
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -193,38 +192,6 @@ def key_der(key: Any) -> bytes:
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return data
-
-
-def forge_leaf(
-    ca: TrustDomainCA,
-    *,
-    uris: Iterable[str],
-    ca_flag: bool = False,
-    key_cert_sign: bool = False,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A leaf signed by the CA's real issuing key but with chosen, possibly bad, properties."""
-    issuer = ca._current_issuer()
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    usage = x509.KeyUsage(True, False, False, False, False, key_cert_sign, False, False, False)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or now - dt.timedelta(minutes=5))
-        .not_valid_after(not_after or now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=True
-        )
-        .sign(issuer.key, hashes.SHA256())
-    )
-    return cert, key
 
 
 def pem(label: str, data: bytes) -> bytes:

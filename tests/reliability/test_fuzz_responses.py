@@ -35,7 +35,7 @@ from fuzz_material import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from reliability_support import FAST, context_problems, der, examples, forge_leaf, key_der, svid_pb
+from reliability_support import FAST, context_problems, der, examples, key_der, svid_pb
 
 from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source, jwt, model
 from spiffe_bridge._der import split_der
@@ -172,7 +172,7 @@ def _with_svid(**fields: Any) -> Any:
 
 def _forged(uris: list[str], **options: Any) -> Any:
     p = pool()
-    cert, key = forge_leaf(p.ca, uris=uris, **options)
+    cert, key = p.ca.forge_leaf(uris=uris, **options)
     chain = der(cert) + b"".join(der(c) for c in p.ca.intermediates)
     return _with_svid(x509_svid=chain, x509_svid_key=key_der(key))
 
