@@ -9,9 +9,10 @@ when the filter removes an SVID is the response rebuilt without it.
 Every update is validated with the library's model. By default that happens
 right after the downstream streams were handed the bytes, in parallel with
 the clients' own checks, so the relay adds no validation time to a rotation;
-an update that fails is then taken back: the last valid state is re-sent (or,
-if there never was one, streams end Unavailable) and the same bytes are not
-forwarded again. With ``verify_first`` an update is validated before any
+an update that fails is then taken back: what was served before it is put
+back (the last valid state, or the error streams were ending with; if nothing
+was served yet, streams end Unavailable) and the same bytes are not forwarded
+again. With ``verify_first`` an update is validated before any
 client sees it, at the cost of that time (about 1 ms per rotation).
 
 Errors become the status downstream streams see:
@@ -51,7 +52,7 @@ from spiffe_bridge.errors import (
     ValidationError,
     WorkloadApiError,
 )
-from spiffe_bridge.relay.feed import Feed, Kind
+from spiffe_bridge.relay.feed import Feed, Kind, Snapshot
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.observe import Observer, RelayEvent, Stage, notify
 from spiffe_bridge.retry import Backoff
@@ -94,8 +95,6 @@ class Upstream:
         self._observer = observer
         self._timers: dict[Kind, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        #: Per kind, the payload of the last update that passed validation (None: all filtered out).
-        self._valid: dict[Kind, bytes | None] = {}
         #: Per kind, the payload of the last update that failed (not forwarded again).
         self._invalid: dict[Kind, bytes] = {}
 
@@ -146,12 +145,10 @@ class Upstream:
         self._feeds[kind].upstream_updates += 1
         self._cancel_hold(kind)
         payload = self._payload(kind, raw)
-        if kind in self._valid and payload == self._valid[kind]:
-            self._serve(kind, payload, received_ns)  # a re-delivery (agent restart): ends a hold only
-            return
         if payload is not None and payload == self._invalid.get(kind):
             return  # refused before; the agent re-sent it
         early = payload is not None and not self._verify_first
+        before = self._feeds[kind].snapshot
         if early:
             self._serve(kind, payload, received_ns)
             await asyncio.sleep(0)  # the woken streams hand the bytes to gRPC before we validate
@@ -160,9 +157,8 @@ class Upstream:
         except ValidationError as exc:
             if payload is not None:
                 self._invalid[kind] = payload
-            self._refuse(kind, spec, exc, early)
+            self._refuse(kind, spec, exc, before if early else None)
             return
-        self._valid[kind] = payload
         self._invalid.pop(kind, None)
         if not early:
             self._serve(kind, payload, received_ns)
@@ -191,23 +187,26 @@ class Upstream:
                 log.info, "relay: %s update v%d from %s", kind, version, self.endpoint
             )
 
-    def _refuse(self, kind: Kind, spec: StreamSpec[Any], exc: ValidationError, forwarded: bool) -> None:
-        """An update failed validation: keep (or restore) the last valid state."""
-        self._feeds[kind].invalid_updates += 1
-        if kind in self._valid:
-            log.warning(
-                "relay: %s: upstream sent an invalid update (%s); %s the last valid one",
-                kind,
-                exc,
-                "re-sending" if forwarded else "keeping",
-            )
-            if forwarded:
-                self._serve(kind, self._valid[kind], time.monotonic_ns())
+    def _refuse(
+        self, kind: Kind, spec: StreamSpec[Any], exc: ValidationError, before: Snapshot | None
+    ) -> None:
+        """An update failed validation; ``before``: what was served until it was forwarded, to put back."""
+        feed = self._feeds[kind]
+        feed.invalid_updates += 1
+        log.warning(
+            "relay: %s: upstream sent an invalid update (%s); %s",
+            kind,
+            exc,
+            "not forwarded" if before is None else "taken back",
+        )
+        if before is None:
             return
-        log.warning("relay: %s: upstream sent an invalid update (%s); nothing valid to serve yet", kind, exc)
-        if forwarded:
-            details = INVALID_UPSTREAM.format(what=spec.what, error=exc)
-            self._feeds[kind].fail(grpc.StatusCode.UNAVAILABLE, details)
+        if before.payload is not None:
+            self._serve(kind, before.payload, time.monotonic_ns())
+        elif before.version == 0:  # nothing was served yet: say why there is still nothing
+            feed.fail(grpc.StatusCode.UNAVAILABLE, INVALID_UPSTREAM.format(what=spec.what, error=exc))
+        else:
+            feed.fail(before.code, before.details)
 
     def _on_error(self, kind: Kind, exc: Exception) -> None:
         """Called by the watch before each reconnect (and for rejected messages)."""
