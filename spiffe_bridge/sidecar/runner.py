@@ -134,10 +134,9 @@ class Daemon:
         try:
             self._start_sources()
             while self.exit_code is None:
-                try:
-                    kind, payload = self.events.get(timeout=1.0)
-                except queue.Empty:
-                    continue
+                # No timeout: an idle sidecar should not wake up. Signals still get through:
+                # SimpleQueue.get is interrupted to run the handler, which puts an event here.
+                kind, payload = self.events.get()
                 self._handle(kind, payload)
         finally:
             self._shutdown()
