@@ -3,7 +3,7 @@
 Threading model: everything (upstream streams, downstream streams, forwarded
 calls, hold timers) runs on a single asyncio loop with ``grpc.aio``. A
 rotation reaches N downstream streams as one ``Event.set()`` followed by N
-writes of the same pre-serialized bytes on that loop: no thread hand-offs,
+writes of the same bytes (the agent's) on that loop: no thread hand-offs,
 no per-client locks, no per-client upstream calls. ``Relay`` (runner.py) runs
 this on a background thread for synchronous code; the CLI runs it directly.
 """
