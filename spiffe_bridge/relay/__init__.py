@@ -1,8 +1,9 @@
-"""Workload API relay: one upstream stream per kind, re-served on a local Unix socket.
+"""Workload API relay: one upstream stream per kind, re-served on local Unix sockets.
 
 ``Relay`` (background thread) and ``AsyncRelay`` (your event loop) serve a
 spec-compliant Workload API to any number of local clients from one upstream
-connection, optionally showing each only allowed SVIDs. See docs/relay.md.
+connection, on one or more sockets (``Listener``), each optionally showing
+only allowed SVIDs. See docs/relay.md.
 """
 
 from __future__ import annotations
@@ -14,16 +15,28 @@ if TYPE_CHECKING:
     from spiffe_bridge.relay.core import AsyncRelay
     from spiffe_bridge.relay.feed import Kind, Snapshot
     from spiffe_bridge.relay.filter import SvidFilter
+    from spiffe_bridge.relay.listener import Listener
     from spiffe_bridge.relay.observe import RelayEvent, RelayStats, Stage
     from spiffe_bridge.relay.runner import Relay
 
-__all__ = ["AsyncRelay", "Kind", "Relay", "RelayEvent", "RelayStats", "Snapshot", "Stage", "SvidFilter"]
+__all__ = [
+    "AsyncRelay",
+    "Kind",
+    "Listener",
+    "Relay",
+    "RelayEvent",
+    "RelayStats",
+    "Snapshot",
+    "Stage",
+    "SvidFilter",
+]
 
 _HOMES = {
     "AsyncRelay": "spiffe_bridge.relay.core",
     "Kind": "spiffe_bridge.relay.feed",
     "Snapshot": "spiffe_bridge.relay.feed",
     "SvidFilter": "spiffe_bridge.relay.filter",
+    "Listener": "spiffe_bridge.relay.listener",
     "RelayEvent": "spiffe_bridge.relay.observe",
     "RelayStats": "spiffe_bridge.relay.observe",
     "Stage": "spiffe_bridge.relay.observe",

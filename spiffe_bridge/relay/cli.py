@@ -16,7 +16,9 @@ import sys
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.health import HealthServer
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
+from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
+from spiffe_bridge.relay.listener import Listener
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
@@ -74,7 +76,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="ADDR",
         help="upstream Workload API, unix:///path or tcp://IP:port (default: $SPIFFE_ENDPOINT_SOCKET)",
     )
-    p.add_argument("--listen", required=True, metavar="unix:///PATH", help="socket to serve on")
+    p.add_argument(
+        "--listen",
+        required=True,
+        action="append",
+        metavar="unix:///PATH[,OPTION...]",
+        help="socket to serve on (repeatable: all sockets share the upstream streams); options "
+        "id=ID, hint=HINT (repeatable), mode=0660, owner=USER:GROUP set that socket's own allow-list "
+        "and file; without them the --allow-*/--socket-* flags apply",
+    )
     p.add_argument(
         "--allow-spiffe-id",
         action="append",
@@ -144,11 +154,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         relay = AsyncRelay(
             args.upstream,
-            args.listen,
-            allow_ids=args.allow_spiffe_id,
-            allow_hints=args.allow_hint,
-            socket_mode=args.socket_mode,
-            socket_owner=args.socket_owner,
+            _listeners(args),
             hold=args.hold,
             startup_wait=args.startup_wait,
             backoff=Backoff(initial=0.2, maximum=max(args.max_backoff, 0.2)),
@@ -158,6 +164,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(relay, args.health_addr))
+
+
+def _listeners(args: argparse.Namespace) -> list[Listener]:
+    """Each --listen, with the --allow-*/--socket-* flags for what it does not set itself."""
+    default = SvidFilter.of(args.allow_spiffe_id, args.allow_hint)
+    out = []
+    for spec in args.listen:
+        own = Listener.parse(spec)
+        out.append(
+            Listener(
+                own.path,
+                own.filter if own.filter.active else default,
+                own.mode if own.mode is not None else args.socket_mode,
+                own.owner if own.owner is not None else args.socket_owner,
+            )
+        )
+    return out
 
 
 def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
@@ -182,12 +205,13 @@ async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     try:
         await relay.start()
     except OSError as exc:
-        print(f"relay: cannot serve on {relay.socket_path}: {exc}", file=sys.stderr)
+        print(f"relay: cannot serve: {exc}", file=sys.stderr)
         if health is not None:
             health.stop()
         return 1
     try:
-        print(f"relay serving {relay.address} from {relay.upstream_endpoint}", flush=True)
+        for listener in relay.listeners:
+            print(f"relay serving {listener.address} from {relay.upstream_endpoint}", flush=True)
         if health is not None:
             host, port = health.start().address
             print(f"relay health on http://{host}:{port} (/live, /ready, /metrics)", flush=True)

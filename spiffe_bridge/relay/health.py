@@ -2,7 +2,7 @@
 
 Liveness means the relay's event loop answers (its stats are read *on* that
 loop, with a deadline), so a wedged loop fails the probe; readiness means
-FetchX509SVID streams get SVIDs (not an error). Metrics are written in the
+FetchX509SVID streams on every socket get SVIDs (not an error). Metrics are written in the
 Prometheus text format by hand: a handful of counters need no extra package.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from spiffe_bridge.health import MetricsRenderer
@@ -22,8 +22,8 @@ from spiffe_bridge.relay.observe import RelayStats
 #: Seconds the relay's loop has to answer a probe before it counts as not live.
 PROBE_TIMEOUT = 2.0
 
-#: Reads the relay's stats from any thread; raises TimeoutError if the relay does not answer.
-StatsReader = Callable[[], RelayStats]
+#: Reads every socket's stats from any thread; raises TimeoutError if the relay does not answer.
+StatsReader = Callable[[], Sequence[RelayStats]]
 
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -31,12 +31,12 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def loop_stats(
     relay: AsyncRelay, loop: asyncio.AbstractEventLoop, timeout: float = PROBE_TIMEOUT
 ) -> StatsReader:
-    """A thread-safe reader of ``relay.stats()``, run on ``loop`` (the relay's)."""
+    """A thread-safe reader of ``relay.all_stats()``, run on ``loop`` (the relay's)."""
 
-    async def read() -> RelayStats:
-        return relay.stats()
+    async def read() -> tuple[RelayStats, ...]:
+        return relay.all_stats()
 
-    def reader() -> RelayStats:
+    def reader() -> tuple[RelayStats, ...]:
         future = asyncio.run_coroutine_threadsafe(read(), loop)
         try:
             return future.result(timeout)
@@ -48,12 +48,12 @@ def loop_stats(
 
 
 class RelayHealth:
-    """``HealthSource`` of a relay. Use ``RelayHealth(relay.stats)`` with the threaded ``Relay``."""
+    """``HealthSource`` of a relay. Use ``RelayHealth(relay.all_stats)`` with the threaded ``Relay``."""
 
     def __init__(self, stats: StatsReader) -> None:
         self._stats = stats
 
-    def _read(self) -> RelayStats | None:
+    def _read(self) -> Sequence[RelayStats] | None:
         try:
             return self._stats()
         except (TimeoutError, RuntimeError):  # not answering, or not running
@@ -64,16 +64,16 @@ class RelayHealth:
         return self._read() is not None
 
     def ready(self) -> bool:
-        """True while new FetchX509SVID streams get SVIDs."""
+        """True while new FetchX509SVID streams get SVIDs on every socket."""
         stats = self._read()
-        return stats is not None and stats.feeds[Kind.X509_SVID.value].serving
+        return bool(stats) and all(s.feeds[Kind.X509_SVID.value].serving for s in stats or ())
 
     def snapshot(self) -> dict[str, Any]:
-        """Every stream kind's state and counters, or why there are none."""
+        """Every socket's stream kinds with state and counters, or why there are none."""
         stats = self._read()
         if stats is None:
             return {"relay": "not answering"}
-        return dataclasses.asdict(stats)
+        return {"sockets": {s.socket: dataclasses.asdict(s) for s in stats}}
 
 
 #: (metric, type, help, FeedStats field) of the per-method series.
@@ -101,14 +101,23 @@ def render_metrics(stats: StatsReader) -> MetricsRenderer:
         for name, kind, help_text, field in _FEED_METRICS:
             metric = f"spiffe_bridge_relay_{name}"
             lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-            for method, feed in sorted(current.feeds.items()):
-                lines.append(f'{metric}{{method="{method}"}} {int(getattr(feed, field))}')
-        for name, help_text, value in (
-            ("forwarded_calls_total", "Unary calls forwarded upstream", current.forwarded_calls),
-            ("rejected_calls_total", "Calls refused for a missing security header", current.rejected_calls),
+            for socket in current:
+                for method, feed in sorted(socket.feeds.items()):
+                    labels = f'socket="{_label(socket.socket)}",method="{method}"'
+                    lines.append(f"{metric}{{{labels}}} {int(getattr(feed, field))}")
+        for name, help_text, attribute in (
+            ("forwarded_calls_total", "Unary calls forwarded upstream", "forwarded_calls"),
+            ("rejected_calls_total", "Calls refused for a missing security header", "rejected_calls"),
         ):
             metric = f"spiffe_bridge_relay_{name}"
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter", f"{metric} {value}"]
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+            for socket in current:
+                lines.append(f'{metric}{{socket="{_label(socket.socket)}"}} {getattr(socket, attribute)}')
         return ("\n".join(lines) + "\n").encode(), _CONTENT_TYPE
 
     return render
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

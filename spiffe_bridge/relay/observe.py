@@ -71,8 +71,10 @@ class FeedStats:
 
 @dataclass(frozen=True, slots=True)
 class RelayStats:
-    """Counters of the whole relay, by Workload API method name."""
+    """Counters of one relay socket, by Workload API method name."""
 
+    #: The socket's path.
+    socket: str
     feeds: dict[str, FeedStats]
     forwarded_calls: int
     rejected_calls: int

@@ -11,13 +11,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.feed import Kind, Snapshot
 from spiffe_bridge.relay.filter import SvidFilter
+from spiffe_bridge.relay.listener import Listener
 from spiffe_bridge.relay.observe import Observer, RelayStats
 from spiffe_bridge.relay.sockets import Owner
 from spiffe_bridge.retry import Backoff
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 class Relay:
-    """Re-serves an upstream Workload API on a local Unix socket, from a background thread.
+    """Re-serves an upstream Workload API on local Unix sockets, from a background thread.
 
     Example::
 
@@ -40,7 +41,7 @@ class Relay:
     def __init__(
         self,
         upstream: str | None,
-        listen: str,
+        listen: str | Sequence[Listener],
         *,
         allow_ids: Iterable[str] = (),
         allow_hints: Iterable[str] = (),
@@ -73,13 +74,18 @@ class Relay:
 
     @property
     def socket_path(self) -> str:
-        """Filesystem path of the relay's socket."""
+        """Filesystem path of the relay's (first) socket."""
         return self._relay.socket_path
 
     @property
     def address(self) -> str:
-        """``unix:///path`` of the relay's socket."""
+        """``unix:///path`` of the relay's (first) socket."""
         return self._relay.address
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """Every socket the relay serves, with its filter."""
+        return self._relay.listeners
 
     @property
     def upstream(self) -> str:
@@ -88,7 +94,7 @@ class Relay:
 
     @property
     def filter(self) -> SvidFilter:
-        """Which SVIDs downstream clients see."""
+        """Which SVIDs clients of the (first) socket see."""
         return self._relay.filter
 
     @property
@@ -138,23 +144,33 @@ class Relay:
 
     # -- state ----------------------------------------------------------------------------
 
-    def wait_serving(self, kind: Kind = Kind.X509_SVID, timeout: float = 10.0) -> Snapshot:
-        """Block until the relay serves state of ``kind``; TimeoutError otherwise."""
-        return self._run(self._relay.wait_serving(kind), timeout)
+    def wait_serving(
+        self, kind: Kind = Kind.X509_SVID, timeout: float = 10.0, listen: str | None = None
+    ) -> Snapshot:
+        """Block until a socket (default: the first) serves state of ``kind``; TimeoutError otherwise."""
+        return self._run(self._relay.wait_serving(kind, listen), timeout)
 
     def wait_until(
-        self, predicate: Callable[[Snapshot], bool], kind: Kind = Kind.X509_SVID, timeout: float = 10.0
+        self,
+        predicate: Callable[[Snapshot], bool],
+        kind: Kind = Kind.X509_SVID,
+        timeout: float = 10.0,
+        listen: str | None = None,
     ) -> Snapshot:
-        """Block until what streams of ``kind`` get satisfies ``predicate``; TimeoutError otherwise."""
-        return self._run(self._relay.wait_until(predicate, kind), timeout)
+        """Block until what ``kind`` streams on a socket (default: the first) get satisfies ``predicate``."""
+        return self._run(self._relay.wait_until(predicate, kind, listen), timeout)
 
-    def snapshot(self, kind: Kind = Kind.X509_SVID) -> Snapshot:
+    def snapshot(self, kind: Kind = Kind.X509_SVID, listen: str | None = None) -> Snapshot:
         """What new streams of ``kind`` get right now (payload, or the status they end with)."""
-        return self._call(lambda: self._relay.snapshot(kind))
+        return self._call(lambda: self._relay.snapshot(kind, listen))
 
-    def stats(self) -> RelayStats:
+    def stats(self, listen: str | None = None) -> RelayStats:
         """Counters and state of every stream kind."""
-        return self._call(self._relay.stats)
+        return self._call(lambda: self._relay.stats(listen))
+
+    def all_stats(self) -> tuple[RelayStats, ...]:
+        """``stats()`` of every socket, in the order they were given."""
+        return self._call(self._relay.all_stats)
 
     def _run(self, coro: Awaitable[T], timeout: float) -> T:
         loop = self._loop

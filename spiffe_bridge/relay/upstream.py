@@ -31,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -61,7 +62,6 @@ log = logging.getLogger("spiffe_bridge.relay")
 
 #: Details sent downstream when the filter leaves no SVID (SPIRE's wording, plus why).
 NO_ALLOWED_IDENTITY = "no identity issued: none of the upstream SVIDs is allowed by this relay"
-
 #: Refusal details when the first update of a kind fails validation (there is nothing to fall back to).
 INVALID_UPSTREAM = "upstream Workload API sent an invalid {what} update: {error}"
 
@@ -72,14 +72,27 @@ _KINDS: tuple[tuple[Kind, StreamSpec[Any]], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Outlet:
+    """What one relay socket serves: its filter, and one feed per stream kind."""
+
+    filter: SvidFilter
+    feeds: Mapping[Kind, Feed]
+
+    def payload(self, kind: Kind, raw: Unvalidated) -> bytes | None:
+        """What this socket's clients get for ``raw``: its bytes, filtered; None when nothing is allowed."""
+        if kind is not Kind.X509_SVID:
+            return raw.data  # bundles are public
+        return self.filter.filter_x509_response(raw.message, raw.data)
+
+
 class Upstream:
-    """Runs the three upstream watches on the relay's event loop and feeds the slots."""
+    """Runs the three upstream watches on the relay's event loop and feeds every outlet's slots."""
 
     def __init__(
         self,
         address: str | None,
-        feeds: Mapping[Kind, Feed],
-        svid_filter: SvidFilter,
+        outlets: Sequence[Outlet],
         *,
         hold: float,
         backoff: Backoff,
@@ -87,15 +100,14 @@ class Upstream:
         observer: Observer | None = None,
     ) -> None:
         self._client = AsyncWorkloadClient(address, backoff=backoff, timeout=None)
-        self._feeds = feeds
-        self._filter = svid_filter
+        self._outlets = tuple(outlets)
         self._hold = hold
         self._backoff = backoff
         self._verify_first = verify_first
         self._observer = observer
         self._timers: dict[Kind, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        #: Per kind, the payload of the last update that failed (not forwarded again).
+        #: Per kind, the bytes of the last upstream message that failed (not forwarded again).
         self._invalid: dict[Kind, bytes] = {}
 
     @property
@@ -120,6 +132,9 @@ class Upstream:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
+    def _feeds(self, kind: Kind) -> list[Feed]:
+        return [outlet.feeds[kind] for outlet in self._outlets]
+
     # -- the watch loop -------------------------------------------------------------------
 
     async def _run(self, kind: Kind, spec: StreamSpec[Any]) -> None:
@@ -135,104 +150,110 @@ class Upstream:
                 self._on_fatal(kind, exc)
             except Exception:  # a bug: keep the relay up and say so
                 log.exception("relay: %s upstream watch failed", kind)
-                self._feeds[kind].fail(grpc.StatusCode.UNAVAILABLE, f"relay error on the {kind} stream")
+                for feed in self._feeds(kind):
+                    feed.fail(grpc.StatusCode.UNAVAILABLE, f"relay error on the {kind} stream")
             await asyncio.sleep(self._backoff.maximum)
 
     # -- state transitions ----------------------------------------------------------------
 
     async def _on_update(self, kind: Kind, spec: StreamSpec[Any], raw: Unvalidated, received_ns: int) -> None:
         """Serve one upstream message: forward it, validate it, take it back if it is invalid."""
-        self._feeds[kind].upstream_updates += 1
+        for feed in self._feeds(kind):
+            feed.upstream_updates += 1
         self._cancel_hold(kind)
-        payload = self._payload(kind, raw)
-        if payload is not None and payload == self._invalid.get(kind):
+        if raw.data == self._invalid.get(kind):
             return  # refused before; the agent re-sent it
-        early = payload is not None and not self._verify_first
-        before = self._feeds[kind].snapshot
-        if early:
-            self._serve(kind, payload, received_ns)
+        payloads = [outlet.payload(kind, raw) for outlet in self._outlets]
+        # Outlets with something to show get it now (unless verify_first), with what they
+        # served before, to put back if validation fails.
+        forwarded: list[tuple[Feed, Snapshot]] = []
+        if not self._verify_first:
+            for outlet, payload in zip(self._outlets, payloads, strict=True):
+                if payload is not None:
+                    feed = outlet.feeds[kind]
+                    forwarded.append((feed, feed.snapshot))
+                    self._serve(feed, payload, received_ns)
+        if forwarded:
             await asyncio.sleep(0)  # the woken streams hand the bytes to gRPC before we validate
         try:
             spec.decode(raw.message)
         except ValidationError as exc:
-            if payload is not None:
-                self._invalid[kind] = payload
-            self._refuse(kind, spec, exc, before if early else None)
+            self._invalid[kind] = raw.data
+            self._refuse(kind, spec, exc, forwarded)
             return
         self._invalid.pop(kind, None)
-        if not early:
-            self._serve(kind, payload, received_ns)
+        done = {id(feed) for feed, _ in forwarded}
+        for outlet, payload in zip(self._outlets, payloads, strict=True):
+            if id(outlet.feeds[kind]) not in done:
+                self._serve(outlet.feeds[kind], payload, received_ns)
 
-    def _payload(self, kind: Kind, raw: Unvalidated) -> bytes | None:
-        """What downstream gets for ``raw``: its bytes, filtered; None when no SVID is allowed."""
-        if kind is not Kind.X509_SVID:
-            return raw.data  # bundles are public
-        return self._filter.filter_x509_response(raw.message, raw.data)
-
-    def _serve(self, kind: Kind, payload: bytes | None, received_ns: int) -> None:
-        feed = self._feeds[kind]
+    def _serve(self, feed: Feed, payload: bytes | None, received_ns: int) -> None:
         if payload is None:
             if feed.fail(grpc.StatusCode.PERMISSION_DENIED, NO_ALLOWED_IDENTITY):
-                log.warning("relay: %s: upstream SVIDs are all filtered out", kind)
+                log.warning("relay: %s: upstream SVIDs are all filtered out", feed.kind)
             return
         if not feed.publish(payload, received_ns):
             return
         version = feed.snapshot.version
         if self._observer is not None:
-            notify(self._observer, RelayEvent(kind, Stage.RECEIVED, version, received_ns))
-            notify(self._observer, RelayEvent(kind, Stage.PUBLISHED, version, time.monotonic_ns()))
+            notify(self._observer, RelayEvent(feed.kind, Stage.RECEIVED, version, received_ns))
+            notify(self._observer, RelayEvent(feed.kind, Stage.PUBLISHED, version, time.monotonic_ns()))
         if log.isEnabledFor(logging.INFO):
             # Queued behind the streams' wake-ups: they write before the log line is formatted.
             asyncio.get_running_loop().call_soon(
-                log.info, "relay: %s update v%d from %s", kind, version, self.endpoint
+                log.info, "relay: %s update v%d from %s", feed.kind, version, self.endpoint
             )
 
     def _refuse(
-        self, kind: Kind, spec: StreamSpec[Any], exc: ValidationError, before: Snapshot | None
+        self, kind: Kind, spec: StreamSpec[Any], exc: ValidationError, forwarded: list[tuple[Feed, Snapshot]]
     ) -> None:
-        """An update failed validation; ``before``: what was served until it was forwarded, to put back."""
-        feed = self._feeds[kind]
-        feed.invalid_updates += 1
+        """An update failed validation; put back what each feed it reached served before it."""
+        for feed in self._feeds(kind):
+            feed.invalid_updates += 1
         log.warning(
             "relay: %s: upstream sent an invalid update (%s); %s",
             kind,
             exc,
-            "not forwarded" if before is None else "taken back",
+            "taken back" if forwarded else "not forwarded",
         )
-        if before is None:
-            return
-        if before.payload is not None:
-            self._serve(kind, before.payload, time.monotonic_ns())
-        elif before.version == 0:  # nothing was served yet: say why there is still nothing
-            feed.fail(grpc.StatusCode.UNAVAILABLE, INVALID_UPSTREAM.format(what=spec.what, error=exc))
-        else:
-            feed.fail(before.code, before.details)
+        for feed, before in forwarded:
+            if before.payload is not None:
+                self._serve(feed, before.payload, time.monotonic_ns())
+            elif before.version == 0:  # nothing was served yet: say why there is still nothing
+                feed.fail(grpc.StatusCode.UNAVAILABLE, INVALID_UPSTREAM.format(what=spec.what, error=exc))
+            else:
+                feed.fail(before.code, before.details)
 
     def _on_error(self, kind: Kind, exc: Exception) -> None:
         """Called by the watch before each reconnect (and for rejected messages)."""
         if isinstance(exc, ValidationError):
             return  # the last good state stays; the client logged why
-        feed = self._feeds[kind]
         if isinstance(exc, NoIdentityError):
             self._cancel_hold(kind)
-            if feed.fail(grpc.StatusCode.PERMISSION_DENIED, exc.details or "no identity issued"):
+            denied = [feed.fail(grpc.StatusCode.PERMISSION_DENIED, exc.details or "no identity issued")
+                      for feed in self._feeds(kind)]  # fmt: skip
+            if any(denied):
                 log.warning("relay: %s: upstream denied the identity; passing PermissionDenied on", kind)
             return
         reason = exc.details if isinstance(exc, WorkloadApiError) and exc.details else type(exc).__name__
         details = f"upstream Workload API {self.endpoint} unreachable: {reason}"
-        if feed.snapshot.serving and self._hold > 0:
-            if kind not in self._timers:
-                loop = asyncio.get_running_loop()
-                self._timers[kind] = loop.call_later(self._hold, self._hold_expired, kind, details)
+        held = False
+        for feed in self._feeds(kind):
+            if feed.snapshot.serving and self._hold > 0:
+                held = True
                 feed.mark_upstream_lost()
-                log.info("relay: %s upstream lost; serving the last state for %.1fs", kind, self._hold)
-            return
-        self._lose(kind, details)
+            elif feed.fail(grpc.StatusCode.UNAVAILABLE, details):
+                log.warning("relay: %s: %s", kind, details)
+        if held and kind not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[kind] = loop.call_later(self._hold, self._hold_expired, kind, details)
+            log.info("relay: %s upstream lost; serving the last state for %.1fs", kind, self._hold)
 
     def _on_fatal(self, kind: Kind, exc: WorkloadApiError) -> None:
         self._cancel_hold(kind)
         if isinstance(exc, UnimplementedError):
-            self._feeds[kind].fail(grpc.StatusCode.UNIMPLEMENTED, exc.details or "not implemented upstream")
+            for feed in self._feeds(kind):
+                feed.fail(grpc.StatusCode.UNIMPLEMENTED, exc.details or "not implemented upstream")
         elif isinstance(exc, InvalidArgumentError):
             # The relay's own request was refused; downstream must not stop retrying.
             self._lose(kind, f"upstream refused the relay's request: {exc.details}")
@@ -245,7 +266,8 @@ class Upstream:
         self._lose(kind, details)
 
     def _lose(self, kind: Kind, details: str) -> None:
-        if self._feeds[kind].fail(grpc.StatusCode.UNAVAILABLE, details):
+        changed = [feed.fail(grpc.StatusCode.UNAVAILABLE, details) for feed in self._feeds(kind)]
+        if any(changed):
             log.warning("relay: %s: %s", kind, details)
 
     def _cancel_hold(self, kind: Kind) -> None:

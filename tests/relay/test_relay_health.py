@@ -18,7 +18,7 @@ from spiffe_bridge.relay.health import RelayHealth, render_metrics
 
 def _serve(relay: Relay) -> HealthServer:
     return HealthServer(
-        RelayHealth(relay.stats), port=0, metrics_path="/metrics", metrics=render_metrics(relay.stats)
+        RelayHealth(relay.all_stats), port=0, metrics_path="/metrics", metrics=render_metrics(relay.all_stats)
     ).start()
 
 
@@ -29,7 +29,7 @@ def test_ready_follows_the_identity(dev_agent: DevAgent, relay: Relay, streams: 
         code, body = http_get(base + "/ready")
         state = json.loads(body)
         assert code == 200 and state["status"] == "OK"
-        assert state["health"]["feeds"]["FetchX509SVID"]["status"] == "serving"
+        assert state["health"]["sockets"][relay.socket_path]["feeds"]["FetchX509SVID"]["status"] == "serving"
         stream = RawStream("unix:" + relay.socket_path)
         streams.append(stream)
         stream.next()
@@ -37,17 +37,18 @@ def test_ready_follows_the_identity(dev_agent: DevAgent, relay: Relay, streams: 
         dev_agent.deny()  # the agent withdraws the identity: not ready, but alive
         assert stream.status() is grpc.StatusCode.PERMISSION_DENIED
         code, body = http_get(base + "/ready")
-        assert code == 503 and json.loads(body)["health"]["feeds"]["FetchX509SVID"]["status"] == (
-            "PERMISSION_DENIED"
-        )
+        feeds = json.loads(body)["health"]["sockets"][relay.socket_path]["feeds"]
+        assert code == 503 and feeds["FetchX509SVID"]["status"] == "PERMISSION_DENIED"
         assert http_get(base + "/live")[0] == 200
 
         code, text = http_get(base + "/metrics")
         assert code == 200
         lines = text.decode().splitlines()
-        assert 'spiffe_bridge_relay_serving{method="FetchX509SVID"} 0' in lines
-        assert 'spiffe_bridge_relay_upstream_updates_total{method="FetchX509SVID"} 1' in lines
-        assert 'spiffe_bridge_relay_messages_sent_total{method="FetchX509SVID"} 1' in lines
+        socket = f'socket="{relay.socket_path}"'
+        assert f'spiffe_bridge_relay_serving{{{socket},method="FetchX509SVID"}} 0' in lines
+        assert f'spiffe_bridge_relay_upstream_updates_total{{{socket},method="FetchX509SVID"}} 1' in lines
+        assert f'spiffe_bridge_relay_messages_sent_total{{{socket},method="FetchX509SVID"}} 1' in lines
+        assert f"spiffe_bridge_relay_rejected_calls_total{{{socket}}} 0" in lines
         assert "# TYPE spiffe_bridge_relay_invalid_updates_total counter" in lines
     finally:
         server.stop()
@@ -55,7 +56,7 @@ def test_ready_follows_the_identity(dev_agent: DevAgent, relay: Relay, streams: 
 
 def test_a_stopped_relay_is_not_live(dev_agent: DevAgent, relay_factory: RelayFactory) -> None:
     relay = relay_factory(dev_agent.address)
-    health = RelayHealth(relay.stats)
+    health = RelayHealth(relay.all_stats)
     assert health.live()
     relay.stop()
     assert not health.live() and not health.ready()
