@@ -56,7 +56,7 @@ SERVICE_PATH = "/SpiffeWorkloadAPI/"
 class StreamSpec(Generic[T]):
     """One server-streaming RPC: method name, request, how gRPC parses a message, and its decoder.
 
-    ``deserialize`` None hands ``decode`` the message bytes as received (see ``with_bytes``).
+    ``deserialize`` None hands ``decode`` the message bytes as received (see ``unvalidated``).
     """
 
     method: str

@@ -12,16 +12,18 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from spiffe_bridge.errors import SpiffeBridgeError
-from spiffe_bridge.health import HealthServer
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
-from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
 from spiffe_bridge.relay.listener import Listener
 from spiffe_bridge.relay.sockets import Owner, parse_mode
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
+
+if TYPE_CHECKING:
+    from spiffe_bridge.health import HealthServer
 
 
 def _mode(text: str) -> int:
@@ -184,6 +186,10 @@ def _listeners(args: argparse.Namespace) -> list[Listener]:
 
 
 def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
+    # Imported only when asked for: http.server and friends cost the relay's start ~20 ms.
+    from spiffe_bridge.health import HealthServer
+    from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
+
     reader = loop_stats(relay, asyncio.get_running_loop())
     host, port = addr
     metrics = render_metrics(reader)

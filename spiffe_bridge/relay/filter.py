@@ -33,7 +33,7 @@ class SvidFilter:
             try:
                 checked.add(str(SpiffeId.parse(value)))
             except SpiffeIdError as exc:
-                raise ValueError(f"--allow-spiffe-id {value!r}: {exc}") from None
+                raise ValueError(f"allowed SPIFFE ID {value!r}: {exc}") from None
         wanted_hints = set(hints)
         if "" in wanted_hints:
             raise ValueError("an allowed hint must not be empty")

@@ -66,7 +66,9 @@ class RelayHealth:
     def ready(self) -> bool:
         """True while new FetchX509SVID streams get SVIDs on every socket."""
         stats = self._read()
-        return bool(stats) and all(s.feeds[Kind.X509_SVID.value].serving for s in stats or ())
+        if not stats:
+            return False
+        return all(s.feeds[Kind.X509_SVID.value].serving for s in stats)
 
     def snapshot(self) -> dict[str, Any]:
         """Every socket's stream kinds with state and counters, or why there are none."""

@@ -182,9 +182,9 @@ class Upstream:
             self._refuse(kind, spec, exc, forwarded)
             return
         self._invalid.pop(kind, None)
-        done = {id(feed) for feed, _ in forwarded}
+        served = {feed for feed, _ in forwarded}
         for outlet, payload in zip(self._outlets, payloads, strict=True):
-            if id(outlet.feeds[kind]) not in done:
+            if outlet.feeds[kind] not in served:
                 self._serve(outlet.feeds[kind], payload, received_ns)
 
     def _serve(self, feed: Feed, payload: bytes | None, received_ns: int) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from relay_helpers import RawStream, RelayFactory
+from relay_helpers import HEADER, RawStream, RelayFactory, raw_method
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.client.sync import WorkloadClient
@@ -36,10 +36,16 @@ def _wire(message: Any) -> bytes:
     return bytes(message.SerializeToString())
 
 
-def test_bytes_are_the_agents(dev_agent: DevAgent, relay: Relay, streams: list[RawStream]) -> None:
-    """No re-encoding: what the relay serves is the agent's serialized message, byte for byte."""
-    served = _stream(relay, streams).next()
-    assert _wire(served) == _wire(dev_agent.x509_svid_response())
+def test_bytes_are_the_agents(dev_agent: DevAgent, relay: Relay) -> None:
+    """No re-encoding: the relay serves the agent's bytes, even a field this library does not know."""
+    unknown_field = b"\x98\x06\x01"  # field 99, varint 1: kept only if the bytes pass through
+    sent = _wire(dev_agent.x509_svid_response()) + unknown_field
+    with grpc.insecure_channel("unix:" + relay.socket_path) as channel:
+        call = raw_method(channel, "FetchX509SVID", True)(b"", metadata=HEADER, timeout=10)
+        next(call)
+        assert dev_agent.push_raw("FetchX509SVID", sent) == 1
+        assert next(call) == sent
+        call.cancel()
 
 
 def test_invalid_update_is_taken_back(dev_agent: DevAgent, relay: Relay, streams: list[RawStream]) -> None:
