@@ -44,6 +44,13 @@ def _normalise_go_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def version_text() -> str:
+    """What ``--version`` prints: the package version and the Python that runs it."""
+    from spiffe_bridge import __version__
+
+    return f"spiffe-bridge {__version__} (Python {sys.version.split()[0]})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv, import the chosen command's module and run it."""
     # gRPC's C core logs connection churn (e.g. GOAWAY on agent restart) at INFO to stderr;
@@ -53,11 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in COMMANDS:
         args_list = [args_list[0], *_normalise_go_flags(args_list[1:])]
     parser = argparse.ArgumentParser(prog="spiffe-bridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = args_list[0] if args_list and args_list[0] in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).add_parser(sub)
+            # every subcommand answers --version too (`run -version`, as spiffe-helper has it)
+            sub.choices[name].add_argument("--version", action="version", version=version_text())
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(args_list)
