@@ -51,6 +51,19 @@ def version_text() -> str:
     return f"spiffe-bridge {__version__} (Python {sys.version.split()[0]})"
 
 
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand has: --version (`run -version`, as spiffe-helper has it) and logging."""
+    from spiffe_bridge.logs import FORMATS, LEVELS
+
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LEVELS, default=None, help="log level (default info)"
+    )
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default=None, help="text, or one JSON object per line (default text)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv, import the chosen command's module and run it."""
     # gRPC's C core logs connection churn (e.g. GOAWAY on agent restart) at INFO to stderr;
@@ -66,14 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (module, help_text) in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).add_parser(sub)
-            # every subcommand answers --version too (`run -version`, as spiffe-helper has it)
-            sub.choices[name].add_argument("--version", action="version", version=version_text())
+            _add_common(sub.choices[name])
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "run":  # run reads its defaults from the config file first
+        from spiffe_bridge import logs
+
+        logs.setup(args.log_level or "info", args.log_format or "text")
     command = importlib.import_module(COMMANDS[args.command][0])
     result: int = command.run(args)
     return result

@@ -44,7 +44,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every check passed."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if getattr(args, "log_level", None) is None:  # the CLI set up logging; --verbose picks the level
+        logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
     return Demo(Path(args.dir).resolve()).run()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -143,16 +142,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="validate each upstream update before any client sees it (costs ~1 ms per update); "
         "by default clients get it at once and an update that fails validation is taken back",
     )
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         relay = AsyncRelay(
             args.upstream,

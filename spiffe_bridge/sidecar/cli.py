@@ -60,15 +60,18 @@ def add_parser(subparsers: Any) -> None:
 
 def _prepare(args: argparse.Namespace) -> tuple[Config, list[Any]] | int:
     """Load config, set up logging, build the plans; an exit code on configuration errors."""
-    from spiffe_bridge.sidecar import logs, metrics, plan
+    from spiffe_bridge import logs
+    from spiffe_bridge.sidecar import metrics, plan
 
+    level, fmt = getattr(args, "log_level", None), getattr(args, "log_format", None)
     try:
         config = load(args.config, daemon_mode=args.daemon_mode)
     except ConfigError as exc:
-        logs.setup()
+        logs.setup(level or "info", fmt or "text")
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
-    logs.setup(config.log_level, config.log_format)
+    # the command line overrides the file's log_level / log_format
+    logs.setup(level or config.log_level, fmt or config.log_format)
     for warning in config.warnings:
         log.warning("%s: %s", config.source, warning)
     try:
