@@ -13,6 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+DESCRIPTION = (
+    "SPIFFE identities for any workload or proxy: fetch SVIDs and bundles from a SPIRE agent "
+    "(the SPIFFE Workload API), write them in each consumer's format, keep them current and "
+    "reload the consumer (run), or re-serve the Workload API (relay)."
+)
+
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev-agent": (
@@ -72,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in COMMANDS:
         args_list = [args_list[0], *_normalise_go_flags(args_list[1:])]
-    parser = argparse.ArgumentParser(prog="spiffe-bridge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="spiffe-bridge", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = args_list[0] if args_list and args_list[0] in COMMANDS else None
@@ -91,7 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.setup(args.log_level or "info", args.log_format or "text")
     command = importlib.import_module(COMMANDS[args.command][0])
-    result: int = command.run(args)
+    try:
+        result: int = command.run(args)
+    except BrokenPipeError:  # `spiffe-bridge ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return result
 
 

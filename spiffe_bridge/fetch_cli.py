@@ -76,10 +76,21 @@ def add_x509_selection(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``fetch`` subcommand with its ``x509`` and ``jwt`` kinds."""
-    p = subparsers.add_parser("fetch", help="fetch X.509 or JWT material once and write/print it")
+    p = subparsers.add_parser(
+        "fetch",
+        help="fetch X.509 or JWT material once and write/print it",
+        description="Fetch identities from the Workload API once: print a summary, or write the files "
+        "in one format. Exit codes as run's one-shot mode: 0 ok, 2 usage, 3 agent unavailable, "
+        "4 no identity, 5 write error.",
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
 
-    x = kinds.add_parser("x509", help="fetch the X.509-SVID and bundles")
+    x = kinds.add_parser(
+        "x509",
+        help="fetch the X.509-SVID and bundles",
+        description="Fetch the X.509-SVID and the trust bundles; with --write, write them in --format "
+        "atomically. Key material is never printed.",
+    )
     add_common(x)
     add_x509_selection(x)
     x.add_argument("--format", choices=X509_FORMAT_NAMES, default="pem", help="file format (pem)")
@@ -91,7 +102,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--linkerd-workload-api-address", help="linkerd: socket the proxy uses (default: --address)"
     )
 
-    j = kinds.add_parser("jwt", help="fetch a JWT-SVID (and optionally the JWT bundles)")
+    j = kinds.add_parser(
+        "jwt",
+        help="fetch a JWT-SVID (and optionally the JWT bundles)",
+        description="Fetch a JWT-SVID for the audiences: the bare token on stdout (for $(...)), one JSON "
+        "object with --json, or the token file (and JWT bundles) with --write.",
+    )
     add_common(j)
     j.add_argument("--audience", action="append", required=True, help="audience (repeatable)")
     j.add_argument("--spiffe-id", help="mint for this SPIFFE ID (default: the first identity)")

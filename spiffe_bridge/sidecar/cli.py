@@ -36,7 +36,13 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run",
         help="sidecar: a drop-in for spiffe-helper",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=(
+            "Keep SVIDs and bundles in files for a consumer and reload it on every rotation. Reads "
+            "spiffe-helper's helper.conf unchanged (or TOML/JSON). After --, a program to run once the "
+            "files exist; it gets forwarded signals and renew_signal, and its exit code becomes ours. "
+            "Exit codes: 0 ok, 1 runtime failure, 2 configuration error; one-shot: 3 agent unavailable, "
+            "4 no identity issued, 5 files could not be written."
+        ),
     )
     parser.add_argument(
         "--config",
