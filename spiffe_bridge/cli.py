@@ -72,6 +72,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv, import the chosen command's module and run it."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `spiffe-bridge ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # gRPC's C core logs connection churn (e.g. GOAWAY on agent restart) at INFO to stderr;
     # the CLI reports those events itself, so keep the core quiet unless the user asks.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -97,12 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.setup(args.log_level or "info", args.log_format or "text")
     command = importlib.import_module(COMMANDS[args.command][0])
-    try:
-        result: int = command.run(args)
-    except BrokenPipeError:  # `spiffe-bridge ... | head`: the reader left; say nothing more
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    result: int = command.run(args)
     return result
 
 

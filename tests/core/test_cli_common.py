@@ -60,3 +60,22 @@ def test_log_level_flag_is_checked() -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "--log-level" in out.stderr
+
+
+def test_a_closed_pipe_exits_quietly() -> None:
+    """`spiffe-bridge ... | head`: no traceback when the reader has gone."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "spiffe_bridge", "--help"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert out.returncode == 0 and out.stderr == ""
