@@ -27,6 +27,7 @@ from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import (
     DATA_LINK,
+    MANIFEST,
     FileSetWriter,
     FileSpec,
     WriteError,
@@ -250,6 +251,66 @@ def test_non_file_planted_at_a_visible_name(scene: Scene, layout: str, kind: str
         writer.write(material(1))  # must not block on the FIFO either
     assert info.value.path == str(key)
     assert (scene.out / "svid.pem").read_bytes() == material(0)[0].data
+
+
+# -- attack run (issue #14): state planted in the output directory ------------------------------
+#
+# Whoever can write the output directory (a shared emptyDir) must not be able to make the writer,
+# usually root, delete, write or chmod anything outside it, nor stop it from writing.
+
+
+def _plant_escape(scene: Scene) -> Path:
+    """Links out of the output directory and a manifest naming files behind them."""
+    victim = scene.outside / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "secret.txt").write_bytes(b"secret")
+    (victim / "sub" / "f").write_bytes(b"f")
+    scene.out.mkdir(exist_ok=True)
+    os.symlink(victim, scene.out / "x")
+    (scene.out / "real").mkdir()
+    os.symlink(victim, scene.out / "real" / "y")
+    names = ["x/secret.txt", "x/sub/f", "x/sub", "real/y/secret.txt", "real/y/sub/f"]
+    (scene.out / MANIFEST).write_text(json.dumps(names))
+    return victim
+
+
+@pytest.mark.parametrize("action", ["write", "remove"])
+@pytest.mark.parametrize("when", ["before-first-write", "between-writes"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_planted_manifest_cannot_delete_outside(scene: Scene, layout: str, when: str, action: str) -> None:
+    """Issue #14 item 1: a manifest listing ``x/secret.txt`` plus ``x -> /victim`` used to unlink
+    ``/victim/secret.txt`` (and rmdir ``/victim/sub``) on the next write or remove()."""
+    writer = scene.writer(layout)
+    if when == "between-writes":
+        writer.write(material(0))
+    _plant_escape(scene)
+    before = tree(scene.outside)
+    if action == "write":
+        assert writer.write(material(1)).changed
+        assert_complete(scene.out, 1)
+    else:
+        writer.remove()
+        assert not os.path.lexists(scene.out / "svid_key.pem")
+    assert tree(scene.outside) == before
+    writer.remove()
+    assert tree(scene.outside) == before
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_planted_manifest_still_cannot_delete_outside_after_flat_files(scene: Scene, layout: str) -> None:
+    """The same through a real subdirectory the flat layout wrote (``federated/``) swapped for a link."""
+    victim = scene.outside / "victim"
+    victim.mkdir()
+    (victim / "partner.test.pem").write_bytes(b"not ours")
+    flat = FileSetWriter(scene.out, layout="flat")
+    flat.write([*material(0), FileSpec("federated/partner.test.pem", b"partner\n", 0o644)])
+    shutil.rmtree(scene.out / "federated")
+    os.symlink(victim, scene.out / "federated")
+    before = tree(scene.outside)
+    # The manifest is genuine here (flat: the last write; symlink: taking over a flat directory).
+    assert scene.writer(layout).write(material(1)).changed
+    assert_complete(scene.out, 1)
+    assert tree(scene.outside) == before
 
 
 # -- permission denied ------------------------------------------------------------------------
