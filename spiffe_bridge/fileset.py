@@ -18,9 +18,10 @@ Nothing is ever written through an existing name, and nothing read back from the
 directory is trusted to lead anywhere: every name is resolved one component at a time
 from the directory's fd with ``O_NOFOLLOW``, so a planted link (or manifest) cannot make
 the writer (usually root) write, chmod or delete outside it. A symlink or hard link
-planted at a target name is refused with :class:`WriteError`, and the previous set
-stays intact on every failure. One writer per directory (the sidecar's wiring
-guarantees it).
+planted at a visible name is replaced by the rename (which follows nothing), logged at
+WARNING and counted in :attr:`FileSetWriter.links_replaced`; a directory or special file
+there is refused with :class:`WriteError`. The previous set stays intact on every
+failure. One writer per directory (the sidecar's wiring guarantees it).
 """
 
 from __future__ import annotations
@@ -300,6 +301,8 @@ class FileSetWriter:
         self.keep_versions = keep_versions
         self._lock = threading.Lock()
         self._swept = False
+        #: Links planted at a visible name that a write replaced (see :meth:`_note_replaced`).
+        self.links_replaced = 0
         #: Names of this writer's last flat-layout set: removed later even if the manifest was replaced.
         self._flat_names: frozenset[str] = frozenset()
         #: Where the configured path led on first use (it may be a symlink then, by design).
@@ -390,30 +393,45 @@ class FileSetWriter:
     def _is_our_link(self, dfd: int, name: str) -> bool:
         return _readlink(dfd, name) == f"{DATA_LINK}/{name}"
 
-    def _check_target(self, dfd: int, name: str, allow_our_link: bool) -> None:
-        """Refuse planted symlinks, hard links and non-files at a visible name."""
-        st = _lstat(dfd, name)
-        if st is None:
+    def _check_target(self, dfd: int, name: str) -> None:
+        """Refuse a directory or special file at a visible name (links there get replaced)."""
+        try:
+            pfd, base = _open_parent(dfd, name)
+        except OSError:
+            return  # no parent yet (or not a directory): creating it reports the problem
+        try:
+            st = _lstat(pfd, base)
+        finally:
+            os.close(pfd)
+        if st is None or stat.S_ISLNK(st.st_mode):
             return
-        if stat.S_ISLNK(st.st_mode):
-            if allow_our_link and self._is_our_link(dfd, name):
-                return
-            raise WriteError(
-                self._path(name),
-                f"refusing to replace a symlink to {_readlink(dfd, name)!r} that spiffe-bridge did not "
-                "create (it could redirect key material); remove it",
-                errno.EEXIST,
-            )
         if stat.S_ISDIR(st.st_mode):
             raise WriteError(self._path(name), "a directory is in the way; remove it", errno.EISDIR)
         if not stat.S_ISREG(st.st_mode):
             raise WriteError(self._path(name), "not a regular file; remove it", errno.EEXIST)
+
+    def _planted(self, pfd: int, base: str, ours: str | None) -> str | None:
+        """What a rename is about to replace at ``base`` if we did not put it there, else None.
+
+        ``ours`` is the link target this writer itself creates at that name, if any.
+        """
+        st = _lstat(pfd, base)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            target = _readlink(pfd, base)
+            return None if target == ours else f"a symlink to {target!r}"
         if st.st_nlink > 1:
-            raise WriteError(
-                self._path(name),
-                f"refusing to replace a file with {st.st_nlink} hard links (planted link?); remove it",
-                errno.EMLINK,
-            )
+            return f"a file with {st.st_nlink} hard links"
+        return None
+
+    def _note_replaced(self, name: str, planted: str | None) -> None:
+        """Log and count a planted link the rename replaced (it was never followed)."""
+        if planted is None:
+            return
+        self.links_replaced += 1
+        path = self._path(name)
+        log.warning("replaced %s at %s that spiffe-bridge did not create; it was not followed", planted, path)
 
     # -- symlink layout -------------------------------------------------------------------
 
@@ -444,7 +462,7 @@ class FileSetWriter:
         current = self._current_version(dfd)
         tops = _tops(specs)
         for top in tops:
-            self._check_target(dfd, top, allow_our_link=True)
+            self._check_target(dfd, top)
         changed = [s for s in specs if current is None or not self._same_at(dfd, f"{current}/{s.name}", s)]
         same_set = current is not None and self._version_names(dfd, current) == {s.name for s in specs}
         links_ok = all(self._is_our_link(dfd, top) for top in tops)
@@ -548,6 +566,7 @@ class FileSetWriter:
         for top in tops:
             if self._is_our_link(dfd, top):
                 continue
+            planted = self._planted(dfd, top, f"{DATA_LINK}/{top}")
             tmp = f"..link_tmp.{secrets.token_hex(8)}"
             os.symlink(f"{DATA_LINK}/{top}", tmp, dir_fd=dfd)
             try:
@@ -555,6 +574,7 @@ class FileSetWriter:
             except OSError:
                 _unlink_quiet(dfd, tmp)
                 raise
+            self._note_replaced(top, planted)
             made.append(top)
         for entry in stale:
             _remove_under(dfd, entry)
@@ -627,7 +647,7 @@ class FileSetWriter:
                         else "expected a directory (symlinks are not followed); remove it"
                     )
                     raise WriteError(self._path(sub), hint, errno.ENOTDIR)
-            self._check_target(dfd, spec.name, allow_our_link="/" not in spec.name)
+            self._check_target(dfd, spec.name)
         names = {s.name for s in specs}
         previous = self._manifest(dfd)
         changed = [s for s in specs if not self._same_at(dfd, s.name, s)]
@@ -653,12 +673,15 @@ class FileSetWriter:
                     _unlink_quiet(pfd, tmp)
                 raise _oserror(path, exc, "previous files unchanged: ") from None
             for i, (pfd, tmp, base, path) in enumerate(staged):
+                rel = os.path.relpath(path, self.directory)
+                planted = self._planted(pfd, base, None if "/" in rel else f"{DATA_LINK}/{rel}")
                 try:
                     os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
                 except OSError as exc:
                     for pfd2, tmp2, _, _ in staged[i:]:
                         _unlink_quiet(pfd2, tmp2)
                     raise _oserror(path, exc, "set partly replaced: ") from None
+                self._note_replaced(rel, planted)
             synced: set[tuple[int, int]] = set()
             for pfd, _, _, _ in staged:  # once per directory; the top one is synced below
                 st = os.fstat(pfd)
