@@ -634,20 +634,42 @@ class FileSetWriter:
             out.append(name)
         return out
 
-    def _write_flat(self, dfd: int, specs: list[FileSpec]) -> WriteResult:
+    def _check_flat_targets(self, dfd: int, specs: list[FileSpec]) -> list[str]:
+        """Refuse what a flat write cannot replace; return planted symlinks where a directory belongs."""
+        dir_links: list[str] = []
         for spec in specs:
             *parents, _ = spec.name.split("/")
             for i in range(len(parents)):
                 sub = "/".join(parents[: i + 1])
-                st = _lstat(dfd, sub)
-                if st is not None and not stat.S_ISDIR(st.st_mode):
-                    hint = (
-                        "left by the symlink layout; remove() the set before switching to flat"
-                        if i == 0 and self._is_our_link(dfd, sub)
-                        else "expected a directory (symlinks are not followed); remove it"
-                    )
+                st = _lstat(dfd, sub)  # the parts before ``sub`` are real directories
+                if st is None or stat.S_ISDIR(st.st_mode):
+                    continue
+                if i == 0 and self._is_our_link(dfd, sub):
+                    hint = "left by the symlink layout; remove() the set before switching to flat"
                     raise WriteError(self._path(sub), hint, errno.ENOTDIR)
-            self._check_target(dfd, spec.name)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise WriteError(self._path(sub), "expected a directory; remove it", errno.ENOTDIR)
+                if sub not in dir_links:
+                    dir_links.append(sub)
+                break
+            else:
+                self._check_target(dfd, spec.name)
+        return dir_links
+
+    def _unplant(self, dfd: int, name: str) -> None:
+        """Unlink the planted symlink ``name`` (never following it) so a directory can take its place."""
+        pfd, base = _open_parent(dfd, name)
+        try:
+            st = _lstat(pfd, base)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                planted = self._planted(pfd, base, None)
+                os.unlink(base, dir_fd=pfd)
+                self._note_replaced(name, planted)
+        finally:
+            os.close(pfd)
+
+    def _write_flat(self, dfd: int, specs: list[FileSpec]) -> WriteResult:
+        dir_links = self._check_flat_targets(dfd, specs)
         names = {s.name for s in specs}
         previous = self._manifest(dfd)
         changed = [s for s in specs if not self._same_at(dfd, s.name, s)]
@@ -661,6 +683,8 @@ class FileSetWriter:
         staged: list[tuple[int, str, str, str]] = []  # (parent fd, temp, final base, visible path)
         try:
             try:
+                for sub in dir_links:  # the files below them are all in ``changed``
+                    self._unplant(dfd, sub)
                 for spec in changed:
                     *parents, base = spec.name.split("/")
                     pfd = _open_subdir(dfd, parents, create=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,15 +193,32 @@ def test_flat_layout_replaces_a_planted_symlink(tmp_path: Path, name: str) -> No
     assert writer.links_replaced == 1
 
 
-def test_flat_layout_refuses_a_symlinked_subdirectory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["before-first-write", "between-writes"])
+def test_flat_layout_replaces_a_symlinked_subdirectory(tmp_path: Path, when: str) -> None:
+    """Never written through; replaced by a real directory (refusing it was a permanent outage)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"
     out.mkdir()
+    writer = FileSetWriter(out, layout="flat")
+    if when == "between-writes":
+        writer.write(creds(1, extra=True))
+        shutil.rmtree(out / "federated")
     os.symlink(elsewhere, out / "federated")
-    with pytest.raises(WriteError, match="directory"):
-        FileSetWriter(out, layout="flat").write(creds(1, extra=True))
+    assert writer.write(creds(2, extra=True)).changed
     assert list(elsewhere.iterdir()) == []
+    assert not (out / "federated").is_symlink() and (out / "federated").is_dir()
+    assert (out / "federated" / "partner.test.pem").read_bytes() == b"partner\n"
+    assert writer.links_replaced == 1
+    assert not writer.write(creds(2, extra=True)).changed
+
+
+def test_flat_layout_refuses_a_file_where_a_directory_belongs(tmp_path: Path) -> None:
+    (tmp_path / "federated").write_bytes(b"someone's file")
+    with pytest.raises(WriteError, match="expected a directory") as info:
+        FileSetWriter(tmp_path, layout="flat").write(creds(1, extra=True))
+    assert info.value.path == str(tmp_path / "federated")
+    assert (tmp_path / "federated").read_bytes() == b"someone's file"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
