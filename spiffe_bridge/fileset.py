@@ -14,9 +14,15 @@ visible by ``rename(2)``; the directory is fsynced afterwards. Two layouts:
   consumers that refuse symlinks. Files are switched one after another, so a
   reader may briefly see a new certificate with the old key.
 
-Nothing is ever written through an existing name: a symlink or hard link planted at
-a target name is refused with :class:`WriteError`, and the previous set stays intact
-on every failure. One writer per directory (the sidecar's wiring guarantees it).
+Nothing is ever written through an existing name, and nothing read back from the
+directory is trusted to lead anywhere: every name is resolved one component at a time
+from the directory's fd with ``O_NOFOLLOW``, so a planted link (or manifest) cannot make
+the writer (usually root) write, chmod or delete outside it. A symlink or hard link
+planted at a visible name (or a symlink where a flat-layout subdirectory belongs) is
+replaced, never followed, logged at WARNING and counted in
+:attr:`FileSetWriter.links_replaced`; a directory or special file there is refused with
+:class:`WriteError`. The previous set stays intact on every failure. One writer per
+directory (the sidecar's wiring guarantees it).
 """
 
 from __future__ import annotations
@@ -216,6 +222,43 @@ def _open_subdir(dir_fd: int, parts: Sequence[str], create: bool) -> int:
     return fd
 
 
+def _open_parent(dir_fd: int, name: str) -> tuple[int, str]:
+    """The directory holding relative ``name`` (opened without following a link) and its last part."""
+    *parents, base = name.split("/")
+    return _open_subdir(dir_fd, parents, create=False), base
+
+
+def _remove_under(dir_fd: int, name: str) -> None:
+    """Unlink the file or link ``name`` below ``dir_fd``, then rmdir the parents it left empty.
+
+    Every parent is opened with ``O_NOFOLLOW`` and every unlink/rmdir names a single
+    component in its parent's fd, so a link anywhere on the way (``x -> /victim`` for
+    ``x/secret.txt``) ends the removal instead of reaching outside ``dir_fd``.
+    """
+    *parents, base = name.split("/")
+    fds = [os.dup(dir_fd)]
+    try:
+        for part in parents:
+            try:
+                fds.append(os.open(part, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fds[-1]))
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                    return  # gone, or a link / non-directory: nothing of ours is behind it
+                raise
+        st = _lstat(fds[-1], base)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            return
+        os.unlink(base, dir_fd=fds[-1])
+        for depth in range(len(parents), 0, -1):
+            try:
+                os.rmdir(parents[depth - 1], dir_fd=fds[depth - 1])
+            except OSError:
+                break
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _fsync_dir(fd: int) -> None:
     try:
         os.fsync(fd)
@@ -259,6 +302,10 @@ class FileSetWriter:
         self.keep_versions = keep_versions
         self._lock = threading.Lock()
         self._swept = False
+        #: Links planted at a visible name that a write replaced (see :meth:`_note_replaced`).
+        self.links_replaced = 0
+        #: Names of this writer's last flat-layout set: removed later even if the manifest was replaced.
+        self._flat_names: frozenset[str] = frozenset()
         #: Where the configured path led on first use (it may be a symlink then, by design).
         self._resolved: str | None = None
 
@@ -347,30 +394,45 @@ class FileSetWriter:
     def _is_our_link(self, dfd: int, name: str) -> bool:
         return _readlink(dfd, name) == f"{DATA_LINK}/{name}"
 
-    def _check_target(self, dfd: int, name: str, allow_our_link: bool) -> None:
-        """Refuse planted symlinks, hard links and non-files at a visible name."""
-        st = _lstat(dfd, name)
-        if st is None:
+    def _check_target(self, dfd: int, name: str) -> None:
+        """Refuse a directory or special file at a visible name (links there get replaced)."""
+        try:
+            pfd, base = _open_parent(dfd, name)
+        except OSError:
+            return  # no parent yet (or not a directory): creating it reports the problem
+        try:
+            st = _lstat(pfd, base)
+        finally:
+            os.close(pfd)
+        if st is None or stat.S_ISLNK(st.st_mode):
             return
-        if stat.S_ISLNK(st.st_mode):
-            if allow_our_link and self._is_our_link(dfd, name):
-                return
-            raise WriteError(
-                self._path(name),
-                f"refusing to replace a symlink to {_readlink(dfd, name)!r} that spiffe-bridge did not "
-                "create (it could redirect key material); remove it",
-                errno.EEXIST,
-            )
         if stat.S_ISDIR(st.st_mode):
             raise WriteError(self._path(name), "a directory is in the way; remove it", errno.EISDIR)
         if not stat.S_ISREG(st.st_mode):
             raise WriteError(self._path(name), "not a regular file; remove it", errno.EEXIST)
+
+    def _planted(self, pfd: int, base: str, ours: str | None) -> str | None:
+        """What a rename is about to replace at ``base`` if we did not put it there, else None.
+
+        ``ours`` is the link target this writer itself creates at that name, if any.
+        """
+        st = _lstat(pfd, base)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            target = _readlink(pfd, base)
+            return None if target == ours else f"a symlink to {target!r}"
         if st.st_nlink > 1:
-            raise WriteError(
-                self._path(name),
-                f"refusing to replace a file with {st.st_nlink} hard links (planted link?); remove it",
-                errno.EMLINK,
-            )
+            return f"a file with {st.st_nlink} hard links"
+        return None
+
+    def _note_replaced(self, name: str, planted: str | None) -> None:
+        """Log and count a planted link the rename replaced (it was never followed)."""
+        if planted is None:
+            return
+        self.links_replaced += 1
+        path = self._path(name)
+        log.warning("replaced %s at %s that spiffe-bridge did not create; it was not followed", planted, path)
 
     # -- symlink layout -------------------------------------------------------------------
 
@@ -391,10 +453,9 @@ class FileSetWriter:
         return target if vst is not None and stat.S_ISDIR(vst.st_mode) else None
 
     def _version_names(self, dfd: int, version: str) -> set[str]:
-        root = self._path(version)
         names: set[str] = set()
-        for dirpath, _dirs, files in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
+        for dirpath, _dirs, files, _fd in os.fwalk(version, dir_fd=dfd):  # never follows a link
+            rel = os.path.relpath(dirpath, version)
             names.update(f if rel == "." else f"{rel}/{f}" for f in files)
         return names
 
@@ -402,15 +463,15 @@ class FileSetWriter:
         current = self._current_version(dfd)
         tops = _tops(specs)
         for top in tops:
-            self._check_target(dfd, top, allow_our_link=True)
-        changed = [s for s in specs if current is None or not self._same_in(dfd, current, s)]
+            self._check_target(dfd, top)
+        changed = [s for s in specs if current is None or not self._same_at(dfd, f"{current}/{s.name}", s)]
         same_set = current is not None and self._version_names(dfd, current) == {s.name for s in specs}
         links_ok = all(self._is_our_link(dfd, top) for top in tops)
         stale = self._stale_entries(dfd, tops)
         if not changed and same_set and links_ok and not stale:
             return WriteResult(False, ())
         if not changed and same_set:
-            repaired = self._link_and_clean(dfd, tops)
+            repaired = self._link_and_clean(dfd, tops, stale)
             return WriteResult(True, tuple(self._path(t) for t in repaired))
         new = self._make_version(dfd, specs)
         try:
@@ -419,16 +480,16 @@ class FileSetWriter:
             shutil.rmtree(new, dir_fd=dfd, ignore_errors=True)
             raise _oserror(self._path(DATA_LINK), exc, "switching to the new version: ") from None
         try:
-            self._link_and_clean(dfd, tops)
+            self._link_and_clean(dfd, tops, stale)
         except OSError as exc:
             raise _oserror(str(self.directory), exc, "creating visible links: ") from None
         self._prune(dfd, keep={new} | ({current} if current and self.keep_versions > 1 else set()))
         return WriteResult(True, tuple(self._path(s.name) for s in changed))
 
-    def _same_in(self, dfd: int, version: str, spec: FileSpec) -> bool:
-        parent, _, base = f"{version}/{spec.name}".rpartition("/")
+    def _same_at(self, dfd: int, name: str, spec: FileSpec) -> bool:
+        """``_same_file`` for a relative ``name``, never following a link on the way."""
         try:
-            pfd = _open_subdir(dfd, parent.split("/"), create=False)
+            pfd, base = _open_parent(dfd, name)
         except OSError:
             return False
         try:
@@ -437,7 +498,10 @@ class FileSetWriter:
             os.close(pfd)
 
     def _stale_entries(self, dfd: int, tops: list[str]) -> list[str]:
-        """Our links not in the new set, plus files listed by an earlier flat-layout write."""
+        """Our links not in the new set, plus files listed by an earlier flat-layout write.
+
+        Computed before the swap: once ``..data`` exists the manifest is no longer read.
+        """
         keep = set(tops)
         links = [e for e in os.listdir(dfd) if e not in keep and self._is_our_link(dfd, e)]
         return (
@@ -497,13 +561,13 @@ class FileSetWriter:
             raise
         _fsync_dir(dfd)
 
-    def _link_and_clean(self, dfd: int, tops: list[str]) -> list[str]:
-        """Point every visible name at ``..data``; drop links and flat files no longer in the set."""
-        stale = self._stale_entries(dfd, tops)
+    def _link_and_clean(self, dfd: int, tops: list[str], stale: list[str]) -> list[str]:
+        """Point every visible name at ``..data``; drop the ``stale`` links and flat files."""
         made = []
         for top in tops:
             if self._is_our_link(dfd, top):
                 continue
+            planted = self._planted(dfd, top, f"{DATA_LINK}/{top}")
             tmp = f"..link_tmp.{secrets.token_hex(8)}"
             os.symlink(f"{DATA_LINK}/{top}", tmp, dir_fd=dfd)
             try:
@@ -511,9 +575,10 @@ class FileSetWriter:
             except OSError:
                 _unlink_quiet(dfd, tmp)
                 raise
+            self._note_replaced(top, planted)
             made.append(top)
         for entry in stale:
-            self._remove_entry(dfd, entry)
+            _remove_under(dfd, entry)
         if made or stale:  # otherwise nothing changed here since the swap's own fsync
             _fsync_dir(dfd)
         return made
@@ -546,6 +611,12 @@ class FileSetWriter:
     # -- flat layout ----------------------------------------------------------------------
 
     def _manifest(self, dfd: int) -> list[str]:
+        """Names an earlier flat-layout write left here; none while a symlink-layout set is in place.
+
+        The file may be planted: its names are only ever removed with :func:`_remove_under`.
+        """
+        if _lstat(dfd, DATA_LINK) is not None:
+            return []
         try:
             fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
         except OSError:
@@ -564,32 +635,57 @@ class FileSetWriter:
             out.append(name)
         return out
 
-    def _write_flat(self, dfd: int, specs: list[FileSpec]) -> WriteResult:
+    def _check_flat_targets(self, dfd: int, specs: list[FileSpec]) -> list[str]:
+        """Refuse what a flat write cannot replace; return planted symlinks where a directory belongs."""
+        dir_links: list[str] = []
         for spec in specs:
             *parents, _ = spec.name.split("/")
             for i in range(len(parents)):
                 sub = "/".join(parents[: i + 1])
-                st = _lstat(dfd, sub)
-                if st is not None and not stat.S_ISDIR(st.st_mode):
-                    hint = (
-                        "left by the symlink layout; remove() the set before switching to flat"
-                        if i == 0 and self._is_our_link(dfd, sub)
-                        else "expected a directory (symlinks are not followed); remove it"
-                    )
+                st = _lstat(dfd, sub)  # the parts before ``sub`` are real directories
+                if st is None or stat.S_ISDIR(st.st_mode):
+                    continue
+                if i == 0 and self._is_our_link(dfd, sub):
+                    hint = "left by the symlink layout; remove() the set before switching to flat"
                     raise WriteError(self._path(sub), hint, errno.ENOTDIR)
-            self._check_target(dfd, spec.name, allow_our_link="/" not in spec.name)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise WriteError(self._path(sub), "expected a directory; remove it", errno.ENOTDIR)
+                if sub not in dir_links:
+                    dir_links.append(sub)
+                break
+            else:
+                self._check_target(dfd, spec.name)
+        return dir_links
+
+    def _unplant(self, dfd: int, name: str) -> None:
+        """Unlink the planted symlink ``name`` (never following it) so a directory can take its place."""
+        pfd, base = _open_parent(dfd, name)
+        try:
+            st = _lstat(pfd, base)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                planted = self._planted(pfd, base, None)
+                os.unlink(base, dir_fd=pfd)
+                self._note_replaced(name, planted)
+        finally:
+            os.close(pfd)
+
+    def _write_flat(self, dfd: int, specs: list[FileSpec]) -> WriteResult:
+        dir_links = self._check_flat_targets(dfd, specs)
         names = {s.name for s in specs}
         previous = self._manifest(dfd)
-        changed = [s for s in specs if not _same_file(dfd, s.name, s, self.uid, self.gid)]
-        stale = [n for n in previous if n not in names]
+        changed = [s for s in specs if not self._same_at(dfd, s.name, s)]
+        stale = sorted((set(previous) | self._flat_names) - names)
         leftovers = _lstat(dfd, DATA_LINK) is not None
         if not changed and not stale and not leftovers:
             if sorted(previous) != sorted(names):
                 self._store_manifest(dfd, names)
+            self._flat_names = frozenset(names)
             return WriteResult(False, ())
         staged: list[tuple[int, str, str, str]] = []  # (parent fd, temp, final base, visible path)
         try:
             try:
+                for sub in dir_links:  # the files below them are all in ``changed``
+                    self._unplant(dfd, sub)
                 for spec in changed:
                     *parents, base = spec.name.split("/")
                     pfd = _open_subdir(dfd, parents, create=True)
@@ -602,12 +698,15 @@ class FileSetWriter:
                     _unlink_quiet(pfd, tmp)
                 raise _oserror(path, exc, "previous files unchanged: ") from None
             for i, (pfd, tmp, base, path) in enumerate(staged):
+                rel = os.path.relpath(path, self.directory)
+                planted = self._planted(pfd, base, None if "/" in rel else f"{DATA_LINK}/{rel}")
                 try:
                     os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
                 except OSError as exc:
                     for pfd2, tmp2, _, _ in staged[i:]:
                         _unlink_quiet(pfd2, tmp2)
                     raise _oserror(path, exc, "set partly replaced: ") from None
+                self._note_replaced(rel, planted)
             synced: set[tuple[int, int]] = set()
             for pfd, _, _, _ in staged:  # once per directory; the top one is synced below
                 st = os.fstat(pfd)
@@ -619,7 +718,7 @@ class FileSetWriter:
                 os.close(pfd)
         try:
             for name in stale:
-                self._remove_entry(dfd, name)
+                _remove_under(dfd, name)
             self._write_manifest(dfd, sorted(names))
             if leftovers:  # switching from the symlink layout
                 self._remove_links(dfd, keep=set())
@@ -628,6 +727,7 @@ class FileSetWriter:
             _fsync_dir(dfd)
         except OSError as exc:
             raise _oserror(self._path(MANIFEST), exc) from None
+        self._flat_names = frozenset(names)
         return WriteResult(True, tuple(path for _, _, _, path in staged))
 
     def _store_manifest(self, dfd: int, names: set[str]) -> None:
@@ -646,25 +746,12 @@ class FileSetWriter:
         os.rename(tmp, MANIFEST, src_dir_fd=dfd, dst_dir_fd=dfd)
 
     def _remove_flat_files(self, dfd: int, keep: set[str]) -> None:
-        for name in self._manifest(dfd):
+        for name in sorted(set(self._manifest(dfd)) | self._flat_names):
             if name not in keep:
-                self._remove_entry(dfd, name)
+                _remove_under(dfd, name)
+        self._flat_names = frozenset()
         if _lstat(dfd, MANIFEST) is not None:
             os.unlink(MANIFEST, dir_fd=dfd)
-
-    def _remove_entry(self, dfd: int, name: str) -> None:
-        """Unlink a file or link (never following it); drop parent directories left empty."""
-        st = _lstat(dfd, name)
-        if st is None or stat.S_ISDIR(st.st_mode):
-            return
-        os.unlink(name, dir_fd=dfd)
-        parts = name.split("/")[:-1]
-        while parts:
-            try:
-                os.rmdir("/".join(parts), dir_fd=dfd)
-            except OSError:
-                break
-            parts.pop()
 
 
 def current_version_dir(directory: str | os.PathLike[str]) -> Path | None:

@@ -34,8 +34,13 @@ def require_prometheus() -> None:
         ) from None
 
 
-def renderer(status: SidecarStatus) -> Callable[[], tuple[bytes, str]]:
-    """A function returning (body, content type) of the metrics page for ``status``."""
+def renderer(
+    status: SidecarStatus, links_replaced: Callable[[], int] = lambda: 0
+) -> Callable[[], tuple[bytes, str]]:
+    """A function returning (body, content type) of the metrics page for ``status``.
+
+    ``links_replaced`` reads the writers' count of planted links they replaced.
+    """
     require_prometheus()
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,6 +76,11 @@ def renderer(status: SidecarStatus) -> Callable[[], tuple[bytes, str]]:
                 "spiffe_bridge_write_failures",
                 "Failed writes of the output files",
                 value=snap["write_failures"],
+            )
+            yield CounterMetricFamily(
+                "spiffe_bridge_links_replaced",
+                "Links planted at an output file name that a write replaced (never followed)",
+                value=links_replaced(),
             )
             yield CounterMetricFamily("spiffe_bridge_reloads", "Reload actions run", value=snap["reloads"])
             yield CounterMetricFamily(

@@ -101,7 +101,7 @@ class Daemon:
         if config.metrics.enabled:
             from spiffe_bridge.sidecar.metrics import renderer
 
-            self.metrics = renderer(self.status)
+            self.metrics = renderer(self.status, lambda: sum(w.links_replaced for _, w in self.writers))
         self.stop_event = threading.Event()
         self.ctx: X509Context | None = None
         self.bundles: JwtBundleSet | None = None

@@ -13,20 +13,26 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from reliability_support import pem_set_problems, pem_specs, svid_pb
+from sidecar_support import PEM_FILES, running, sidecar_config
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
+from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.fileset import (
     DATA_LINK,
+    MANIFEST,
     FileSetWriter,
     FileSpec,
     WriteError,
@@ -34,6 +40,9 @@ from spiffe_bridge.fileset import (
     read_current,
 )
 from spiffe_bridge.model import X509Context, context_from_message
+from spiffe_bridge.sidecar import plan
+from spiffe_bridge.sidecar.exitcodes import EXIT_OK
+from spiffe_bridge.sidecar.oneshot import OneShot
 
 LAYOUTS = ("symlink", "flat")
 NAMES = ("svid.pem", "svid_key.pem", "svid_bundle.pem")
@@ -147,9 +156,9 @@ def test_output_directory_swapped_for_one_with_planted_links(scene: Scene, layou
     scene.out.mkdir()
     os.symlink(scene.target, scene.out / "svid_key.pem")
     before = scene.snapshot()
-    with pytest.raises(WriteError, match="symlink") as info:
-        writer.write(material(1))
-    assert info.value.path == str(scene.out / "svid_key.pem")
+    assert writer.write(material(1)).changed  # the link is replaced, never written through
+    assert_complete(scene.out, 1)
+    assert writer.links_replaced == 1
     assert scene.snapshot() == before
     assert scene.target.read_bytes() == b"do not overwrite"
 
@@ -250,6 +259,149 @@ def test_non_file_planted_at_a_visible_name(scene: Scene, layout: str, kind: str
         writer.write(material(1))  # must not block on the FIFO either
     assert info.value.path == str(key)
     assert (scene.out / "svid.pem").read_bytes() == material(0)[0].data
+
+
+# -- attack run (issue #14): state planted in the output directory ------------------------------
+#
+# Whoever can write the output directory (a shared emptyDir) must not be able to make the writer,
+# usually root, delete, write or chmod anything outside it, nor stop it from writing.
+
+
+def _plant_escape(scene: Scene) -> Path:
+    """Links out of the output directory and a manifest naming files behind them."""
+    victim = scene.outside / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "secret.txt").write_bytes(b"secret")
+    (victim / "sub" / "f").write_bytes(b"f")
+    scene.out.mkdir(exist_ok=True)
+    os.symlink(victim, scene.out / "x")
+    (scene.out / "real").mkdir()
+    os.symlink(victim, scene.out / "real" / "y")
+    names = ["x/secret.txt", "x/sub/f", "x/sub", "real/y/secret.txt", "real/y/sub/f"]
+    (scene.out / MANIFEST).write_text(json.dumps(names))
+    return victim
+
+
+@pytest.mark.parametrize("action", ["write", "remove"])
+@pytest.mark.parametrize("when", ["before-first-write", "between-writes"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_planted_manifest_cannot_delete_outside(scene: Scene, layout: str, when: str, action: str) -> None:
+    """Issue #14 item 1: a manifest listing ``x/secret.txt`` plus ``x -> /victim`` used to unlink
+    ``/victim/secret.txt`` (and rmdir ``/victim/sub``) on the next write or remove()."""
+    writer = scene.writer(layout)
+    if when == "between-writes":
+        writer.write(material(0))
+    _plant_escape(scene)
+    before = tree(scene.outside)
+    if action == "write":
+        assert writer.write(material(1)).changed
+        assert_complete(scene.out, 1)
+    else:
+        writer.remove()
+        assert not os.path.lexists(scene.out / "svid_key.pem")
+    assert tree(scene.outside) == before
+    writer.remove()
+    assert tree(scene.outside) == before
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_planted_manifest_still_cannot_delete_outside_after_flat_files(scene: Scene, layout: str) -> None:
+    """The same through a real subdirectory the flat layout wrote (``federated/``) swapped for a link."""
+    victim = scene.outside / "victim"
+    victim.mkdir()
+    (victim / "partner.test.pem").write_bytes(b"not ours")
+    flat = FileSetWriter(scene.out, layout="flat")
+    flat.write([*material(0), FileSpec("federated/partner.test.pem", b"partner\n", 0o644)])
+    shutil.rmtree(scene.out / "federated")
+    os.symlink(victim, scene.out / "federated")
+    before = tree(scene.outside)
+    # The manifest is genuine here (flat: the last write; symlink: taking over a flat directory).
+    assert scene.writer(layout).write(material(1)).changed
+    assert_complete(scene.out, 1)
+    assert tree(scene.outside) == before
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["new-material", "same-material"])
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_link_planted_at_a_visible_name_is_replaced(
+    scene: Scene, layout: str, name: str, kind: str, same: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #14 item 5: a planted link used to be refused on every write (a permanent outage).
+    rename(2) over it replaces the link and follows nothing: replace it, warn, count it."""
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    path = scene.out / name
+    os.unlink(path)
+    if kind == "symlink":
+        os.symlink(scene.target, path)
+    else:
+        os.link(scene.target, path)
+    before = tree(scene.outside)
+    n = 0 if same else 1
+    with caplog.at_level(logging.WARNING, logger="spiffe_bridge.fileset"):
+        assert writer.write(material(n)).changed
+    assert_complete(scene.out, n)
+    assert tree(scene.outside) == before
+    assert scene.target.read_bytes() == b"do not overwrite"
+    assert stat.S_IMODE(scene.target.stat().st_mode) == 0o644
+    assert writer.links_replaced == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert str(path) in warnings[0]
+    assert (str(scene.target) if kind == "symlink" else "2 hard links") in warnings[0]
+    assert not writer.write(material(n)).changed, "the replaced link must not come back"
+    assert writer.links_replaced == 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_link_planted_under_the_daemon_is_replaced_and_counted(
+    dev_agent: DevAgent, tmp_path: Path, layout: str
+) -> None:
+    """Item 5 end to end: the daemon used to fail every write after this (retrying forever)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    certs = tmp_path / "certs"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not overwrite")
+    text = (
+        PEM_FILES.format(dir=certs)
+        + f'reload_command = ["/bin/true"]\nlayout = "{layout}"\n'
+        + f"health_checks {{\n bind_port = {port}\n}}\nmetrics {{ enabled = true }}\n"
+    )
+    with running(sidecar_config(dev_agent, text)) as (daemon, published):
+        published.wait(lambda: daemon.status.snapshot()["reloads"] == 1, "first write")
+        os.unlink(certs / "svid_key.pem")
+        os.symlink(victim, certs / "svid_key.pem")
+        serial = dev_agent.rotate()[0].serial_number
+        published.wait(lambda: daemon.status.snapshot()["reloads"] == 2, "the rotation written")
+        got = read_set(certs)
+        assert pem_set_problems(got["svid.pem"], got["svid_key.pem"], got["svid_bundle.pem"]) == []
+        assert x509.load_pem_x509_certificate(got["svid.pem"]).serial_number == serial
+        assert victim.read_bytes() == b"do not overwrite"
+        assert daemon.status.write_failures == 0 and daemon.status.ready()
+        assert daemon.metrics is not None
+        assert "spiffe_bridge_links_replaced_total 1.0" in daemon.metrics()[0].decode()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_link_planted_before_a_one_shot_run_is_replaced(
+    dev_agent: DevAgent, tmp_path: Path, layout: str
+) -> None:
+    """Item 5 for one-shot mode, which used to exit 5 ("remove it") on every run."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not overwrite")
+    os.symlink(victim, certs / "svid.pem")
+    config = sidecar_config(dev_agent, PEM_FILES.format(dir=certs) + f'layout = "{layout}"\n')
+    plans, _ = plan.build(config, {})
+    assert OneShot(config, plans).run() == EXIT_OK
+    got = read_set(certs)
+    assert pem_set_problems(got["svid.pem"], got["svid_key.pem"], got["svid_bundle.pem"]) == []
+    assert victim.read_bytes() == b"do not overwrite"
 
 
 # -- permission denied ------------------------------------------------------------------------

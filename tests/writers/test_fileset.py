@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,62 +154,87 @@ def test_owner_is_set_before_files_become_visible(tmp_path: Path, layout: str) -
     assert writer.write(creds(1)).changed is False
 
 
-def test_symlink_layout_refuses_a_planted_symlink(tmp_path: Path) -> None:
+def test_symlink_layout_replaces_a_planted_symlink(tmp_path: Path) -> None:
+    """Replaced by rename (never written through); refusing it was a permanent outage (#14)."""
     out = tmp_path / "out"
     writer = FileSetWriter(out)
     writer.write(creds(1))
     version = current_version_dir(out)
     victim = tmp_path / "victim"
     victim.write_bytes(b"do not touch")
+    os.chmod(victim, 0o644)
     os.unlink(out / "svid_key.pem")
     os.symlink(victim, out / "svid_key.pem")
-    with pytest.raises(WriteError) as info:
-        writer.write(creds(2))
-    assert info.value.path == str(out / "svid_key.pem")
-    assert "symlink" in info.value.reason
-    assert victim.read_bytes() == b"do not touch"
-    assert current_version_dir(out) == version
-    assert (out / "svid.pem").read_bytes() == b"cert 1\n"
+    assert writer.write(creds(2)).changed
+    assert victim.read_bytes() == b"do not touch" and mode_of(victim) == 0o644
+    assert current_version_dir(out) != version
+    assert os.readlink(out / "svid_key.pem") == f"{DATA_LINK}/svid_key.pem"
+    assert (out / "svid_key.pem").read_bytes() == b"key 2\n" and mode_of(out / "svid_key.pem") == 0o600
+    assert (out / "svid.pem").read_bytes() == b"cert 2\n"
+    assert writer.links_replaced == 1
 
 
-def test_flat_layout_refuses_a_planted_symlink(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["svid_key.pem", "federated/partner.test.pem"])
+def test_flat_layout_replaces_a_planted_symlink(tmp_path: Path, name: str) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"do not touch")
+    os.chmod(victim, 0o644)
     out = tmp_path / "out"
     writer = FileSetWriter(out, layout="flat")
-    writer.write(creds(1))
-    os.unlink(out / "svid_key.pem")
-    os.symlink(victim, out / "svid_key.pem")
-    with pytest.raises(WriteError, match="symlink"):
-        writer.write(creds(2))
-    assert victim.read_bytes() == b"do not touch"
-    assert (out / "svid.pem").read_bytes() == b"cert 1\n"  # nothing of the new set was applied
+    writer.write(creds(1, extra=True))
+    os.unlink(out / name)
+    os.symlink(victim, out / name)
+    assert writer.write(creds(2, extra=True)).changed
+    assert victim.read_bytes() == b"do not touch" and mode_of(victim) == 0o644
+    for f in creds(2, extra=True):
+        path = out / f.name
+        assert not path.is_symlink() and path.read_bytes() == f.data and mode_of(path) == f.mode
     assert not [e for e in os.listdir(out) if e.endswith(".tmp")]
+    assert writer.links_replaced == 1
 
 
-def test_flat_layout_refuses_a_symlinked_subdirectory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["before-first-write", "between-writes"])
+def test_flat_layout_replaces_a_symlinked_subdirectory(tmp_path: Path, when: str) -> None:
+    """Never written through; replaced by a real directory (refusing it was a permanent outage)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"
     out.mkdir()
+    writer = FileSetWriter(out, layout="flat")
+    if when == "between-writes":
+        writer.write(creds(1, extra=True))
+        shutil.rmtree(out / "federated")
     os.symlink(elsewhere, out / "federated")
-    with pytest.raises(WriteError, match="directory"):
-        FileSetWriter(out, layout="flat").write(creds(1, extra=True))
+    assert writer.write(creds(2, extra=True)).changed
     assert list(elsewhere.iterdir()) == []
+    assert not (out / "federated").is_symlink() and (out / "federated").is_dir()
+    assert (out / "federated" / "partner.test.pem").read_bytes() == b"partner\n"
+    assert writer.links_replaced == 1
+    assert not writer.write(creds(2, extra=True)).changed
+
+
+def test_flat_layout_refuses_a_file_where_a_directory_belongs(tmp_path: Path) -> None:
+    (tmp_path / "federated").write_bytes(b"someone's file")
+    with pytest.raises(WriteError, match="expected a directory") as info:
+        FileSetWriter(tmp_path, layout="flat").write(creds(1, extra=True))
+    assert info.value.path == str(tmp_path / "federated")
+    assert (tmp_path / "federated").read_bytes() == b"someone's file"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_planted_hard_link_is_refused_and_left_alone(tmp_path: Path, layout: str) -> None:
+def test_planted_hard_link_is_replaced_and_left_alone(tmp_path: Path, layout: str) -> None:
     out = tmp_path / "out"
     out.mkdir()
     other = tmp_path / "other-file"
     other.write_bytes(b"someone else's data")
+    os.chmod(other, 0o644)
     os.link(other, out / "svid_key.pem")
-    with pytest.raises(WriteError) as info:
-        FileSetWriter(out, layout=layout).write(creds(1))  # type: ignore[arg-type]
-    assert "hard link" in info.value.reason and info.value.path == str(out / "svid_key.pem")
-    assert other.read_bytes() == b"someone else's data"
-    assert not (out / "svid.pem").exists()
+    writer = FileSetWriter(out, layout=layout)  # type: ignore[arg-type]
+    assert writer.write(creds(1)).changed
+    assert other.read_bytes() == b"someone else's data" and mode_of(other) == 0o644
+    assert other.stat().st_nlink == 1, "the planted name must be replaced, not written through"
+    assert (out / "svid_key.pem").read_bytes() == b"key 1\n" and mode_of(out / "svid_key.pem") == 0o600
+    assert writer.links_replaced == 1
 
 
 def test_symlink_layout_refuses_a_foreign_data_entry(tmp_path: Path) -> None:
