@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit interop deps spire bench dist check-wheel clean
+.PHONY: demo test lint typecheck unit interop deps spire bench dist check-wheel check-lowest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ dist: $(STAMP)
 # The wheel installed into a clean venv runs the demo outside the repository (CI runs this).
 check-wheel:
 	scripts/check-wheel.sh
+
+# The unit tests and the demo on the lowest dependency versions pyproject allows (CI runs this).
+check-lowest:
+	scripts/check-lowest.sh
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
