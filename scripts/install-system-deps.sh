@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages the interop tests use: nginx (nginx-light where
-# the release still ships it), haproxy and openssl. Non-interactive and
-# idempotent: nothing is done when the `nginx`, `haproxy` and `openssl`
-# binaries are already present, and `apt-get update` runs only when the
+# Install the Debian packages the consumer tests use: nginx (nginx-light where
+# the release still ships it), haproxy, openssl and a Java runtime (keytool).
+# Non-interactive and idempotent: nothing is done when the binaries are
+# already present, and `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
 # Needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
@@ -16,9 +16,10 @@ missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v keytool >/dev/null 2>&1 || missing+=(keytool)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy and openssl already present"
+  log "nginx, haproxy, openssl and keytool already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -57,6 +58,7 @@ pkgs=()
 for m in "${missing[@]}"; do
   case "$m" in
     nginx) pkgs+=("$(pick_nginx)") ;;
+    keytool) pkgs+=(default-jre-headless) ;;  # Java's keytool reads the PKCS#12 stores
     *) pkgs+=("$m") ;;
   esac
 done
@@ -82,7 +84,7 @@ if command -v service >/dev/null 2>&1; then
   done
 fi
 
-for b in nginx haproxy openssl; do
+for b in nginx haproxy openssl keytool; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"

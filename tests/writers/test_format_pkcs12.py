@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
-from writers_pki import Pki, openssl
+from writers_pki import Pki, openssl, require_binary
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
@@ -65,9 +64,7 @@ def test_openssl_reads_the_keystore(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_java_keytool_reads_both_stores(tmp_path: Path, pki: Pki) -> None:
-    keytool = shutil.which("keytool")
-    if not keytool:
-        pytest.skip("keytool (a JDK) is not installed")
+    keytool = require_binary("keytool")  # a Java runtime; scripts/install-system-deps.sh installs one
     FileSetWriter(tmp_path).write(
         render_x509("pkcs12", pki.context(), X509Options(pkcs12_password="changeit"))
     )
