@@ -71,6 +71,45 @@ def test_claim_rules(
         bundles.validate(token, "svc")
 
 
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"nbf": int(time.time()) + 3600}, "not valid yet"),  # go-spiffe: ErrNotValidYet
+        ({"nbf": "soon"}, "'nbf' claim is not a number"),
+        ({"nbf": True}, "'nbf' claim is not a number"),
+        ({"nbf": float("nan")}, "not a finite number"),  # json.loads reads NaN
+        ({"exp": float("inf")}, "not a finite number"),
+        ({"iat": int(time.time()) + 3600}, "issued in the future"),  # go-jose: ErrIssuedInTheFuture
+        ({"iat": [1]}, "'iat' claim is not a number"),
+        ({"sub": "spiffe://example.org"}, "has no path"),
+    ],
+)
+def test_time_and_subject_rules(
+    ca: TrustDomainCA, bundles: jwt.JwtBundleSet, over: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(JwtSvidError, match=reason):
+        bundles.validate(ca.sign_jwt(_claims(**over)), "svc")
+
+
+def test_nbf_and_iat_allow_clock_skew(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+    now = time.time()
+    ahead = int(now + jwt.CLOCK_SKEW) - 1  # an agent whose clock runs a little ahead of ours
+    token = ca.sign_jwt(_claims(nbf=ahead, iat=ahead))
+    assert bundles.validate(token, "svc", now=now).spiffe_id.path == "/web"
+    with pytest.raises(JwtSvidError, match="not valid yet"):
+        bundles.validate(token, "svc", now=ahead - jwt.CLOCK_SKEW - 2)
+    with pytest.raises(JwtSvidError, match="expired"):  # exp gets no leeway
+        bundles.validate(token, "svc", now=_claims()["exp"])
+
+
+@pytest.mark.parametrize("kid", [None, "", 7])
+def test_token_without_kid_is_rejected(ca: TrustDomainCA, bundles: jwt.JwtBundleSet, kid: object) -> None:
+    """go-spiffe requires ``kid`` (an absent one: tests/core/test_jwt_differential.py)."""
+    token = ca.sign_jwt(_claims(), {"kid": kid})
+    with pytest.raises(JwtSvidError, match="no key ID"):
+        bundles.validate(token, "svc")
+
+
 def test_header_rules(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
     with pytest.raises(JwtSvidError, match="type"):
         bundles.validate(ca.sign_jwt(_claims(), {"typ": "at+jwt"}), "svc")
