@@ -185,7 +185,7 @@ def _toml_with_lines(text: str) -> HclObject:
     _checked_nesting(text)
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise ConfigError(f"invalid TOML: {exc}") from None
     except RecursionError:  # a nesting the bracket scan missed: still refuse
         raise ConfigError(f"invalid TOML: values nest more than {MAX_NESTING} levels deep") from None

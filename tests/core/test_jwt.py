@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from spiffe_bridge import jwt
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
+from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import JwtSvidError, ValidationError
 
 
@@ -196,3 +197,17 @@ def test_duplicate_kid_rejected(ca: TrustDomainCA) -> None:
     doc["keys"] = doc["keys"] * 2
     with pytest.raises(ValidationError, match="duplicate kid"):
         jwt.JwtBundle.parse(jwt.TrustDomain("example.org"), json.dumps(doc).encode())
+
+
+def test_jwt_source_rejects_token_not_valid_yet(dev_agent: DevAgent) -> None:
+    """The issue's report: JWTSource.validate accepted a token whose nbf is an hour away."""
+    from spiffe_bridge import JWTSource
+
+    with JWTSource(dev_agent.address) as source:
+        early = dev_agent.ca.sign_jwt(
+            _claims(sub="spiffe://example.org/workload", nbf=int(time.time()) + 3600)
+        )
+        with pytest.raises(JwtSvidError, match="not valid yet"):
+            source.validate(early, "svc")
+        ok = dev_agent.ca.sign_jwt(_claims(sub="spiffe://example.org/workload", nbf=int(time.time())))
+        assert source.validate(ok, "svc").spiffe_id.path == "/workload"

@@ -520,3 +520,8 @@ def test_deep_nesting_is_a_config_error(kind: str) -> None:
 def test_deep_toml_dotted_keys_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nested more than 32"):
         parse_text(".".join(["k"] * 3000) + " = 1", "toml")
+
+
+def test_toml_integer_python_cannot_convert_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_text("one_shot_timeout = " + "9" * 5000, "toml")
