@@ -15,7 +15,7 @@ class FormatError(SpiffeBridgeError, ValueError):
     """The material cannot be rendered with these options (no such SVID, missing option...)."""
 
 
-def check_key_file_mode(mode: int, allow_shared: bool) -> None:
+def check_key_file_mode(mode: int, allow_shared: bool, name: str = "key_file_mode") -> None:
     """Refuse a mode that lets group or others read a private key, unless explicitly allowed.
 
     ``key_file_mode`` covers every file that holds a private key (PEM and DER keys, the combined
@@ -24,7 +24,7 @@ def check_key_file_mode(mode: int, allow_shared: bool) -> None:
     """
     if mode & 0o077 and not allow_shared:
         raise FormatError(
-            f"key_file_mode 0o{mode:o} lets group or others read the private key; use 0600 or 0400, "
+            f"{name} 0o{mode:o} lets group or others read the private key; use 0600 or 0400, "
             "or opt in with allow_shared_key_file_mode (fetch: --allow-shared-key-file-mode) "
             "if another user must read it"
         )

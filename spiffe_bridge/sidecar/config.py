@@ -344,9 +344,11 @@ def _validate(
         )
     _check_distinct_names(v, jwt_svids, raw)
     try:
-        check_key_file_mode(v["key_file_mode"], v["allow_shared_key_file_mode"])
+        check_key_file_mode(
+            v["key_file_mode"], v["allow_shared_key_file_mode"], where("key_file_mode", line("key_file_mode"))
+        )
     except FormatError as exc:
-        raise ConfigError(f"{where('key_file_mode', line('key_file_mode'))}: {exc}") from None
+        raise ConfigError(str(exc)) from None
     renew = parse_signal(v["renew_signal"]) if v["renew_signal"] else None
     if v["pid_file_name"] and renew is None:
         raise ConfigError(f"{where('pid_file_name', line('pid_file_name'))} needs 'renew_signal'")
