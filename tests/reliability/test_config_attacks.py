@@ -53,11 +53,6 @@ def _hcl(tmp_path: Path, lines: list[str]) -> tuple[Path, Path]:
     return conf, certs
 
 
-def _line(lines: list[str], needle: str) -> int:
-    """The 1-based line of ``needle`` in a config built by ``_hcl``."""
-    return 3 + next(i for i, line in enumerate(lines) if needle in line)
-
-
 def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -69,7 +64,9 @@ def _assert_refused(conf: Path, certs: Path, *needles: str, env: dict[str, str] 
         assert "configuration error" in err and "Traceback" not in err, err
         for needle in needles:
             assert needle in err, (needle, err)
-        assert not certs.exists() or not any(certs.iterdir()), sorted(certs.iterdir())
+        written = sorted(p.name for p in conf.parent.iterdir() if p != conf)
+        assert written == [], written  # no cert_dir, output dir or stray key in the working directory
+    assert not certs.exists()
 
 
 HCL_ATTACKS = {
