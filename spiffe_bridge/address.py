@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 from spiffe_bridge.errors import AddressError
 
 ENV_VAR = "SPIFFE_ENDPOINT_SOCKET"
+#: Longest Unix socket path connect() and bind() accept: sockaddr_un.sun_path is 108 bytes on Linux,
+#: NUL included. A longer path cannot work, so it is refused here rather than retried forever.
+MAX_UNIX_PATH_BYTES = 107
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,15 @@ def _unix(path: str, original: str) -> Endpoint:
         raise AddressError(f"unix address {original!r} must have an absolute path")
     if "\x00" in path:
         raise AddressError(f"unix address {original!r} contains a NUL byte")
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeEncodeError:
+        raise AddressError(f"unix address {original!r} cannot be encoded as a file name") from None
+    if size > MAX_UNIX_PATH_BYTES:
+        raise AddressError(
+            f"unix socket path {path[:40]!r}... is {size} bytes; the limit is {MAX_UNIX_PATH_BYTES} "
+            "(sockaddr_un): use a shorter path or a symlinked directory"
+        )
     return Endpoint("unix", path=path)
 
 

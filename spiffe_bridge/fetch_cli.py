@@ -72,6 +72,11 @@ def add_x509_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omit-expired", action="store_true", help="drop expired certificates from the files")
     p.add_argument("--cert-file-mode", type=_mode, default=0o644, metavar="MODE")
     p.add_argument("--key-file-mode", type=_mode, default=0o600, metavar="MODE")
+    p.add_argument(
+        "--allow-shared-key-file-mode",
+        action="store_true",
+        help="allow a --key-file-mode with group or other bits (the key file becomes readable by them)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,6 +146,7 @@ def x509_options(args: argparse.Namespace, endpoint: str) -> X509Options:
         omit_expired=args.omit_expired,
         cert_file_mode=args.cert_file_mode,
         key_file_mode=args.key_file_mode,
+        allow_shared_key_file_mode=args.allow_shared_key_file_mode,
         pkcs12_password=_password(args),
         linkerd_server_name=getattr(args, "linkerd_server_name", None),
         linkerd_workload_api_address=getattr(args, "linkerd_workload_api_address", None) or endpoint,

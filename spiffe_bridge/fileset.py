@@ -56,7 +56,7 @@ MANIFEST = ".spiffe-bridge-files.json"
 
 _VERSION_RE = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d{9}_[0-9a-f]{8}$")
 _TEMP_RE = re.compile(r"^(\.\.(data|link)_tmp\.[0-9a-f]{16}|\..+\.[0-9a-f]{16}\.tmp)$")
-_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_@+=,-][A-Za-z0-9_@+=,.-]*$")
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_@+=,-][A-Za-z0-9_@+=,. -]*$")  # spaces: legal in spiffe-helper
 _DIR_MODE = 0o755
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -104,8 +104,8 @@ def _check_name(name: str) -> None:
     parts = name.split("/")
     if not name or name.startswith("/") or not all(_COMPONENT_RE.match(p) for p in parts):
         raise ValueError(
-            f"invalid file name {name!r}: use relative names of letters, digits and '._@+=,-', "
-            "no empty, '.' or '..' components, nothing starting with '.'"
+            f"invalid file name {name!r}: use relative names of letters, digits, spaces and '._@+=,-', "
+            "no empty, '.' or '..' components, nothing starting with '.' or a space"
         )
 
 

@@ -1,8 +1,10 @@
 """JWT-SVIDs and JWT bundles: parsing JWKS and validating tokens locally.
 
-Validation follows JWT-SVID.md: algorithm allow-list, optional ``typ`` (JWT or
-JOSE), ``kid`` lookup in the bundle of the subject's trust domain, ``aud``
-containing the expected audience, ``exp`` in the future, ``sub`` a SPIFFE ID.
+Validation follows JWT-SVID.md and go-spiffe's ``jwtsvid.ParseAndValidate``:
+algorithm allow-list, optional ``typ`` (JWT or JOSE), a required ``kid`` looked
+up in the bundle of the subject's trust domain, ``aud`` containing the expected
+audience, ``exp`` in the future, ``nbf`` and ``iat`` not later than now plus
+``CLOCK_SKEW`` (go-jose's leeway), ``sub`` a workload SPIFFE ID (with a path).
 Keys are parsed once per bundle and signature checks are remembered per
 bundle, so validating the same token again costs only the claim checks.
 """
@@ -48,6 +50,9 @@ _CURVES: dict[str, ec.EllipticCurve] = {
     "P-521": ec.SECP521R1(),
 }
 _VERIFIED_CACHE_SIZE = 4096
+# Seconds an ``nbf``/``iat`` may lie ahead of our clock (agent and workload clocks differ a little);
+# go-jose uses the same minute. ``exp`` gets none: a token is never accepted after it expires.
+CLOCK_SKEW = 60.0
 
 
 def b64url_decode(data: str) -> bytes:
@@ -192,6 +197,18 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str, bytes]:
     return header, claims, head_b64 + "." + body_b64, signature
 
 
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """An RFC 7519 NumericDate claim: absent, or a finite JSON number (never a bool or string)."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise JwtSvidError(f"token {name!r} claim is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JwtSvidError(f"token {name!r} claim is not a finite number")
+    return float(value)
+
+
 def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...], int]:
     sub = claims.get("sub")
     if not isinstance(sub, str):
@@ -200,6 +217,8 @@ def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...],
         sid = SpiffeId.parse(sub)
     except SpiffeIdError as exc:
         raise JwtSvidError(f"token subject is not a SPIFFE ID: {exc}") from None
+    if not sid.path:  # a trust domain ID names the trust domain, not a workload (as for X509-SVIDs)
+        raise JwtSvidError(f"token subject {sub!r} has no path, so it names no workload")
     aud = claims.get("aud")
     if isinstance(aud, str):
         auds: tuple[str, ...] = (aud,)
@@ -207,12 +226,25 @@ def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...],
         auds = tuple(aud)
     else:
         raise JwtSvidError("token has no valid 'aud' claim")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    if "exp" not in claims:
         raise JwtSvidError("token has no numeric 'exp' claim")
-    if isinstance(exp, float) and not math.isfinite(exp):
-        raise JwtSvidError("token 'exp' claim is not a finite number")
+    exp = _numeric_date(claims, "exp")
+    _numeric_date(claims, "nbf")
+    _numeric_date(claims, "iat")
+    assert exp is not None
     return sid, auds, int(exp)
+
+
+def _check_times(claims: Mapping[str, Any], sid: SpiffeId, exp: int, now: float) -> None:
+    """``exp`` strictly in the future; ``nbf`` and ``iat`` at most ``CLOCK_SKEW`` ahead of ``now``."""
+    if exp <= now:
+        raise JwtSvidError(f"token for {sid} has expired")
+    nbf = _numeric_date(claims, "nbf")
+    if nbf is not None and nbf > now + CLOCK_SKEW:
+        raise JwtSvidError(f"token for {sid} is not valid yet ('nbf' is {nbf - now:.0f}s ahead)")
+    iat = _numeric_date(claims, "iat")
+    if iat is not None and iat > now + CLOCK_SKEW:
+        raise JwtSvidError(f"token for {sid} was issued in the future ('iat' is {iat - now:.0f}s ahead)")
 
 
 def _verify_signature(key: PublicKey, alg: str, signed: bytes, signature: bytes) -> bool:
@@ -256,22 +288,18 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
     sid, auds, exp = _check_claims(claims)
     if audience not in auds:
         raise JwtSvidError(f"token audience {list(auds)!r} does not contain {audience!r}")
-    if exp <= (time.time() if now is None else now):
-        raise JwtSvidError(f"token for {sid} has expired")
+    _check_times(claims, sid, exp, time.time() if now is None else now)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:  # go-spiffe: "token header missing key id"
+        raise JwtSvidError("token header has no key ID ('kid')")
     bundle = bundles.bundles.get(sid.trust_domain)
     if bundle is None:
         raise JwtSvidError(f"no JWT bundle for trust domain {sid.trust_domain}")
-    kid = header.get("kid")
     if token not in bundle._verified:  # key on the whole token: signature included
-        if kid is not None:
-            key = bundle.keys.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                raise JwtSvidError(f"token key ID {kid!r} is not in the bundle of {sid.trust_domain}")
-            candidates = [key]
-        else:
-            candidates = list(bundle.keys.values())
-        data = signed.encode()
-        if not any(_verify_signature(k, alg, data, signature) for k in candidates):
+        key = bundle.keys.get(kid)
+        if key is None:
+            raise JwtSvidError(f"token key ID {kid!r} is not in the bundle of {sid.trust_domain}")
+        if not _verify_signature(key, alg, signed.encode(), signature):
             raise JwtSvidError(f"token signature for {sid} does not verify")
         bundle._remember(token)
     return JwtSvid(sid, token, auds, exp, claims)

@@ -19,12 +19,28 @@ class SvidSelectionError(FormatError, SvidNotFoundError):
     """The configured hint or SPIFFE ID names no SVID the agent sent: both a FormatError and a lookup miss."""
 
 
+def check_key_file_mode(mode: int, allow_shared: bool, name: str = "key_file_mode") -> None:
+    """Refuse a mode that lets group or others read a private key, unless explicitly allowed.
+
+    ``key_file_mode`` covers every file that holds a private key (PEM and DER keys, the combined
+    PEM, the PKCS#12 keystore, Envoy's tls_certificate). A consumer running as another user in the
+    same group needs ``0640`` and says so with ``allow_shared_key_file_mode``.
+    """
+    if mode & 0o077 and not allow_shared:
+        raise FormatError(
+            f"{name} 0o{mode:o} lets group or others read the private key; use 0600 or 0400, "
+            "or opt in with allow_shared_key_file_mode (fetch: --allow-shared-key-file-mode) "
+            "if another user must read it"
+        )
+
+
 @dataclass(frozen=True)
 class X509Options:
     """What to write for X.509 material and under which names; one object serves every format.
 
     Defaults follow spiffe-helper (``svid.pem``/``svid_key.pem``/``svid_bundle.pem``,
-    certs 0644, keys 0600). Federated bundles are written only with
+    certs 0644, keys 0600); a key mode with group or other bits needs
+    ``allow_shared_key_file_mode`` (see ``check_key_file_mode``). Federated bundles are written only with
     ``include_federated_domains``: one file per trust domain under ``federated_dir``
     by default, or appended to the bundle file (spiffe-helper's behaviour) with
     ``federated_layout="merged"``.
@@ -39,6 +55,7 @@ class X509Options:
     svid_bundle_file_name: str = "svid_bundle.pem"
     cert_file_mode: int = 0o644
     key_file_mode: int = 0o600
+    allow_shared_key_file_mode: bool = False
     add_intermediates_to_bundle: bool = False
     include_federated_domains: bool = False
     omit_expired: bool = False
@@ -73,6 +90,9 @@ class X509Options:
     linkerd_legacy_socket_env: bool = False
     #: Clock for ``omit_expired`` (tests); None means now.
     now: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_key_file_mode(self.key_file_mode, self.allow_shared_key_file_mode)
 
 
 @dataclass(frozen=True)

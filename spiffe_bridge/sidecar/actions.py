@@ -69,10 +69,9 @@ class SignalPidFile:
     def _read_pid(self) -> int:
         with open(self.path, encoding="ascii", errors="replace") as fh:
             text = fh.read(64).strip()
-        pid = int(text)
-        if pid <= 0:
-            raise ValueError(f"PID {pid} is not a process")
-        return pid
+        if not text.isdigit() or not 0 < int(text) < 2**31:  # pid_t: os.kill overflows beyond it
+            raise ValueError(f"{text[:24]!r} is not a process ID")
+        return int(text)
 
     def after_write(self, first: bool, changed: bool) -> bool:
         if not changed:

@@ -25,8 +25,9 @@ from typing import Any
 from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV
 from spiffe_bridge.address import parse as parse_address
 from spiffe_bridge.errors import AddressError
+from spiffe_bridge.formats.options import FormatError, check_key_file_mode
 from spiffe_bridge.sidecar import env as env_overrides
-from spiffe_bridge.sidecar.hcl import HclError, HclObject, loads
+from spiffe_bridge.sidecar.hcl import MAX_NESTING, HclError, HclObject, check_nesting, loads
 from spiffe_bridge.sidecar.schema import TOP_KEYS, ConfigError, Issues, check_object, defaults, where
 
 #: spiffe-helper's fallback socket when neither agent_address nor SPIFFE_ENDPOINT_SOCKET is set.
@@ -108,6 +109,7 @@ class Config:
     jwt_bundle_file_name: str = ""
     cert_file_mode: int = 0o644
     key_file_mode: int = 0o600
+    allow_shared_key_file_mode: bool = False
     jwt_bundle_file_mode: int = 0o600
     jwt_svid_file_mode: int = 0o600
     daemon_mode: bool = True
@@ -180,29 +182,34 @@ def parse_signal(name: str) -> signal.Signals:
 
 def _toml_with_lines(text: str) -> HclObject:
     """Decode TOML and attach approximate key lines (first ``key =`` or ``[key]`` in the text)."""
+    _checked_nesting(text)
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise ConfigError(f"invalid TOML: {exc}") from None
+    except RecursionError:  # a nesting the bracket scan missed: still refuse
+        raise ConfigError(f"invalid TOML: values nest more than {MAX_NESTING} levels deep") from None
     lines = text.splitlines()
 
     def first_line(key: str) -> int | None:
         pattern = re.compile(rf'^\s*(\[\[?\s*)?"?{re.escape(key)}"?\s*(=|\]\]?)')
         return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), None)
 
-    def convert(value: Any, line: int) -> Any:
+    def convert(value: Any, line: int, depth: int) -> Any:
+        if depth > MAX_NESTING:  # dotted keys (a.b.c...) nest without brackets
+            raise ConfigError(f"line {line}: values are nested more than {MAX_NESTING} levels deep")
         if isinstance(value, dict):
             obj = HclObject(line)
             for k, v in value.items():
                 kline = first_line(k) or line
-                obj[k] = convert(v, kline)
+                obj[k] = convert(v, kline, depth + 1)
                 obj.key_lines[k] = kline
             return obj
         if isinstance(value, list):
-            return [convert(v, line) for v in value]
+            return [convert(v, line, depth + 1) for v in value]
         return value
 
-    result: HclObject = convert(data, 1)
+    result: HclObject = convert(data, 1, 0)
     return result
 
 
@@ -211,10 +218,13 @@ def parse_text(text: str, kind: str) -> HclObject:
     if kind == "toml":
         return _toml_with_lines(text)
     if kind == "json" or (kind == "hcl" and text.lstrip().startswith("{")):
+        _checked_nesting(text)
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"invalid JSON: {exc}") from None
+        except RecursionError:  # a nesting the bracket scan missed: still refuse
+            raise ConfigError(f"invalid JSON: values nest more than {MAX_NESTING} levels deep") from None
         if not isinstance(data, dict):
             raise ConfigError("the JSON configuration must be an object")
         return _json_object(data)
@@ -222,6 +232,13 @@ def parse_text(text: str, kind: str) -> HclObject:
         return loads(text)
     except HclError as exc:
         raise ConfigError(f"invalid HCL: {exc}") from None
+
+
+def _checked_nesting(text: str) -> None:
+    try:
+        check_nesting(text)
+    except HclError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _json_object(data: dict[str, Any]) -> HclObject:
@@ -281,7 +298,7 @@ def build(
     return _validate(values, raw, source, env, issues)
 
 
-def _resolve_address(value: str, env: Mapping[str, str]) -> str:
+def _resolve_address(value: str, env: Mapping[str, str], line: int | None) -> str:
     """agent_address, else SPIFFE_ENDPOINT_SOCKET, else spiffe-helper's default path.
 
     Bare paths and ``unix:``/``tcp:`` URIs are both accepted as they are: a URI
@@ -291,7 +308,8 @@ def _resolve_address(value: str, env: Mapping[str, str]) -> str:
     try:
         parse_address(address)
     except AddressError as exc:
-        origin = "'agent_address'" if value else (ENDPOINT_ENV if env.get(ENDPOINT_ENV) else "default")
+        fallback = ENDPOINT_ENV if env.get(ENDPOINT_ENV) else "default"
+        origin = where("agent_address", line) if value else fallback
         raise ConfigError(f"{origin}: {exc}") from None
     return address
 
@@ -324,6 +342,13 @@ def _validate(
             "nothing to write: set the X.509 file names ('svid_file_name', 'svid_key_file_name', "
             "'svid_bundle_file_name'), 'jwt_svids', 'jwt_bundle_file_name' or 'outputs'"
         )
+    _check_distinct_names(v, jwt_svids, raw)
+    try:
+        check_key_file_mode(
+            v["key_file_mode"], v["allow_shared_key_file_mode"], where("key_file_mode", line("key_file_mode"))
+        )
+    except FormatError as exc:
+        raise ConfigError(str(exc)) from None
     renew = parse_signal(v["renew_signal"]) if v["renew_signal"] else None
     if v["pid_file_name"] and renew is None:
         raise ConfigError(f"{where('pid_file_name', line('pid_file_name'))} needs 'renew_signal'")
@@ -357,7 +382,7 @@ def _validate(
         raise ConfigError(f"{where('reload_command', line('reload_command'))} is an empty argv list")
     return Config(
         source=source,
-        agent_address=_resolve_address(v["agent_address"], env),
+        agent_address=_resolve_address(v["agent_address"], env, line("agent_address")),
         cert_dir=v["cert_dir"],
         svid_file_name=v["svid_file_name"],
         svid_key_file_name=v["svid_key_file_name"],
@@ -370,6 +395,7 @@ def _validate(
         jwt_bundle_file_name=v["jwt_bundle_file_name"],
         cert_file_mode=v["cert_file_mode"],
         key_file_mode=v["key_file_mode"],
+        allow_shared_key_file_mode=v["allow_shared_key_file_mode"],
         jwt_bundle_file_mode=v["jwt_bundle_file_mode"],
         jwt_svid_file_mode=v["jwt_svid_file_mode"],
         daemon_mode=v["daemon_mode"],
@@ -392,6 +418,43 @@ def _validate(
         pkcs12_password_env=v["pkcs12_password_env"],
         warnings=tuple(issues.warnings),
     )
+
+
+def _check_distinct_names(v: Mapping[str, Any], jwt_svids: list[JwtSvidConfig], raw: HclObject) -> None:
+    """Every file spiffe-helper's keys put into cert_dir needs its own name (else no write succeeds).
+
+    A name that is a directory of another (``a`` and ``a/b``) collides too.
+    """
+    names: list[tuple[str, str]] = []
+    if v["svid_file_name"]:
+        names += [(k, v[k]) for k in ("svid_file_name", "svid_key_file_name", "svid_bundle_file_name")]
+    names += [(f"jwt_svids[{i}].jwt_svid_file_name", j.file_name) for i, j in enumerate(jwt_svids)]
+    if v["jwt_bundle_file_name"]:
+        names.append(("jwt_bundle_file_name", v["jwt_bundle_file_name"]))
+    seen: list[tuple[str, str]] = []
+    for key, name in names:
+        for other_key, other in seen:
+            if name == other or name.startswith(other + "/") or other.startswith(name + "/"):
+                raise ConfigError(
+                    f"{_where_raw(key, raw)} and {_where_raw(other_key, raw)} both name {other!r}"
+                    + ("" if name == other else f" (and {name!r})")
+                    + " in cert_dir; every file needs its own name"
+                )
+        seen.append((key, name))
+
+
+def _where_raw(key: str, raw: HclObject) -> str:
+    """``where()`` for a top-level key or a ``jwt_svids[i].name`` path, with its line when known."""
+    top, _, rest = key.partition("[")
+    line = raw.line_of(top) if top in raw else None
+    entries = raw.get(top)
+    if rest and isinstance(entries, list | HclObject):
+        index = int(rest.split("]")[0])
+        entry = entries[index] if isinstance(entries, list) and index < len(entries) else entries
+        if isinstance(entry, HclObject):
+            sub = key.rsplit(".", 1)[1]
+            line = entry.line_of(sub)
+    return where(key, line)
 
 
 def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig:

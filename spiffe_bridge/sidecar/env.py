@@ -12,6 +12,10 @@ JWT audiences (spiffe-helper#199: set them from the Downward API):
 (comma-separated) and ``SPIFFE_BRIDGE_JWT_SVID_FILE_NAME`` change the one
 ``jwt_svids`` entry, or create it when the file has none.
 
+An override set to an empty (or blank) value is an error rather than "use the
+default": ``SPIFFE_BRIDGE_CERT_DIR=`` from an unset template variable would
+otherwise write the private key into the current directory.
+
 ``SPIFFE_ENDPOINT_SOCKET`` is not an override: as in spiffe-helper it is used
 only when ``agent_address`` is unset (see ``config._resolve_address``).
 """
@@ -49,6 +53,8 @@ def variables() -> Iterator[tuple[str, tuple[str, ...], Key]]:
 
 
 def _from_text(key: Key, name: str, text: str, issues: Issues) -> Any:
+    if not text.strip():
+        raise ConfigError(f"environment {name} is set but empty; unset it to keep the file's {key.name!r}")
     value: Any = text
     if key.kind == "bool":
         low = text.strip().lower()

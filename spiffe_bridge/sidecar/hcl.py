@@ -7,10 +7,14 @@ base detection, so ``0644`` is octal), floats, booleans, lists, object literals
 HCL turns into a list) and ``#``, ``//`` and ``/* */`` comments. Every object
 remembers the line of each key so configuration errors can point at it.
 Anything else is a :class:`HclError` naming the line and what was expected.
+Integers must fit Go's int64 and floats must be finite (hcl v1 reports a range
+error too), and values nest at most ``MAX_NESTING`` deep, so a hostile file
+cannot exhaust the stack.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +63,9 @@ _TOKEN_RE = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
+#: Deepest nesting of lists and objects any configuration format may use (real files need 3).
+MAX_NESTING = 32
+_INT64 = 2**63
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/"}
 
 
@@ -85,21 +92,33 @@ def _unquote(text: str, line: int) -> str:
 
 
 def parse_number(text: str, line: int) -> int | float:
-    """Go's strconv.ParseInt(text, 0, 64) for integers: 0x hex, 0o or leading-0 octal."""
+    """Go's strconv.ParseInt(text, 0, 64) for integers (0x hex, 0o or leading-0 octal), finite floats."""
     sign = -1 if text.startswith("-") else 1
     body = text.lstrip("-")
     if any(c in body for c in ".eE") and not body.lower().startswith("0x"):
-        return float(text)
+        number = float(text)
+        if not math.isfinite(number):
+            raise HclError(f"number {text[:40]!r} is out of range", line)
+        return number
+    if len(body) > 66:  # longer than any int64 in any base: refuse before converting
+        raise HclError(f"integer {text[:40]!r}... is out of range (64 bits)", line)
+    value = _parse_int(body, text, line) * sign
+    if not -_INT64 <= value < _INT64:
+        raise HclError(f"integer {text!r} is out of range (64 bits)", line)
+    return value
+
+
+def _parse_int(body: str, text: str, line: int) -> int:
     lowered = body.lower()
     if lowered.startswith("0x"):
-        return sign * int(body[2:], 16)
+        return int(body[2:], 16)
     if lowered.startswith("0o"):
-        return sign * int(body[2:], 8)
+        return int(body[2:], 8)
     if len(body) > 1 and body.startswith("0"):
         if not re.fullmatch(r"[0-7]+", body):
             raise HclError(f"invalid octal number {text!r}", line)
-        return sign * int(body, 8)
-    return sign * int(body, 10)
+        return int(body, 8)
+    return int(body, 10)
 
 
 def _tokenize(text: str) -> list[_Tok]:
@@ -139,6 +158,13 @@ class _Parser:
     def __init__(self, tokens: list[_Tok]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.depth = 0
+
+    def enter(self, line: int) -> None:
+        """One level deeper (an object or list opens); refuse beyond ``MAX_NESTING``."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise HclError(f"values are nested more than {MAX_NESTING} levels deep", line)
 
     def peek(self) -> _Tok:
         return self.tokens[self.pos]
@@ -183,11 +209,17 @@ class _Parser:
             value = self.value()
         elif self.is_punct("{"):
             brace = self.take()
-            value = self.body(HclObject(brace.line), "}")
+            value = self.nested_body(brace.line)
         else:
             nxt = self.peek()
             raise HclError(f"expected '=' or '{{' after key {key!r}, found {nxt.text!r}", nxt.line)
         self.assign(obj, key, value, tok.line)
+
+    def nested_body(self, line: int) -> HclObject:
+        self.enter(line)
+        obj = self.body(HclObject(line), "}")
+        self.depth -= 1
+        return obj
 
     @staticmethod
     def assign(obj: HclObject, key: str, value: Any, line: int) -> None:
@@ -215,9 +247,12 @@ class _Parser:
         if tok.kind in ("string", "number", "bool"):
             return tok.value
         if tok.kind == "punct" and tok.value == "[":
-            return self.list_value(tok.line)
+            self.enter(tok.line)
+            items = self.list_value(tok.line)
+            self.depth -= 1
+            return items
         if tok.kind == "punct" and tok.value == "{":
-            return self.body(HclObject(tok.line), "}")
+            return self.nested_body(tok.line)
         raise HclError(f"expected a value, found {tok.text!r}", tok.line)
 
     def list_value(self, line: int) -> list[Any]:
@@ -236,6 +271,38 @@ class _Parser:
                 if tok.kind == "eof":
                     raise HclError(f"missing ']' for the list opened on line {line}", tok.line)
                 raise HclError(f"expected ',' or ']' in list, found {tok.text!r}", tok.line)
+
+
+def check_nesting(text: str) -> None:
+    """Refuse JSON or TOML text whose brackets nest deeper than ``MAX_NESTING``, naming the line.
+
+    The decoders recurse per level, so a hostile file could otherwise end in a RecursionError;
+    brackets inside strings (``"..."``, ``'...'``, triple-quoted) and ``#`` comments are skipped.
+    """
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise HclError(f"values are nested more than {MAX_NESTING} levels deep", line)
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                j += 2 if text[j] == "\\" and ch == '"' else 1
+            line += text.count("\n", i, j)
+            i = j + len(quote)
+            continue
+        i += 1
 
 
 def loads(text: str) -> HclObject:

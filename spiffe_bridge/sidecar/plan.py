@@ -20,6 +20,7 @@ from typing import Any
 
 from spiffe_bridge.fileset import FileSetWriter, FileSpec, Layout
 from spiffe_bridge.formats import X509_FORMATS, JwtOptions, X509Options, render_jwt, render_x509
+from spiffe_bridge.formats.options import FormatError
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
@@ -115,6 +116,7 @@ def legacy_plan(config: Config) -> DirPlan | None:
                     svid_bundle_file_name=config.svid_bundle_file_name,
                     cert_file_mode=config.cert_file_mode,
                     key_file_mode=config.key_file_mode,
+                    allow_shared_key_file_mode=config.allow_shared_key_file_mode,
                     add_intermediates_to_bundle=config.add_intermediates_to_bundle,
                     include_federated_domains=config.include_federated_domains,
                     omit_expired=config.omit_expired,
@@ -153,15 +155,15 @@ def _option_value(name: str, value: Any, out: OutputConfig, issues: Issues) -> A
     line = out.option_lines.get(name, out.line)
     label = f"outputs entry {out.format!r}: {name}"
     default: Any = _OPTION_FIELDS[name].default
+    if isinstance(default, bool):  # before modes: allow_shared_key_file_mode is a flag
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(label, line)} must be true or false, got {value!r}")
+        return value
     if name.endswith("_mode"):
         return parse_mode(value, label, line, int(default), issues)
     if name == "federated_layout":
         if value not in ("merged", "per-trust-domain"):
             raise ConfigError(f"{where(label, line)} must be merged or per-trust-domain, got {value!r}")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where(label, line)} must be true or false, got {value!r}")
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{where(label, line)} must be a string, got {value!r}")
@@ -196,7 +198,12 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         kwargs["pkcs12_password"] = password
     if out.format == "linkerd":
         kwargs.setdefault("linkerd_workload_api_address", config.agent_address)
-    options = X509Options(**kwargs)
+    kwargs.setdefault("allow_shared_key_file_mode", config.allow_shared_key_file_mode)
+    try:
+        options = X509Options(**kwargs)
+    except FormatError as exc:  # the key_file_mode rule (check_key_file_mode)
+        line = out.option_lines.get("key_file_mode", out.line)
+        raise ConfigError(f"{where('outputs entry ' + repr(out.format), line)}: {exc}") from None
     return DirPlan(_abs(out.dir), out.layout, out.uid, out.gid, [X509Output(out.format, options)])
 
 

@@ -9,6 +9,7 @@ first; keys this project adds are marked ``ours``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +35,15 @@ class Key:
     fields: tuple[Key, ...] = ()
     env: bool = True  # may be overridden by an environment variable
     open: bool = False  # object(s) may carry further keys, checked by the consumer
+    bounds: tuple[int, int] = (-(2**63), 2**63 - 1)  # int keys: inclusive range (default: Go's int64)
 
     def sub(self, name: str) -> Key | None:
         """The nested key ``name`` of an object key, or None."""
         return next((k for k in self.fields if k.name == name), None)
 
+
+#: uid_t/gid_t are 32-bit and (uid_t)-1 means "no change", so -1 .. 2**32-2 are the usable ids.
+_ID_BOUNDS = (-1, 2**32 - 2)
 
 JWT_SVID_KEYS = (
     Key("jwt_audience", "str", "", "audience of the JWT-SVID (required)"),
@@ -70,8 +75,8 @@ OUTPUT_KEYS = (
         ours=True,
         choices=("symlink", "flat"),
     ),
-    Key("uid", "int", -1, "owner uid for the written files (-1: leave as is)", ours=True),
-    Key("gid", "int", -1, "group gid for the written files (-1: leave as is)", ours=True),
+    Key("uid", "int", -1, "owner uid for the written files (-1: leave as is)", ours=True, bounds=_ID_BOUNDS),
+    Key("gid", "int", -1, "group gid for the written files (-1: leave as is)", ours=True, bounds=_ID_BOUNDS),
 )
 
 TOP_KEYS: tuple[Key, ...] = (
@@ -101,7 +106,7 @@ TOP_KEYS: tuple[Key, ...] = (
     Key("jwt_svids", "object_list", [], "JWT-SVIDs to fetch and keep fresh", fields=JWT_SVID_KEYS, env=False),
     Key("jwt_bundle_file_name", "str", "", "JWT bundle file: JSON {trust domain: base64(JWKS)}"),
     Key("cert_file_mode", "mode", 0o644, "mode of the certificate and bundle files"),
-    Key("key_file_mode", "mode", 0o600, "mode of the private key file"),
+    Key("key_file_mode", "mode", 0o600, "mode of the private key file (no group/other bits, see below)"),
     Key("jwt_bundle_file_mode", "mode", 0o600, "mode of the JWT bundle file"),
     Key("jwt_svid_file_mode", "mode", 0o600, "mode of the JWT-SVID files"),
     Key("daemon_mode", "bool", True, "keep running and rotating; false: write once and exit"),
@@ -183,6 +188,13 @@ TOP_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key("reload_command_timeout", "duration", 30.0, "kill reload_command after this long", ours=True),
+    Key(
+        "allow_shared_key_file_mode",
+        "bool",
+        False,
+        "let key_file_mode give group or other access to files holding a private key",
+        ours=True,
+    ),
     Key("pkcs12_password_file", "str", "", "file whose content is the PKCS#12 password", ours=True),
     Key(
         "pkcs12_password_env",
@@ -197,6 +209,9 @@ TOP = Key("<top>", "object", None, "", fields=TOP_KEYS)
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+#: Longest duration any key accepts (a year): far beyond any sensible timeout, and well inside
+#: what event-loop and thread timeouts can represent (threading.TIMEOUT_MAX is ~292 years).
+MAX_DURATION = 8760 * 3600.0
 #: Octal modes people write; the same digits read as decimal are almost surely a mistake.
 _COMMON_OCTAL_MODES = {
     "400",
@@ -237,14 +252,20 @@ def parse_duration(value: Any, name: str, line: int | None) -> float:
     """Seconds from a number or a string like ``500ms``, ``30s``, ``5m``, ``1h``."""
     if isinstance(value, bool):
         raise ConfigError(f"{where(name, line)} must be a duration like 30s, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
+    if isinstance(value, int):
+        seconds = float(value) if abs(value) <= MAX_DURATION else math.copysign(math.inf, value)
+    elif isinstance(value, float):
+        seconds = value
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ConfigError(f"{where(name, line)} must be a duration like 30s, 5m or 500ms, got {value!r}")
+    if math.isnan(seconds):
+        raise ConfigError(f"{where(name, line)} must be a duration like 30s, got {value!r}")
     if seconds < 0:
         raise ConfigError(f"{where(name, line)} must not be negative")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{where(name, line)} must be at most 8760h (a year), got {value!r}")
     return seconds
 
 
@@ -267,12 +288,15 @@ def parse_mode(value: Any, name: str, line: int | None, default: int, issues: Is
         raise ConfigError(f"{where(name, line)} must be a file mode like 0644, got {value!r}")
     if value < 0:
         raise ConfigError(f"{where(name, line)} must be positive, got {value}")
+    if value.bit_length() > 32:  # Go's os.FileMode is a uint32
+        raise ConfigError(f"{where(name, line)} must be a file mode like 0644, got a larger number")
     mode = value & 0o777
     if str(value) in _COMMON_OCTAL_MODES or value > 0o777:
+        octal_digits = re.fullmatch(r"[0-7]{1,3}", str(value)) is not None
         issues.warn(
             f"{where(name, line)} = {value} is a decimal number: the file mode is 0o{mode:o}"
             + (" (bits above 0o777 dropped, as spiffe-helper does)" if value > 0o777 else "")
-            + f'; if you meant octal, write 0{value} or "{value}"'
+            + (f'; if you meant octal, write 0{value} or "{value}"' if octal_digits else "")
         )
     return mode or default
 
@@ -292,6 +316,10 @@ def coerce(key: Key, value: Any, line: int | None, issues: Issues, path: str = "
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where(name, line)} must be an integer, got {value!r}")
+        low, high = key.bounds
+        if not low <= value <= high:
+            shown = str(value) if value.bit_length() <= 64 else "a larger number"
+            raise ConfigError(f"{where(name, line)} must be between {low} and {high}, got {shown}")
         return value
     if kind == "mode":
         return parse_mode(value, name, line, key.default, issues)

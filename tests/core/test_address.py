@@ -74,3 +74,15 @@ def test_missing_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     with pytest.raises(AddressError, match=ENV_VAR):
         resolve(None)
+
+
+def test_unix_socket_path_is_bounded_by_sun_path() -> None:
+    """A path over 107 bytes cannot be connected to: refused up front instead of retried forever."""
+    longest = "/" + "a" * 106
+    assert parse(longest).path == longest
+    assert parse("unix://" + longest).path == longest
+    for too_long in ("/" + "a" * 107, "unix://" + "/" + "a" * 107, "/" + "é" * 54):  # é: 2 bytes
+        with pytest.raises(AddressError, match="limit is 107"):
+            parse(too_long)
+    with pytest.raises(AddressError, match="cannot be encoded"):
+        parse("/tmp/\ud800.sock")

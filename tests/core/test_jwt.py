@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from spiffe_bridge import jwt
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
+from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import JwtSvidError, ValidationError
 
 
@@ -68,6 +69,45 @@ def test_claim_rules(
 ) -> None:
     token = ca.sign_jwt(claims)
     with pytest.raises(JwtSvidError, match=reason):
+        bundles.validate(token, "svc")
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"nbf": int(time.time()) + 3600}, "not valid yet"),  # go-spiffe: ErrNotValidYet
+        ({"nbf": "soon"}, "'nbf' claim is not a number"),
+        ({"nbf": True}, "'nbf' claim is not a number"),
+        ({"nbf": float("nan")}, "not a finite number"),  # json.loads reads NaN
+        ({"exp": float("inf")}, "not a finite number"),
+        ({"iat": int(time.time()) + 3600}, "issued in the future"),  # go-jose: ErrIssuedInTheFuture
+        ({"iat": [1]}, "'iat' claim is not a number"),
+        ({"sub": "spiffe://example.org"}, "has no path"),
+    ],
+)
+def test_time_and_subject_rules(
+    ca: TrustDomainCA, bundles: jwt.JwtBundleSet, over: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(JwtSvidError, match=reason):
+        bundles.validate(ca.sign_jwt(_claims(**over)), "svc")
+
+
+def test_nbf_and_iat_allow_clock_skew(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+    now = time.time()
+    ahead = int(now + jwt.CLOCK_SKEW) - 1  # an agent whose clock runs a little ahead of ours
+    token = ca.sign_jwt(_claims(nbf=ahead, iat=ahead))
+    assert bundles.validate(token, "svc", now=now).spiffe_id.path == "/web"
+    with pytest.raises(JwtSvidError, match="not valid yet"):
+        bundles.validate(token, "svc", now=ahead - jwt.CLOCK_SKEW - 2)
+    with pytest.raises(JwtSvidError, match="expired"):  # exp gets no leeway
+        bundles.validate(token, "svc", now=_claims()["exp"])
+
+
+@pytest.mark.parametrize("kid", [None, "", 7])
+def test_token_without_kid_is_rejected(ca: TrustDomainCA, bundles: jwt.JwtBundleSet, kid: object) -> None:
+    """go-spiffe requires ``kid`` (an absent one: tests/core/test_jwt_differential.py)."""
+    token = ca.sign_jwt(_claims(), {"kid": kid})
+    with pytest.raises(JwtSvidError, match="no key ID"):
         bundles.validate(token, "svc")
 
 
@@ -157,3 +197,17 @@ def test_duplicate_kid_rejected(ca: TrustDomainCA) -> None:
     doc["keys"] = doc["keys"] * 2
     with pytest.raises(ValidationError, match="duplicate kid"):
         jwt.JwtBundle.parse(jwt.TrustDomain("example.org"), json.dumps(doc).encode())
+
+
+def test_jwt_source_rejects_token_not_valid_yet(dev_agent: DevAgent) -> None:
+    """The issue's report: JWTSource.validate accepted a token whose nbf is an hour away."""
+    from spiffe_bridge import JWTSource
+
+    with JWTSource(dev_agent.address) as source:
+        early = dev_agent.ca.sign_jwt(
+            _claims(sub="spiffe://example.org/workload", nbf=int(time.time()) + 3600)
+        )
+        with pytest.raises(JwtSvidError, match="not valid yet"):
+            source.validate(early, "svc")
+        ok = dev_agent.ca.sign_jwt(_claims(sub="spiffe://example.org/workload", nbf=int(time.time())))
+        assert source.validate(ok, "svc").spiffe_id.path == "/workload"

@@ -74,6 +74,15 @@ class TestSignalPidFile:
         assert result == [True]
         wait_until(lambda: "signal SIGUSR1" in lines(record), "SIGUSR1 after restart")
 
+    @pytest.mark.parametrize("content", ["9" * 23, "2147483648", "-5", "0", "12 34"])  # never a live PID
+    def test_pid_that_is_no_process_id_is_retried_not_raised(self, tmp_path: Path, content: str) -> None:
+        """A 23-digit PID used to raise OverflowError out of os.kill and through the daemon."""
+        pidfile = tmp_path / "pid"
+        pidfile.write_text(content + "\n")
+        action = SignalPidFile(str(pidfile), signal.SIGHUP, retry_for=0.1)
+        assert action.after_write(first=True, changed=True) is True  # first write: quietly tolerated
+        assert action.after_write(first=False, changed=True) is False
+
     def test_missing_process_on_first_write_is_not_an_error(self, tmp_path: Path) -> None:
         # spiffe-helper#251: the consumer may start after the sidecar.
         action = SignalPidFile(str(tmp_path / "absent.pid"), signal.SIGHUP, retry_for=0.2)

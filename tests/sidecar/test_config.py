@@ -56,6 +56,7 @@ jwt_svids = [{jwt_audience = "aud", jwt_extra_audiences = ["x", "y"], jwt_svid_f
 jwt_bundle_file_name = "jwt_bundle.json"
 cert_file_mode = 0640
 key_file_mode = 0400
+allow_shared_key_file_mode = true
 jwt_bundle_file_mode = 0640
 jwt_svid_file_mode = 0440
 daemon_mode = true
@@ -104,6 +105,7 @@ def test_every_key_is_read() -> None:
     assert (c.cert_file_mode, c.key_file_mode, c.jwt_bundle_file_mode, c.jwt_svid_file_mode) == (
         0o640, 0o400, 0o640, 0o440,
     )  # fmt: skip
+    assert c.allow_shared_key_file_mode is True
     assert c.daemon_mode is True
     assert c.pid_file_name == "/run/nginx.pid" and c.renew_signal is signal.SIGHUP
     h = c.health
@@ -291,6 +293,7 @@ class TestEnvironment:
             "SPIFFE_BRIDGE_CERT_DIR": "/env/certs",
             "SPIFFE_BRIDGE_DAEMON_MODE": "false",
             "SPIFFE_BRIDGE_KEY_FILE_MODE": "0640",
+            "SPIFFE_BRIDGE_ALLOW_SHARED_KEY_FILE_MODE": "true",  # 0640 on a key needs the opt-in
             "SPIFFE_BRIDGE_HEALTH_CHECKS_BIND_PORT": "9100",
             "SPIFFE_BRIDGE_HEALTH_CHECKS_LISTENER_ENABLED": "yes",
             "SPIFFE_BRIDGE_METRICS_ENABLED": "1",
@@ -381,3 +384,144 @@ class TestFileFormats:
         (tmp_path / "bad.toml").write_text("a = = 1")
         with pytest.raises(ConfigError, match="invalid TOML"):
             load(tmp_path / "bad.toml")
+
+
+# -- issue #14: values --check accepted and run could not serve --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("1e308", "at most 8760h"),
+        ('"10000000h"', "at most 8760h"),
+        ('"8761h"', "at most 8760h"),
+        ("31536001", "at most 8760h"),
+    ],
+)
+def test_durations_are_bounded(value: str, reason: str) -> None:
+    assert reason in error(X509 + f"\none_shot_timeout = {value}")
+    assert cfg(X509 + '\none_shot_timeout = "8760h"').one_shot_timeout == 8760 * 3600
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e400", str(10**30)])
+def test_non_finite_durations_from_json(value: str) -> None:
+    doc = '{"svid_file_name": "a", "svid_key_file_name": "b", "svid_bundle_file_name": "c", '
+    with pytest.raises(ConfigError, match="'reload_command_timeout'"):
+        build(parse_text(doc + f'"reload_command_timeout": {value}}}', "json"), environ={})
+
+
+def test_nan_duration_from_the_environment() -> None:
+    msg = error(X509, {"SPIFFE_BRIDGE_ONE_SHOT_TIMEOUT": "nan"})
+    assert "SPIFFE_BRIDGE_ONE_SHOT_TIMEOUT" in msg
+
+
+@pytest.mark.parametrize("uid", ["4294967295", "99999999999", "-2"])
+def test_output_uid_and_gid_are_bounded(uid: str) -> None:
+    for key in ("uid", "gid"):
+        msg = error(X509 + f'\noutputs = [{{format = "pem", dir = "/o", {key} = {uid}}}]')
+        assert f"'outputs[0].{key}' (line 5)" in msg and "between -1 and 4294967294" in msg
+    assert (
+        cfg(X509 + '\noutputs = [{format = "pem", dir = "/o", uid = 4294967294}]').outputs[0].uid == 2**32 - 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "keys"),
+    [
+        (
+            'svid_file_name = "s"\nsvid_key_file_name = "s"\nsvid_bundle_file_name = "s"',
+            ("'svid_key_file_name' (line 2)", "'svid_file_name' (line 1)"),
+        ),
+        (
+            X509 + 'jwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "svid_key.pem"}]',
+            ("'jwt_svids[0].jwt_svid_file_name' (line 4)", "'svid_key_file_name' (line 2)"),
+        ),
+        (
+            'jwt_bundle_file_name = "t"\njwt_svids = [{jwt_audience = "a", jwt_svid_file_name = "t"},\n'
+            '  {jwt_audience = "b", jwt_svid_file_name = "t"}]',
+            ("'jwt_svids[1].jwt_svid_file_name' (line 3)", "'jwt_svids[0].jwt_svid_file_name' (line 2)"),
+        ),
+        (
+            'svid_file_name = "d"\nsvid_key_file_name = "d/key.pem"\nsvid_bundle_file_name = "b"',
+            ("'svid_key_file_name' (line 2)", "'svid_file_name' (line 1)"),
+        ),
+    ],
+)
+def test_colliding_names_in_cert_dir(extra: str, keys: tuple[str, ...]) -> None:
+    msg = error(extra)
+    assert all(k in msg for k in keys), msg
+    assert "every file needs its own name" in msg
+
+
+def test_distinct_names_with_spaces_are_fine() -> None:
+    c = cfg(
+        'svid_file_name = "my svid.pem"\nsvid_key_file_name = "my key.pem"\nsvid_bundle_file_name = "b.pem"'
+    )
+    assert c.svid_key_file_name == "my key.pem"
+
+
+@pytest.mark.parametrize(
+    "name", ["SPIFFE_BRIDGE_CERT_DIR", "SPIFFE_BRIDGE_HINT", "SPIFFE_BRIDGE_DAEMON_MODE"]
+)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_environment_override_is_an_error(name: str, value: str) -> None:
+    msg = error(X509 + 'cert_dir = "/certs"', {name: value})
+    assert name in msg and "empty" in msg
+
+
+@pytest.mark.parametrize(
+    ("mode", "shown"), [("0640", "0o640"), ("0604", "0o604"), ("999", "0o747"), ('"0644"', "0o644")]
+)
+def test_key_file_mode_with_group_or_other_bits_needs_the_opt_in(mode: str, shown: str) -> None:
+    msg = error(X509 + f"key_file_mode = {mode}")
+    assert "'key_file_mode' (line 4)" in msg and shown in msg and "allow_shared_key_file_mode" in msg
+    c = cfg(X509 + f"key_file_mode = {mode}\nallow_shared_key_file_mode = true")
+    assert c.key_file_mode == int(shown, 8) and c.allow_shared_key_file_mode
+    assert cfg(X509 + "key_file_mode = 0400").key_file_mode == 0o400
+
+
+def test_shared_key_mode_in_an_output_needs_the_opt_in() -> None:
+    from spiffe_bridge.sidecar import plan
+
+    text = X509 + 'outputs = [{format = "combined", dir = "/h",\n  key_file_mode = "0640"}]'
+    with pytest.raises(ConfigError, match=r"line 5\).*allow_shared_key_file_mode"):
+        plan.build(cfg(text), {})
+    opted = text.replace('"0640"}]', '"0640", allow_shared_key_file_mode = true}]')
+    assert plan.build(cfg(opted), {})[0][1].x509[0].options.key_file_mode == 0o640
+    assert (
+        plan.build(cfg(text + "\nallow_shared_key_file_mode = true"), {})[0][1].x509[0].options.key_file_mode
+    )
+
+
+def test_decimal_mode_advice_is_valid_octal() -> None:
+    c = cfg(X509 + "cert_file_mode = 999\njwt_bundle_file_mode = 644")
+    advice = " ".join(c.warnings)
+    assert "0o747" in advice and "0999" not in advice
+    assert 'write 0644 or "644"' in advice
+
+
+def test_mode_wider_than_32_bits_is_refused() -> None:
+    assert "must be a file mode" in error(X509 + f"cert_file_mode = {2**40}")
+
+
+def test_agent_address_error_names_its_line() -> None:
+    msg = error(X509 + f'agent_address = "/run/{"x" * 120}.sock"')
+    assert "'agent_address' (line 4)" in msg and "107" in msg
+    assert "SPIFFE_ENDPOINT_SOCKET" in error(X509, {"SPIFFE_ENDPOINT_SOCKET": "/" + "y" * 200})
+
+
+@pytest.mark.parametrize("kind", ["json", "toml"])
+def test_deep_nesting_is_a_config_error(kind: str) -> None:
+    text = '{"x": ' + "[" * 3000 + "]" * 3000 + "}" if kind == "json" else "x = " + "[" * 3000 + "]" * 3000
+    with pytest.raises(ConfigError, match="nested more than 32"):
+        parse_text(text, kind)
+
+
+def test_deep_toml_dotted_keys_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nested more than 32"):
+        parse_text(".".join(["k"] * 3000) + " = 1", "toml")
+
+
+def test_toml_integer_python_cannot_convert_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_text("one_shot_timeout = " + "9" * 5000, "toml")

@@ -69,7 +69,8 @@ svid_bundle_file_name = "svid_bundle.pem"
 def test_writes_rotates_and_reloads_once_per_change(dev_agent: DevAgent, tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     reloads, command = reload_counter(tmp_path)
-    config = config_for(X509.format(dir=certs) + "key_file_mode = 0640\n" + command, dev_agent)
+    shared_key = "key_file_mode = 0640\nallow_shared_key_file_mode = true\n"
+    config = config_for(X509.format(dir=certs) + shared_key + command, dev_agent)
     with running(config) as daemon:
         wait_until(lambda: len(lines(reloads)) == 1, "first write and reload")
         assert serial(certs / "svid.pem") == dev_agent.svids[0].serial_number

@@ -98,3 +98,46 @@ def test_errors_name_the_line(text: str, line: int, fragment: str) -> None:
     assert info.value.line == line
     assert fragment in str(info.value)
     assert str(info.value).startswith(f"line {line}:")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a = 9223372036854775808", "out of range"),  # int64 max + 1 (Go's ParseInt(.., 0, 64) refuses it)
+        ("a = -9223372036854775809", "out of range"),
+        ("a = 0x10000000000000000", "out of range"),
+        ("a = " + "9" * 5000, "out of range"),  # Python refuses to convert it at all (4300-digit limit)
+        ("a = 1e400", "out of range"),  # would be inf
+    ],
+)
+def test_numbers_are_bounded_like_go(text: str, reason: str) -> None:
+    with pytest.raises(HclError, match=reason) as info:
+        loads("\n" + text)
+    assert info.value.line == 2
+
+
+def test_int64_edges_parse() -> None:
+    assert loads("a = -9223372036854775808\nb = 0x7fffffffffffffff") == {"a": -(2**63), "b": 2**63 - 1}
+
+
+def test_nesting_is_bounded_and_names_the_line() -> None:
+    from spiffe_bridge.sidecar.hcl import MAX_NESTING
+
+    value = loads("a = " + "[" * MAX_NESTING + "]" * MAX_NESTING)["a"]
+    for _ in range(MAX_NESTING - 1):
+        value = value[0]
+    assert value == []
+    for deep in ("a = " + "[" * 5000 + "]" * 5000, "x {\n" * 5000 + "}" * 5000, "a = " + "{b = " * 5000):
+        with pytest.raises(HclError, match="nested more than") as info:
+            loads(deep)
+        assert info.value.line in (1, MAX_NESTING + 1)
+
+
+def test_check_nesting_skips_strings_and_comments() -> None:
+    from spiffe_bridge.sidecar.hcl import check_nesting
+
+    check_nesting('{"a": "' + "[" * 100 + '", "b": \'[[[\' } # ' + "{" * 100)
+    check_nesting('x = """\n' + "[" * 100 + '\n"""\n')
+    with pytest.raises(HclError, match="nested more than") as info:
+        check_nesting('{\n"a":\n' + "[" * 40)
+    assert info.value.line == 3

@@ -52,7 +52,7 @@ def test_outputs_sharing_a_directory_merge_and_inherit_hint(tmp_path: Path) -> N
         + (
             f'outputs = [{{format = "combined", dir = "{tmp_path}", layout = "symlink"}},\n'
             f'  {{format = "der", dir = "{tmp_path / "der"}",\n'
-            '    der_key_file_name = "k.der", key_file_mode = "0640"}]'
+            '    der_key_file_name = "k.der", key_file_mode = "0640", allow_shared_key_file_mode = true}]'
         )
     )
     merged, der = plans(text)

@@ -80,6 +80,7 @@ def test_fetch_x509_helper_options(
         "--add-intermediates-to-bundle",
         "--key-file-mode",
         "0640",
+        "--allow-shared-key-file-mode",
     )
     assert code == 0, err
     assert (tmp_path / "federated" / "partner.test.pem").is_file()

@@ -345,3 +345,15 @@ def test_identical_duplicates_are_written_once(tmp_path: Path) -> None:
     """pem and combined both render svid_bundle.pem: one directory can hold both formats."""
     result = FileSetWriter(tmp_path).write([*creds(1), FileSpec("svid_bundle.pem", b"bundle\n", 0o644)])
     assert len(result.written) == 3
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_names_with_spaces_are_written(tmp_path: Path, layout: str) -> None:
+    """spiffe-helper accepts any file name; spaces inside a name must work here too."""
+    writer = FileSetWriter(str(tmp_path), layout=layout)  # type: ignore[arg-type]
+    writer.write([FileSpec("my svid.pem", b"cert\n", 0o644), FileSpec("sub dir/my key.pem", b"k\n", 0o600)])
+    assert (tmp_path / "my svid.pem").read_bytes() == b"cert\n"
+    assert stat.S_IMODE((tmp_path / "sub dir" / "my key.pem").stat().st_mode) == 0o600
+    for bad in (" lead.pem", "dir/ lead.pem"):
+        with pytest.raises(ValueError, match="invalid file name"):
+            FileSpec(bad, b"")
