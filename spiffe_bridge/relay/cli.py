@@ -101,7 +101,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="HINT",
         help="show downstream only SVIDs with this hint (repeatable)",
     )
-    p.add_argument("--socket-mode", type=_mode, default=None, metavar="MODE", help="socket mode, e.g. 0660")
+    p.add_argument(
+        "--socket-mode",
+        type=_mode,
+        default=None,
+        metavar="MODE",
+        help="socket file mode, whatever the umask (default 0660: owner and group only; "
+        "a mode that lets everyone connect is logged as a warning)",
+    )
     p.add_argument(
         "--socket-owner",
         type=_owner,
@@ -171,18 +178,12 @@ def run(args: argparse.Namespace) -> int:
 def _listeners(args: argparse.Namespace) -> list[Listener]:
     """Each --listen, with the --allow-*/--socket-* flags for what it does not set itself."""
     default = SvidFilter.of(args.allow_spiffe_id, args.allow_hint)
-    out = []
-    for spec in args.listen:
-        own = Listener.parse(spec)
-        out.append(
-            Listener(
-                own.path,
-                own.filter if own.filter.active else default,
-                own.mode if own.mode is not None else args.socket_mode,
-                own.owner if own.owner is not None else args.socket_owner,
-            )
+    return [
+        Listener.parse(
+            spec, default_filter=default, default_mode=args.socket_mode, default_owner=args.socket_owner
         )
-    return out
+        for spec in args.listen
+    ]
 
 
 def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
