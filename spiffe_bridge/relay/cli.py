@@ -144,12 +144,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="[HOST:]PORT",
         help="serve /live, /ready and /metrics over HTTP here (HOST defaults to 127.0.0.1; off by default)",
     )
-    p.add_argument(
-        "--verify-first",
+    validation = p.add_mutually_exclusive_group()
+    validation.add_argument(
+        "--forward-before-verify",
         action="store_true",
-        help="validate each upstream update before any client sees it (costs ~1 ms per update); "
-        "by default clients get it at once and an update that fails validation is taken back",
+        help="fast path: hand each upstream update to clients before validating it, and take it back "
+        "if it fails (saves ~1 ms per update, but a client that does not validate may use invalid "
+        "material meanwhile); by default nothing reaches a client before it was validated",
     )
+    # The old opt-in, now the default; still accepted so existing unit files keep working.
+    validation.add_argument("--verify-first", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
 
 
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             hold=args.hold,
             startup_wait=args.startup_wait,
             backoff=Backoff(initial=0.2, maximum=max(args.max_backoff, 0.2)),
-            verify_first=args.verify_first,
+            forward_before_verify=args.forward_before_verify,
         )
     except (ValueError, SpiffeBridgeError) as exc:
         print(f"relay: {exc}", file=sys.stderr)

@@ -65,9 +65,10 @@ class AsyncRelay:
     objects, each with its own, all fed by the same upstream streams.
     ``hold``: seconds to keep serving the last state after losing upstream;
     ``startup_wait``: seconds a stream opened before upstream's first answer
-    waits for it before ending Unavailable. ``verify_first``: validate each
-    upstream update before any client sees it (default: right after handing it
-    to the clients, taking it back if it fails; see ``upstream.py``).
+    waits for it before ending Unavailable. Each upstream update is validated
+    before any client sees it; ``forward_before_verify`` hands it on first and
+    takes it back if it fails (faster, but a client may use an invalid update
+    in between; see ``upstream.py``).
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class AsyncRelay:
         hold: float = DEFAULT_HOLD,
         startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
-        verify_first: bool = False,
+        forward_before_verify: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self.upstream_endpoint = resolve(upstream)
@@ -115,7 +116,7 @@ class AsyncRelay:
         self._hold = hold
         self._startup_wait = startup_wait
         self._backoff = backoff or DEFAULT_BACKOFF
-        self._verify_first = verify_first
+        self._forward_before_verify = forward_before_verify
         self._observer = observer
         self._served: list[_Served] = []
         self._upstream: Upstream | None = None
@@ -157,7 +158,7 @@ class AsyncRelay:
             [served.outlet for served in self._served],
             hold=self._hold,
             backoff=self._backoff,
-            verify_first=self._verify_first,
+            forward_before_verify=self._forward_before_verify,
             observer=self._observer,
         )
         self._upstream.start()
