@@ -17,6 +17,7 @@ from cryptography import x509
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats.options import FormatError, X509Options
+from spiffe_bridge.loglist import capped
 from spiffe_bridge.model import X509Bundle, X509Context, X509Svid
 from spiffe_bridge.spiffeid import TrustDomain
 
@@ -47,7 +48,7 @@ def select_svid(ctx: X509Context, options: X509Options) -> X509Svid:
     try:
         return ctx.svid(hint=hint, spiffe_id=options.spiffe_id or None)
     except LookupError:
-        have = ", ".join(f"{s.spiffe_id} (hint {s.hint!r})" for s in ctx.svids)
+        have = capped(f"{s.spiffe_id} (hint {s.hint!r})" for s in ctx.svids)
         raise FormatError(
             f"no X.509-SVID with hint={hint!r} spiffe_id={options.spiffe_id!r}; the agent sent: {have}"
         ) from None
