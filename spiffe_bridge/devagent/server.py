@@ -122,10 +122,10 @@ class DevAgent(AgentState):
                 raise RuntimeError("dev agent is already running")
             socketfile.make_parents(self._socket_path)
             socketfile.clear_stale(self._socket_path, "Workload API server")
+            staged = socketfile.Staged(self._socket_path)  # first: it may fail (EACCES)
             servicer = WorkloadAPIServicer(self)
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="devagent")
             server = grpc.server(executor, handlers=[servicer.generic_handler()])
-            staged = socketfile.Staged(self._socket_path)
             try:
                 with staged.tight_umask():
                     server.add_insecure_port("unix:" + staged.bind_path)

@@ -174,12 +174,12 @@ class AsyncRelay:
         path = listener.path
         socketfile.make_parents(path)
         socketfile.clear_stale(path, "relay")
+        staged = socketfile.Staged(path)  # first: it may fail (EACCES) before anything needs closing
         feeds = {kind: Feed(kind) for kind in Kind}
         forwarder = Forwarder(self.upstream_endpoint, listener.filter)
         servicer = RelayServicer(feeds, forwarder, self._observer, self._startup_wait)
         served = _Served(listener, Outlet(listener.filter, feeds), forwarder, servicer)
         server = grpc.aio.server(handlers=[servicer.generic_handler()])
-        staged = socketfile.Staged(path)
         owner = listener.owner or Owner()
         try:
             with staged.tight_umask():
