@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit interop deps spire bench clean
+.PHONY: demo test lint typecheck unit interop deps spire bench dist check-wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 # Everything: lint, types, unit + dev-agent + consumer + real-SPIRE tests. Components that are
 # not installed are skipped with a message saying how to install them (in CI they fail the run).
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 # Debian packages the consumer tests start (nginx, HAProxy, openssl); needs root.
 deps:
@@ -39,8 +39,18 @@ spire:
 interop: $(STAMP) spire
 	$(PY) -m pytest -q -m interop tests/interop
 
+# The wheel and the sdist into dist/ (the package is not on an index; install from these).
+dist: $(STAMP)
+	rm -rf dist build
+	$(PY) -m build -o dist . >/dev/null
+	@ls dist
+
+# The wheel installed into a clean venv runs the demo outside the repository (CI runs this).
+check-wheel:
+	scripts/check-wheel.sh
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache spiffe-bridge-demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache spiffe-bridge-demo dist build

@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "InvalidArgumentError": "spiffe_bridge.errors",
     "UnimplementedError": "spiffe_bridge.errors",
     "StreamEndedError": "spiffe_bridge.errors",
+    "SvidNotFoundError": "spiffe_bridge.errors",
     "DeadlineError": "spiffe_bridge.errors",
     "NotReadyError": "spiffe_bridge.errors",
 }
@@ -69,6 +70,7 @@ __all__ = [
     "SpiffeId",
     "SpiffeIdError",
     "StreamEndedError",
+    "SvidNotFoundError",
     "TrustDomain",
     "UnimplementedError",
     "ValidationError",

@@ -48,6 +48,39 @@ class Endpoint:
         return self.uri
 
 
+def unreachable_reason(endpoint: Endpoint) -> str | None:
+    """Why this process can never open the endpoint's Unix socket as it stands, or None.
+
+    Only causes that waiting does not cure count: no permission on the socket or a
+    directory on its path (EACCES), or a path that is not a socket. A missing socket
+    or a refused connection is None: the agent may still be starting.
+    """
+    if endpoint.kind != "unix":
+        return None
+    import errno
+    import socket
+    import stat
+
+    try:
+        if not stat.S_ISSOCK(os.stat(endpoint.path).st_mode):
+            return f"{endpoint.path} exists but is not a socket"
+    except PermissionError:
+        return f"permission denied looking up {endpoint.path} (uid {os.getuid()}, gid {os.getgid()})"
+    except OSError:
+        return None  # missing: it may appear later
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(endpoint.path)
+        except PermissionError:
+            return f"permission denied opening {endpoint.path} (uid {os.getuid()}, gid {os.getgid()})"
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                return f"a component of {endpoint.path} is not a directory"
+            return None
+    return None
+
+
 def resolve(address: str | None = None) -> Endpoint:
     """Return the endpoint from ``address``, else from ``SPIFFE_ENDPOINT_SOCKET``."""
     if address is None or address == "":

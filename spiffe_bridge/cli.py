@@ -13,6 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+DESCRIPTION = (
+    "SPIFFE identities for any workload or proxy: fetch SVIDs and bundles from a SPIRE agent "
+    "(the SPIFFE Workload API), write them in each consumer's format, keep them current and "
+    "reload the consumer (run), or re-serve the Workload API (relay)."
+)
+
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev-agent": (
@@ -44,26 +50,61 @@ def _normalise_go_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def version_text() -> str:
+    """What ``--version`` prints: the package version and the Python that runs it."""
+    from spiffe_bridge import __version__
+
+    return f"spiffe-bridge {__version__} (Python {sys.version.split()[0]})"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand has: --version (`run -version`, as spiffe-helper has it) and logging."""
+    from spiffe_bridge.logs import FORMATS, LEVELS
+
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LEVELS, default=None, help="log level (default info)"
+    )
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default=None, help="text, or one JSON object per line (default text)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv, import the chosen command's module and run it."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `spiffe-bridge ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # gRPC's C core logs connection churn (e.g. GOAWAY on agent restart) at INFO to stderr;
     # the CLI reports those events itself, so keep the core quiet unless the user asks.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in COMMANDS:
         args_list = [args_list[0], *_normalise_go_flags(args_list[1:])]
-    parser = argparse.ArgumentParser(prog="spiffe-bridge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="spiffe-bridge", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = args_list[0] if args_list and args_list[0] in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).add_parser(sub)
+            _add_common(sub.choices[name])
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "run":  # run reads its defaults from the config file first
+        from spiffe_bridge import logs
+
+        logs.setup(args.log_level or "info", args.log_format or "text")
     command = importlib.import_module(COMMANDS[args.command][0])
     result: int = command.run(args)
     return result

@@ -31,11 +31,19 @@ FORMAT_DIRS = {
     "linkerd": "linkerd",
 }
 SPIFFE_ID = "spiffe://example.org/demo/web"
+#: The socket the printed next step starts a dev agent on.
+NEXT_SOCKET = "/tmp/spiffe-bridge-dev.sock"
 
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``demo`` subcommand."""
-    parser = subparsers.add_parser("demo", help="run the dev agent and write every format into a directory")
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the dev agent and write every format into a directory",
+        description="Start a stand-in Workload API agent (the embedded dev agent, not SPIRE) on a "
+        "temporary socket, run the real sidecar against it with every output format, force one "
+        "rotation and check that every file set switched atomically and verifies.",
+    )
     parser.add_argument(
         "--dir", default="spiffe-bridge-demo", help="output directory (default ./%(default)s)"
     )
@@ -44,7 +52,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every check passed."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if getattr(args, "log_level", None) is None:  # the CLI set up logging; --verbose picks the level
+        logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
     return Demo(Path(args.dir).resolve()).run()
 
 
@@ -135,12 +144,36 @@ class Demo:
         finally:
             agent.stop()
             shutil.rmtree(tmp, ignore_errors=True)
+        print(
+            "Started a stand-in Workload API agent (spiffe-bridge's dev agent, not SPIRE) on a temporary "
+            "socket and ran the real sidecar against it with every format, through one rotation."
+        )
         print("\n".join(self.lines))
         if self.failures:
             print(f"\n{len(self.failures)} check(s) failed")
             return 1
-        print(f"\nAll checks passed. Try: nginx with ssl_certificate {self.out / 'pem' / 'svid.pem'}")
+        conf = self._write_next_config()
+        print(
+            "\nAll checks passed: every format was written, switched as one set on rotation, and "
+            "verifies against the bundle.\n"
+            f"The files work as they are, e.g. nginx with ssl_certificate {self.out / 'pem' / 'svid.pem'}\n"
+            "Next, run the sidecar yourself against a dev agent:\n"
+            f"  spiffe-bridge dev-agent --socket {NEXT_SOCKET} &\n"
+            f"  spiffe-bridge run -config {conf}"
+        )
         return 0
+
+    def _write_next_config(self) -> Path:
+        """A spiffe-helper style config for the printed next step (the dev agent's socket, ./sidecar)."""
+        conf = self.out / "helper.conf"
+        conf.write_text(
+            f'agent_address = "unix://{NEXT_SOCKET}"\n'
+            f'cert_dir = "{self.out / "sidecar"}"\n'
+            'svid_file_name = "svid.pem"\n'
+            'svid_key_file_name = "svid_key.pem"\n'
+            'svid_bundle_file_name = "svid_bundle.pem"\n'
+        )
+        return conf
 
     def _drive(self, agent: Any, daemon: Any, probe: _Probe, errors: list[BaseException]) -> None:
         """Runs beside the daemon: wait for files, rotate, verify, stop the daemon."""
@@ -157,18 +190,20 @@ class Demo:
             daemon.request_stop(0)
 
     def _snapshot(self) -> dict[str, tuple[str, dict[str, bytes]]]:
-        """For each output dir: the version ``..data`` points at, and every file's bytes."""
+        """For each output dir: the version ``..data`` points at, and the bytes of every file in it.
+
+        Only what the writer put in the version directory counts: files of the user's own
+        beside the set (a README, an older copy) are none of the demo's business.
+        """
         snap = {}
         for sub in FORMAT_DIRS.values():
-            directory = self.out / sub
-            data = directory / "..data"
+            data = self.out / sub / "..data"
             version = os.readlink(data) if data.is_symlink() else ""
             files: dict[str, bytes] = {}
-            for root, dirs, names in os.walk(directory, followlinks=True):
-                dirs[:] = [d for d in dirs if not d.startswith("..")]
+            for root, _dirs, names in os.walk(data, followlinks=True):
                 for name in names:
                     path = Path(root, name)
-                    files[str(path.relative_to(directory))] = path.read_bytes()
+                    files[str(path.relative_to(data))] = path.read_bytes()
             snap[sub] = (version, files)
         return snap
 

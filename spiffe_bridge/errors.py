@@ -32,6 +32,10 @@ class JwtSvidError(ValidationError):
     """A JWT-SVID failed validation (signature, algorithm, audience, expiry, subject)."""
 
 
+class SvidNotFoundError(SpiffeBridgeError, LookupError):
+    """No SVID matches the requested hint or SPIFFE ID; the message lists the ones there are."""
+
+
 class WorkloadApiError(SpiffeBridgeError):
     """A Workload API call failed; ``code`` is the gRPC status code (None for local causes)."""
 

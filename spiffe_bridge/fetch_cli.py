@@ -4,7 +4,8 @@
 SPIFFE ID, expiry and files; without ``--write`` it only prints the summary.
 ``fetch jwt --audience A`` prints the token on stdout (for ``$(...)``) or, with
 ``--write``, stores it (and the JWT bundles) instead. Key material is never printed.
-Exit status: 0 done, 1 fetch/write failure, 2 usage error.
+Exit status as ``spiffe-bridge run`` one-shot: 0 done, 2 usage or configuration error,
+3 agent unavailable, 4 no identity (or no SVID with the requested hint or ID), 5 write error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ if TYPE_CHECKING:
 X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd")
 
 
+def _duration(text: str) -> float:
+    from spiffe_bridge.devagent._duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _mode(text: str) -> int:
     try:
         return int(text, 8)
@@ -35,7 +45,13 @@ def _mode(text: str) -> int:
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every fetch-like command shares: address, timeout, output directory and layout."""
     p.add_argument("--address", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (30)")
+    p.add_argument(
+        "--timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long to wait for the agent (30s)",
+    )
     p.add_argument("--write", metavar="DIR", help="write the files into DIR (created if missing)")
     p.add_argument(
         "--layout",
@@ -43,7 +59,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default="symlink",
         help="symlink: ..data swap, whole set switches at once (default); flat: one rename per file",
     )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
 def add_x509_selection(p: argparse.ArgumentParser) -> None:
@@ -60,10 +76,21 @@ def add_x509_selection(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``fetch`` subcommand with its ``x509`` and ``jwt`` kinds."""
-    p = subparsers.add_parser("fetch", help="fetch X.509 or JWT material once and write/print it")
+    p = subparsers.add_parser(
+        "fetch",
+        help="fetch X.509 or JWT material once and write/print it",
+        description="Fetch identities from the Workload API once: print a summary, or write the files "
+        "in one format. Exit codes as run's one-shot mode: 0 ok, 2 usage, 3 agent unavailable, "
+        "4 no identity, 5 write error.",
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
 
-    x = kinds.add_parser("x509", help="fetch the X.509-SVID and bundles")
+    x = kinds.add_parser(
+        "x509",
+        help="fetch the X.509-SVID and bundles",
+        description="Fetch the X.509-SVID and the trust bundles; with --write, write them in --format "
+        "atomically. Key material is never printed.",
+    )
     add_common(x)
     add_x509_selection(x)
     x.add_argument("--format", choices=X509_FORMAT_NAMES, default="pem", help="file format (pem)")
@@ -75,7 +102,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--linkerd-workload-api-address", help="linkerd: socket the proxy uses (default: --address)"
     )
 
-    j = kinds.add_parser("jwt", help="fetch a JWT-SVID (and optionally the JWT bundles)")
+    j = kinds.add_parser(
+        "jwt",
+        help="fetch a JWT-SVID (and optionally the JWT bundles)",
+        description="Fetch a JWT-SVID for the audiences: the bare token on stdout (for $(...)), one JSON "
+        "object with --json, or the token file (and JWT bundles) with --write.",
+    )
     add_common(j)
     j.add_argument("--audience", action="append", required=True, help="audience (repeatable)")
     j.add_argument("--spiffe-id", help="mint for this SPIFFE ID (default: the first identity)")
@@ -161,17 +193,45 @@ def _files_summary(args: argparse.Namespace, files: list[Any], result: WriteResu
     }
 
 
+class _Exit(Exception):
+    """A failure with its exit code (the sidecar's one-shot table)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _preflight(address: str | None) -> None:
+    """Fail at once on a socket this process can never open, instead of after --timeout."""
+    from spiffe_bridge.address import resolve, unreachable_reason
+    from spiffe_bridge.sidecar.exitcodes import EXIT_UNAVAILABLE
+
+    reason = unreachable_reason(resolve(address))
+    if reason:
+        raise _Exit(EXIT_UNAVAILABLE, reason)
+
+
+def _write(args: argparse.Namespace, files: list[Any]) -> WriteResult:
+    from spiffe_bridge.sidecar.exitcodes import EXIT_WRITE
+
+    try:
+        return write_files(args, files)
+    except OSError as exc:  # WriteError is an OSError
+        raise _Exit(EXIT_WRITE, f"cannot write {args.write}: {exc}") from None
+
+
 def _run_x509(args: argparse.Namespace) -> int:
     from spiffe_bridge import WorkloadClient
     from spiffe_bridge.formats import render_x509
 
+    _preflight(args.address)
     with WorkloadClient(args.address, timeout=args.timeout) as client:
         ctx = client.fetch_x509_context(timeout=args.timeout)
         options = x509_options(args, client.endpoint)
     summary = x509_summary(ctx, options)
     if args.write:
         files = render_x509(args.format, ctx, options)
-        summary.update(format=args.format, **_files_summary(args, files, write_files(args, files)))
+        summary.update(format=args.format, **_files_summary(args, files, _write(args, files)))
     print_summary(args, summary)
     return 0
 
@@ -190,6 +250,7 @@ def _run_jwt(args: argparse.Namespace) -> int:
     from spiffe_bridge.formats import render_jwt
 
     audience, *extra = args.audience
+    _preflight(args.address)
     with WorkloadClient(args.address, timeout=args.timeout) as client:
         svid = client.fetch_jwt_svid(
             audience, *extra, spiffe_id=args.spiffe_id, hint=args.hint, timeout=args.timeout
@@ -197,21 +258,40 @@ def _run_jwt(args: argparse.Namespace) -> int:
         bundles = client.fetch_jwt_bundles(timeout=args.timeout) if args.bundles else None
     summary = _jwt_summary(svid)
     if not args.write:
-        print(svid.token)
-        print_summary(args, summary, sys.stderr)
+        if args.json:  # one JSON object on stdout, the token in it
+            print_summary(args, {"token": svid.token, **summary})
+        else:  # the bare token on stdout, for $(...); the summary beside it on stderr
+            print(svid.token)
+            print_summary(args, summary, sys.stderr)
         return 0
     files = render_jwt([(svid, args.file_name)], bundles)
-    summary.update(_files_summary(args, files, write_files(args, files)))
+    summary.update(_files_summary(args, files, _write(args, files)))
     print_summary(args, summary)
     return 0
 
 
+def _exit_code(exc: Exception) -> int:
+    """The sidecar's exit-code table for a failure of fetch."""
+    from spiffe_bridge.errors import AddressError, NoIdentityError, SpiffeBridgeError, SvidNotFoundError
+    from spiffe_bridge.sidecar.exitcodes import EXIT_CONFIG, EXIT_NO_IDENTITY, EXIT_UNAVAILABLE
+
+    if isinstance(exc, _Exit):
+        return exc.code
+    if isinstance(exc, AddressError):
+        return EXIT_CONFIG
+    if isinstance(exc, NoIdentityError | SvidNotFoundError):
+        return EXIT_NO_IDENTITY  # PermissionDenied, or no SVID with the requested hint / ID
+    if isinstance(exc, SpiffeBridgeError):
+        return EXIT_UNAVAILABLE  # unreachable, deadline, or refused / invalid material
+    return EXIT_CONFIG  # a password file or variable that cannot be read
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``fetch x509`` or ``fetch jwt``; errors are reported on stderr with exit status 1."""
+    """Run ``fetch x509`` or ``fetch jwt``; a failure is one line on stderr and its exit code."""
     from spiffe_bridge.errors import SpiffeBridgeError
 
     try:
         return _run_x509(args) if args.kind == "x509" else _run_jwt(args)
-    except (SpiffeBridgeError, LookupError, OSError) as exc:
+    except (_Exit, SpiffeBridgeError, LookupError, OSError) as exc:
         print(f"spiffe-bridge fetch {args.kind}: error: {exc}", file=sys.stderr)
-        return 1
+        return _exit_code(exc)

@@ -330,7 +330,7 @@ class X509Context:
         return self.svids[0]
 
     def svid(self, hint: str | None = None, spiffe_id: str | SpiffeId | None = None) -> X509Svid:
-        """The SVID with this hint or SPIFFE ID (first match), else the default; LookupError if absent."""
+        """The SVID with this hint or SPIFFE ID (first match), else the default; SvidNotFoundError if none."""
         if hint is None and spiffe_id is None:
             return self.default_svid
         want = str(spiffe_id) if spiffe_id is not None else None
@@ -340,7 +340,13 @@ class X509Context:
             if want is not None and str(svid.spiffe_id) != want:
                 continue
             return svid
-        raise LookupError(f"no SVID with hint={hint!r} spiffe_id={want!r}")
+        from spiffe_bridge.errors import SvidNotFoundError
+        from spiffe_bridge.loglist import capped
+
+        have = capped(f"{s.spiffe_id} (hint {s.hint!r})" for s in self.svids)
+        raise SvidNotFoundError(
+            f"no X.509-SVID with hint={hint!r} spiffe_id={want!r}; the agent sent: {have}"
+        )
 
     def bundle_for(self, trust_domain: TrustDomain | str) -> X509Bundle | None:
         """The bundle for a trust domain (own or federated), or None when not trusted."""

@@ -20,9 +20,16 @@ install -m 0755 "$HERE/spire/agent-start.sh" "$HERE/spire/register.sh" /opt/spir
 chown spire:spire /opt/spire/certs/ca.key && chmod 0600 /opt/spire/certs/ca.key
 install -m 0644 "$HERE/proxy/mesh.env" /etc/linkerd-proxy/mesh.env
 
+# spiffe-bridge is not on a package index: install the wheel built from this repository
+# (`make dist` at the repository root), or point SPIFFE_BRIDGE_PACKAGE at another wheel.
 if [ ! -x /opt/spiffe-bridge/bin/spiffe-bridge ]; then
+    wheel=${SPIFFE_BRIDGE_PACKAGE:-$(ls "$HERE"/../../dist/spiffe_bridge-*.whl 2>/dev/null | tail -n 1)}
+    if [ -z "$wheel" ]; then
+        echo "no spiffe-bridge wheel: run 'make dist' in the repository first" >&2
+        exit 1
+    fi
     python3 -m venv /opt/spiffe-bridge
-    /opt/spiffe-bridge/bin/pip install --quiet "${SPIFFE_BRIDGE_PACKAGE:-spiffe-bridge}"
+    /opt/spiffe-bridge/bin/pip install --quiet "$wheel"
 fi
 
 install -m 0644 "$HERE"/systemd/*.service /etc/systemd/system/

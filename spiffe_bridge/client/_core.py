@@ -260,7 +260,10 @@ class ClientCore:
         for svid in svids:
             if hint is None or svid.hint == hint:
                 return svid
-        raise LookupError(f"no JWT-SVID with hint {hint!r}")
+        from spiffe_bridge.errors import SvidNotFoundError
+
+        have = ", ".join(f"{s.spiffe_id} (hint {s.hint!r})" for s in svids)
+        raise SvidNotFoundError(f"no JWT-SVID with hint {hint!r}; the agent sent: {have}")
 
     @staticmethod
     def validate_request(token: str, audience: str) -> Any:

@@ -7,7 +7,6 @@ so demos and shell-driven tests can trigger pushes from outside.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -83,16 +82,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="socket file mode, whatever the umask (0600: it hands out private keys; widen it, e.g. "
         "0660, for clients of other users)",
     )
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     if not args.socket:
         print("dev-agent: --socket is required (or set SPIFFE_ENDPOINT_SOCKET)", file=sys.stderr)
         return 2

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from spiffe_bridge.errors import SvidNotFoundError
 from spiffe_bridge.fileset import FileSpec
-from spiffe_bridge.formats.options import FormatError, X509Options
-from spiffe_bridge.loglist import capped
+from spiffe_bridge.formats.options import FormatError, SvidSelectionError, X509Options
 from spiffe_bridge.model import X509Bundle, X509Context, X509Svid
 from spiffe_bridge.spiffeid import TrustDomain
 
@@ -43,15 +43,11 @@ class X509Material:
 
 
 def select_svid(ctx: X509Context, options: X509Options) -> X509Svid:
-    """The SVID named by ``hint``/``spiffe_id``, else the default one; FormatError if absent."""
-    hint = options.hint or None
+    """The SVID named by ``hint``/``spiffe_id``, else the default one; SvidSelectionError if absent."""
     try:
-        return ctx.svid(hint=hint, spiffe_id=options.spiffe_id or None)
-    except LookupError:
-        have = capped(f"{s.spiffe_id} (hint {s.hint!r})" for s in ctx.svids)
-        raise FormatError(
-            f"no X.509-SVID with hint={hint!r} spiffe_id={options.spiffe_id!r}; the agent sent: {have}"
-        ) from None
+        return ctx.svid(hint=options.hint or None, spiffe_id=options.spiffe_id or None)
+    except SvidNotFoundError as exc:
+        raise SvidSelectionError(str(exc)) from None
 
 
 def _pairs(bundle: X509Bundle) -> tuple[Cert, ...]:

@@ -214,7 +214,6 @@ def _watch(args: argparse.Namespace) -> int:
     from spiffe_bridge.sdnotify import notify
     from spiffe_bridge.source_state import SourceStatus
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     failure: list[Exception | None] = []
 

@@ -6,13 +6,17 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spiffe_bridge.errors import SpiffeBridgeError
+from spiffe_bridge.errors import SpiffeBridgeError, SvidNotFoundError
 
 FederatedLayout = Literal["per-trust-domain", "merged"]
 
 
 class FormatError(SpiffeBridgeError, ValueError):
     """The material cannot be rendered with these options (no such SVID, missing option...)."""
+
+
+class SvidSelectionError(FormatError, SvidNotFoundError):
+    """The configured hint or SPIFFE ID names no SVID the agent sent: both a FormatError and a lookup miss."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -154,16 +153,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     # The old opt-in, now the default; still accepted so existing unit files keep working.
     validation.add_argument("--verify-first", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         relay = AsyncRelay(
             args.upstream,

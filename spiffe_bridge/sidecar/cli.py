@@ -36,7 +36,13 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run",
         help="sidecar: a drop-in for spiffe-helper",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=(
+            "Keep SVIDs and bundles in files for a consumer and reload it on every rotation. Reads "
+            "spiffe-helper's helper.conf unchanged (or TOML/JSON). After --, a program to run once the "
+            "files exist; it gets forwarded signals and renew_signal, and its exit code becomes ours. "
+            "Exit codes: 0 ok, 1 runtime failure, 2 configuration error; one-shot: 3 agent unavailable, "
+            "4 no identity issued, 5 files could not be written."
+        ),
     )
     parser.add_argument(
         "--config",
@@ -60,15 +66,18 @@ def add_parser(subparsers: Any) -> None:
 
 def _prepare(args: argparse.Namespace) -> tuple[Config, list[Any]] | int:
     """Load config, set up logging, build the plans; an exit code on configuration errors."""
-    from spiffe_bridge.sidecar import logs, metrics, plan
+    from spiffe_bridge import logs
+    from spiffe_bridge.sidecar import metrics, plan
 
+    level, fmt = getattr(args, "log_level", None), getattr(args, "log_format", None)
     try:
         config = load(args.config, daemon_mode=args.daemon_mode)
     except ConfigError as exc:
-        logs.setup()
+        logs.setup(level or "info", fmt or "text")
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
-    logs.setup(config.log_level, config.log_format)
+    # the command line overrides the file's log_level / log_format
+    logs.setup(level or config.log_level, fmt or config.log_format)
     for warning in config.warnings:
         log.warning("%s: %s", config.source, warning)
     try:

@@ -91,3 +91,28 @@ http {{
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+def test_a_file_of_the_users_in_the_target_is_no_failure(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "demo"
+    (out / "pem").mkdir(parents=True)
+    (out / "pem" / "NOTES.txt").write_text("mine\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "spiffe_bridge", "demo", "--dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "pem" / "NOTES.txt").read_text() == "mine\n"
+
+
+def test_it_says_what_it_ran_and_what_to_do_next(demo_dir: pathlib.Path) -> None:
+    conf = demo_dir / "helper.conf"
+    checked = subprocess.run(
+        [sys.executable, "-m", "spiffe_bridge", "run", "-config", str(conf), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr  # the printed next step's config is valid

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from sidecar_helpers import health, http_get
 
+from spiffe_bridge import logs
 from spiffe_bridge.errors import AgentUnavailableError, NoIdentityError
 from spiffe_bridge.health import HealthServer
-from spiffe_bridge.sidecar import logs
 from spiffe_bridge.sidecar.metrics import renderer
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.source_state import SourceState, SourceStatus

@@ -109,7 +109,7 @@ def test_pkcs12_password_comes_from_env_or_file(
     assert run(capsys, *base, "--write", str(tmp_path / "b"), "--pkcs12-password-file", str(secret))[0] == 0
     pkcs12.load_pkcs12((tmp_path / "b" / "svid.p12").read_bytes(), b"from-file")
     code, _, err = run(capsys, *base, "--write", str(tmp_path / "c"), "--pkcs12-password-env", "UNSET_VAR")
-    assert code == 1 and "UNSET_VAR" in err
+    assert code == 2 and "UNSET_VAR" in err  # configuration error
 
 
 def test_fetch_jwt_prints_the_token(dev_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,19 +148,69 @@ def test_fetch_jwt_writes_token_and_bundles(
     assert (tmp_path / "jwks" / "partner.test.json").is_file()
 
 
-def test_errors_exit_1_with_a_reason(
+def test_errors_exit_with_runs_codes_and_a_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], dev_agent: Any
 ) -> None:
     code, _, err = run(
-        capsys, "fetch", "x509", "--address", f"unix://{tmp_path}/none.sock", "--timeout", "0.5"
+        capsys, "fetch", "x509", "--address", f"unix://{tmp_path}/none.sock", "--timeout", "500ms"
     )
-    assert code == 1 and "error" in err
+    assert code == 3 and "error" in err  # unavailable
     code, _, err = run(capsys, "fetch", "x509", "--address", dev_agent.address, "--hint", "nope")
-    assert code == 1 and "hint='nope'" in err
+    assert code == 4 and "hint='nope'" in err and "example.org" in err  # no identity; lists what exists
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, _, err = run(capsys, "fetch", "x509", "--address", dev_agent.address, "--write", str(blocker / "x"))
-    assert code == 1 and str(blocker) in err
+    assert code == 5 and str(blocker) in err  # write error
+    code, _, err = run(capsys, "fetch", "x509", "--address", "relative.sock")
+    assert code == 2 and "not absolute" in err  # configuration error
+
+
+def test_denied_identity_exits_4(tmp_path: Path, capsys: pytest.CaptureFixture[str], dev_agent: Any) -> None:
+    dev_agent.deny()
+    code, _, err = run(capsys, "fetch", "x509", "--address", dev_agent.address, "--timeout", "1s")
+    assert code == 4 and "registration entry" in err
+
+
+def test_a_socket_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
+    """EACCES on the socket is reported at once, not after --timeout as "is the agent running?"."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    if os.geteuid() != 0:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs root to give a socket away")
+    # Another user's private socket; the fetch runs as root without CAP_DAC_OVERRIDE, so the
+    # kernel refuses it as it would refuse any other user (Python itself lives under /root).
+    sock_dir = tmp_path / "private"
+    sock_dir.mkdir(mode=0o700)
+    path = sock_dir / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+        os.chown(sock_dir, 65534, 65534)
+        started = time.monotonic()
+        done = subprocess.run(
+            ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m",
+             "spiffe_bridge", "fetch", "x509", "--address", f"unix://{path}", "--timeout", "60s"],
+            capture_output=True, text=True, timeout=55,
+        )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "permission denied" in done.stderr and "uid 0" in done.stderr
+    assert time.monotonic() - started < 30  # far below --timeout 60s: it did not wait
+
+
+def test_timeout_takes_units(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fetch", "x509", "--timeout", "soon"])
+    assert exit_info.value.code == 2 and "invalid duration" in capsys.readouterr().err
+
+
+def test_jwt_json_goes_to_stdout(capsys: pytest.CaptureFixture[str], dev_agent: Any) -> None:
+    code, out, _ = run(capsys, "fetch", "jwt", "--address", dev_agent.address, "--audience", "a", "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["audience"] == ["a"] and summary["token"].count(".") == 2
 
 
 def test_linkerd_env_prints_or_writes(

@@ -1,4 +1,4 @@
-"""Logging for the sidecar: level, text or JSON lines, and a redaction safety net.
+"""Logging for every command: level, text or JSON lines, and a redaction safety net.
 
 spiffe-bridge never logs key material or tokens on purpose; the filter here
 is a second line of defence that replaces anything shaped like a PEM block or
@@ -18,6 +18,9 @@ from typing import Any, TextIO
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
 _JWS_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+#: The choices of ``--log-level`` and ``--log-format`` (and of the sidecar's config keys).
+LEVELS = tuple(_LEVELS)
+FORMATS = ("text", "json")
 #: LogRecord attributes that are not user-supplied ``extra`` fields.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -65,9 +68,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when set up."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Configure the root logger for the sidecar process (replaces existing handlers)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Configure the root logger of this process (replaces existing handlers)."""
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.addFilter(RedactFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -77,6 +92,6 @@ def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) 
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(_LEVELS.get(level, logging.INFO))
+    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     # gRPC internals are noisy at debug and say nothing a sidecar user can act on.
     logging.getLogger("grpc").setLevel(max(logging.WARNING, root.level))
