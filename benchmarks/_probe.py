@@ -13,8 +13,8 @@ Modes:
   ours-aio           spiffe_bridge.AsyncX509Source on asyncio (grpc.aio), timestamp in its callback
   pyspiffe-callback  py-spiffe's X509Source, timestamp in its subscriber callback
   fanout N           N raw Workload API streams (one channel each, no decoding) on grpc.aio
-  relay LISTEN [verify-first]
-                     spiffe_bridge.relay.Relay from SOCKET to LISTEN (optionally validating first)
+  relay LISTEN [forward-before-verify]
+                     spiffe_bridge.relay.Relay from SOCKET to LISTEN (optionally on the fast path)
 
 Imports happen inside each mode, so a py-spiffe probe never loads spiffe_bridge.
 """
@@ -166,11 +166,11 @@ def fanout(socket: str, out: _Out, n: int) -> None:
     asyncio.run(main())
 
 
-def relay(socket: str, out: _Out, listen: str, verify_first: bool) -> None:
+def relay(socket: str, out: _Out, listen: str, forward_first: bool) -> None:
     """spiffe_bridge.relay.Relay serving ``listen`` from the agent at ``socket``."""
     from spiffe_bridge.relay import Relay
 
-    with Relay("unix://" + socket, "unix://" + listen, verify_first=verify_first) as running:
+    with Relay("unix://" + socket, "unix://" + listen, forward_before_verify=forward_first) as running:
         running.wait_serving(timeout=30)
         out.write("ready", time.monotonic())
         _wait_for_term()
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> int:
         elif mode == "fanout":
             fanout(socket, out, int(rest[0]))
         elif mode == "relay":
-            relay(socket, out, rest[0], rest[1:] == ["verify-first"])
+            relay(socket, out, rest[0], rest[1:] == ["forward-before-verify"])
         else:
             raise SystemExit(f"unknown probe mode {mode!r}")
     except Exception as exc:

@@ -341,8 +341,9 @@ class X509Context:
                 continue
             return svid
         from spiffe_bridge.errors import SvidNotFoundError
+        from spiffe_bridge.loglist import capped
 
-        have = ", ".join(f"{s.spiffe_id} (hint {s.hint!r})" for s in self.svids)
+        have = capped(f"{s.spiffe_id} (hint {s.hint!r})" for s in self.svids)
         raise SvidNotFoundError(
             f"no X.509-SVID with hint={hint!r} spiffe_id={want!r}; the agent sent: {have}"
         )

@@ -75,7 +75,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="answer PermissionDenied for this long after start",
     )
     p.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="SVID key type")
-    p.add_argument("--socket-mode", type=_mode, default=0o777, help="socket file mode (0777)")
+    p.add_argument(
+        "--socket-mode",
+        type=_mode,
+        default=0o600,
+        help="socket file mode, whatever the umask (0600: it hands out private keys; widen it, e.g. "
+        "0660, for clients of other users)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

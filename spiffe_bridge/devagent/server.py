@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +16,17 @@ from types import TracebackType
 
 import grpc
 
+from spiffe_bridge import socketfile
+
 from .ca import KeyType
 from .identity import Identity
 from .servicer import WorkloadAPIServicer
 from .state import AgentState
 
 _log = logging.getLogger("spiffe_bridge.devagent")
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the trailing NUL
+MAX_SOCKET_PATH = socketfile.MAX_SOCKET_PATH
+#: It hands out private keys: only its owner may connect unless ``socket_mode`` says otherwise.
+DEFAULT_SOCKET_MODE = 0o600
 
 
 def socket_path_from_address(value: str | os.PathLike[str]) -> str:
@@ -56,7 +59,7 @@ class DevAgent(AgentState):
         intermediate: bool = False,
         key_type: KeyType = "ec-p256",
         federate_with: Iterable[str] = (),
-        socket_mode: int = 0o777,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
         max_workers: int = 64,
     ) -> None:
         super().__init__(
@@ -80,6 +83,7 @@ class DevAgent(AgentState):
         self._servicer: WorkloadAPIServicer | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._timer_stop: threading.Event | None = None
+        self._inode = 0
 
     # ----- addresses -----
     @property
@@ -108,23 +112,31 @@ class DevAgent(AgentState):
 
     # ----- lifecycle -----
     def start(self) -> DevAgent:
-        """Bind the socket and serve; returns self. A stale socket file is replaced."""
+        """Bind the socket and serve; returns self.
+
+        A stale socket file is replaced; one a live server serves is not (FileExistsError), so
+        pointed at a real agent's socket the dev agent fails instead of cutting the agent off.
+        """
         with self._lifecycle:
             if self._server is not None:
                 raise RuntimeError("dev agent is already running")
-            self._remove_socket()
-            os.makedirs(os.path.dirname(self._socket_path), exist_ok=True)
+            socketfile.make_parents(self._socket_path)
+            socketfile.clear_stale(self._socket_path, "Workload API server")
+            staged = socketfile.Staged(self._socket_path)  # first: it may fail (EACCES)
             servicer = WorkloadAPIServicer(self)
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="devagent")
             server = grpc.server(executor, handlers=[servicer.generic_handler()])
             try:
-                server.add_insecure_port(self.grpc_target)
+                with staged.tight_umask():
+                    server.add_insecure_port("unix:" + staged.bind_path)
+                self._inode = staged.publish(self._socket_mode)
                 server.start()
-            except Exception:
+            except BaseException:
                 server.stop(None)
                 executor.shutdown(wait=False)
+                staged.discard()
+                self._remove_socket()
                 raise
-            os.chmod(self._socket_path, self._socket_mode)
             self._server, self._servicer, self._executor = server, servicer, executor
             self._start_timer()
         _log.info("dev agent serving %s for trust domain %s", self.address, self.trust_domain)
@@ -199,10 +211,6 @@ class DevAgent(AgentState):
             self._timer_stop = None
 
     def _remove_socket(self) -> None:
-        try:
-            mode = os.lstat(self._socket_path).st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(mode):
-            raise FileExistsError(f"{self._socket_path} exists and is not a socket")
-        os.unlink(self._socket_path)
+        if self._inode:
+            socketfile.remove(self._socket_path, self._inode)
+            self._inode = 0

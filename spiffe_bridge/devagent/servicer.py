@@ -15,6 +15,7 @@ import grpc
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.errors import JwtSvidError
+from spiffe_bridge.loglist import capped
 
 from ._streams import Outgoing, Signal
 from .faults import RawResponse, Rpc
@@ -78,7 +79,7 @@ class WorkloadAPIServicer:
                 raw = self._state._jwt_svids(list(request.audience), request.spiffe_id)
             except LookupError:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
-            ids = ", ".join(s.spiffe_id for s in raw.svids)
+            ids = capped(s.spiffe_id for s in raw.svids)
             self._state._record_sent(rpc, f"JWT-SVIDs for [{ids}] aud={list(request.audience)}")
         else:
             self._state._record_sent(rpc, "raw response")

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.loglist import capped
 
 from ._streams import Outgoing, Signal, StreamCounters, StreamHandle
 from .ca import KeyType, TrustDomainCA, X509SVIDMaterial
@@ -325,12 +326,12 @@ class AgentState(FaultControls, StreamCounters):
     def _build(self, rpc: Rpc) -> Outgoing:
         if rpc is Rpc.FETCH_X509_SVID:
             feds = ",".join(sorted(self._federated))
-            svids = ", ".join(f"{m.spiffe_id} serial={m.serial_number:x}" for m in self._svids)
+            svids = capped(f"{m.spiffe_id} serial={m.serial_number:x}" for m in self._svids)
             return Outgoing(self.x509_svid_response(), f"svids=[{svids}] federated=[{feds}]")
         if rpc is Rpc.FETCH_X509_BUNDLES:
-            tds = ", ".join(f"{ca.id} roots={len(ca.roots)}" for ca in self._all_cas())
+            tds = capped(f"{ca.id} roots={len(ca.roots)}" for ca in self._all_cas())
             return Outgoing(self.x509_bundles_response(), f"bundles=[{tds}]")
-        kids = ", ".join(f"{ca.id} kids={[a.kid for a in ca.jwt_authorities]}" for ca in self._all_cas())
+        kids = capped(f"{ca.id} kids={[a.kid for a in ca.jwt_authorities]}" for ca in self._all_cas())
         return Outgoing(self.jwt_bundles_response(), f"bundles=[{kids}]")
 
     # ----- servicer hooks (called from gRPC handler threads) -----

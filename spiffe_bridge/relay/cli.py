@@ -100,7 +100,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="HINT",
         help="show downstream only SVIDs with this hint (repeatable)",
     )
-    p.add_argument("--socket-mode", type=_mode, default=None, metavar="MODE", help="socket mode, e.g. 0660")
+    p.add_argument(
+        "--socket-mode",
+        type=_mode,
+        default=None,
+        metavar="MODE",
+        help="socket file mode, whatever the umask (default 0660: owner and group only; "
+        "a mode that lets everyone connect is logged as a warning)",
+    )
     p.add_argument(
         "--socket-owner",
         type=_owner,
@@ -136,12 +143,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="[HOST:]PORT",
         help="serve /live, /ready and /metrics over HTTP here (HOST defaults to 127.0.0.1; off by default)",
     )
-    p.add_argument(
-        "--verify-first",
+    validation = p.add_mutually_exclusive_group()
+    validation.add_argument(
+        "--forward-before-verify",
         action="store_true",
-        help="validate each upstream update before any client sees it (costs ~1 ms per update); "
-        "by default clients get it at once and an update that fails validation is taken back",
+        help="fast path: hand each upstream update to clients before validating it, and take it back "
+        "if it fails (saves ~1 ms per update, but a client that does not validate may use invalid "
+        "material meanwhile); by default nothing reaches a client before it was validated",
     )
+    # The old opt-in, now the default; still accepted so existing unit files keep working.
+    validation.add_argument("--verify-first", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             hold=args.hold,
             startup_wait=args.startup_wait,
             backoff=Backoff(initial=0.2, maximum=max(args.max_backoff, 0.2)),
-            verify_first=args.verify_first,
+            forward_before_verify=args.forward_before_verify,
         )
     except (ValueError, SpiffeBridgeError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
@@ -164,18 +175,12 @@ def run(args: argparse.Namespace) -> int:
 def _listeners(args: argparse.Namespace) -> list[Listener]:
     """Each --listen, with the --allow-*/--socket-* flags for what it does not set itself."""
     default = SvidFilter.of(args.allow_spiffe_id, args.allow_hint)
-    out = []
-    for spec in args.listen:
-        own = Listener.parse(spec)
-        out.append(
-            Listener(
-                own.path,
-                own.filter if own.filter.active else default,
-                own.mode if own.mode is not None else args.socket_mode,
-                own.owner if own.owner is not None else args.socket_owner,
-            )
+    return [
+        Listener.parse(
+            spec, default_filter=default, default_mode=args.socket_mode, default_owner=args.socket_owner
         )
-    return out
+        for spec in args.listen
+    ]
 
 
 def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:

@@ -20,6 +20,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
+from spiffe_bridge import socketfile
 from spiffe_bridge.address import resolve
 from spiffe_bridge.relay import sockets
 from spiffe_bridge.relay.feed import Feed, Kind, Snapshot
@@ -64,9 +65,10 @@ class AsyncRelay:
     objects, each with its own, all fed by the same upstream streams.
     ``hold``: seconds to keep serving the last state after losing upstream;
     ``startup_wait``: seconds a stream opened before upstream's first answer
-    waits for it before ending Unavailable. ``verify_first``: validate each
-    upstream update before any client sees it (default: right after handing it
-    to the clients, taking it back if it fails; see ``upstream.py``).
+    waits for it before ending Unavailable. Each upstream update is validated
+    before any client sees it; ``forward_before_verify`` hands it on first and
+    takes it back if it fails (faster, but a client may use an invalid update
+    in between; see ``upstream.py``).
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class AsyncRelay:
         hold: float = DEFAULT_HOLD,
         startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
-        verify_first: bool = False,
+        forward_before_verify: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self.upstream_endpoint = resolve(upstream)
@@ -101,20 +103,20 @@ class AsyncRelay:
                 raise ValueError("with Listener objects, give allow-lists, mode and owner per Listener")
         if not listeners:
             raise ValueError("the relay needs a socket to listen on")
-        paths = [item.path for item in listeners]
+        # Compared resolved: ``d/sub/../x.sock`` or a symlinked directory names the same socket.
+        paths = [item.resolved for item in listeners]
         if len(set(paths)) != len(paths):
-            raise ValueError(f"a socket is listed twice: {paths}")
-        if self.upstream_endpoint.kind == "unix" and self.upstream_endpoint.path in paths:
-            raise ValueError(
-                f"the relay cannot listen on its own upstream socket {self.upstream_endpoint.path}"
-            )
+            raise ValueError(f"a socket is listed twice: {[item.path for item in listeners]}")
+        upstream_path = self.upstream_endpoint.path
+        if self.upstream_endpoint.kind == "unix" and os.path.realpath(upstream_path) in paths:
+            raise ValueError(f"the relay cannot listen on its own upstream socket {upstream_path}")
         if hold < 0 or startup_wait < 0:
             raise ValueError("hold and startup_wait must be >= 0 seconds")
         self.listeners = listeners
         self._hold = hold
         self._startup_wait = startup_wait
         self._backoff = backoff or DEFAULT_BACKOFF
-        self._verify_first = verify_first
+        self._forward_before_verify = forward_before_verify
         self._observer = observer
         self._served: list[_Served] = []
         self._upstream: Upstream | None = None
@@ -156,7 +158,7 @@ class AsyncRelay:
             [served.outlet for served in self._served],
             hold=self._hold,
             backoff=self._backoff,
-            verify_first=self._verify_first,
+            forward_before_verify=self._forward_before_verify,
             observer=self._observer,
         )
         self._upstream.start()
@@ -170,24 +172,26 @@ class AsyncRelay:
 
     async def _serve(self, listener: Listener) -> _Served:
         path = listener.path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        sockets.clear_stale(path)
+        socketfile.make_parents(path)
+        socketfile.clear_stale(path, "relay")
+        staged = socketfile.Staged(path)  # first: it may fail (EACCES) before anything needs closing
         feeds = {kind: Feed(kind) for kind in Kind}
         forwarder = Forwarder(self.upstream_endpoint, listener.filter)
         servicer = RelayServicer(feeds, forwarder, self._observer, self._startup_wait)
         served = _Served(listener, Outlet(listener.filter, feeds), forwarder, servicer)
         server = grpc.aio.server(handlers=[servicer.generic_handler()])
-        bound = sockets.temporary_path(path)
+        owner = listener.owner or Owner()
         try:
-            server.add_insecure_port("unix:" + bound)
-            served.inode = sockets.publish(bound, path, listener.mode, listener.owner)
+            with staged.tight_umask():
+                server.add_insecure_port("unix:" + staged.bind_path)
+            served.inode = staged.publish(listener.mode, owner.uid, owner.gid)
             await server.start()
         except BaseException:
             await server.stop(None)
             await forwarder.close()
-            sockets.discard(bound)
+            staged.discard()
             if served.inode:
-                sockets.remove(path, served.inode)
+                socketfile.remove(path, served.inode)
             raise
         served.server = server
         return served
@@ -208,7 +212,7 @@ class AsyncRelay:
             self._upstream = None
         for item in served:
             await item.forwarder.close()
-            sockets.remove(item.listener.path, item.inode)
+            socketfile.remove(item.listener.path, item.inode)
 
     async def wait_for_termination(self) -> None:
         """Return when the servers stop."""
@@ -241,9 +245,9 @@ class AsyncRelay:
             raise RuntimeError("relay is not started")
         if listen is None:
             return self._served[0]
-        path = sockets.listen_path(listen)
+        path = os.path.realpath(sockets.listen_path(listen))
         for item in self._served:
-            if item.listener.path == path:
+            if item.listener.resolved == path:
                 return item
         raise KeyError(f"the relay does not serve {listen}")
 

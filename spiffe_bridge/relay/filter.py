@@ -15,6 +15,7 @@ from typing import Any
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.errors import SpiffeIdError
+from spiffe_bridge.loglist import capped
 from spiffe_bridge.spiffeid import SpiffeId
 
 
@@ -79,4 +80,4 @@ class SvidFilter:
         if not self.active:
             return "all SVIDs"
         parts = [*(f"id={i}" for i in sorted(self.ids)), *(f"hint={h}" for h in sorted(self.hints))]
-        return "only " + ", ".join(parts)
+        return "only " + capped(parts)

@@ -9,21 +9,22 @@ keeps one stream per kind. On the command line a socket is written
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from spiffe_bridge.relay import sockets
 from spiffe_bridge.relay.filter import SvidFilter
-from spiffe_bridge.relay.sockets import Owner
+from spiffe_bridge.relay.sockets import DEFAULT_MODE, Owner
 
 
 @dataclass(frozen=True)
 class Listener:
-    """A socket path, its filter, and the mode/owner its file gets (None: leave as created)."""
+    """A socket path, its filter, and the mode/owner its file gets (owner None: the relay's own)."""
 
     path: str
     filter: SvidFilter = field(default_factory=SvidFilter)
-    mode: int | None = None
+    mode: int = DEFAULT_MODE
     owner: Owner | None = None
 
     @classmethod
@@ -36,13 +37,24 @@ class Listener:
         socket_mode: int | None = None,
         socket_owner: Owner | str | None = None,
     ) -> Listener:
-        """Build and check one from ``unix:///path`` and the relay's keyword options."""
+        """Build and check one from ``unix:///path`` and the relay's keyword options (mode None: 0660)."""
         owner = Owner.parse(socket_owner) if isinstance(socket_owner, str) else socket_owner
-        return cls(sockets.listen_path(listen), SvidFilter.of(allow_ids, allow_hints), socket_mode, owner)
+        mode = DEFAULT_MODE if socket_mode is None else socket_mode
+        return cls(sockets.listen_path(listen), SvidFilter.of(allow_ids, allow_hints), mode, owner)
 
     @classmethod
-    def parse(cls, spec: str) -> Listener:
-        """``unix:///path[,id=ID][,hint=H][,mode=0660][,owner=U:G]``; ValueError says what is wrong."""
+    def parse(
+        cls,
+        spec: str,
+        *,
+        default_filter: SvidFilter | None = None,
+        default_mode: int | None = None,
+        default_owner: Owner | None = None,
+    ) -> Listener:
+        """``unix:///path[,id=ID][,hint=H][,mode=0660][,owner=U:G]``; ValueError says what is wrong.
+
+        The ``default_*`` values apply to what the spec does not set itself (the CLI's flags).
+        """
         address, *options = spec.split(",")
         ids: list[str] = []
         hints: list[str] = []
@@ -62,7 +74,18 @@ class Listener:
                 owner = value
             else:
                 raise ValueError(f"{spec!r}: unknown option {key!r} (id, hint, mode, owner)")
-        return cls.of(address, allow_ids=ids, allow_hints=hints, socket_mode=mode, socket_owner=owner)
+        listener = cls.of(address, allow_ids=ids, allow_hints=hints, socket_mode=mode, socket_owner=owner)
+        return cls(
+            listener.path,
+            listener.filter if listener.filter.active or default_filter is None else default_filter,
+            listener.mode if mode is not None or default_mode is None else default_mode,
+            listener.owner if owner is not None else default_owner,
+        )
+
+    @property
+    def resolved(self) -> str:
+        """The path with symlinks, ``..`` and ``.`` resolved: two aliases of one socket compare equal."""
+        return os.path.realpath(self.path)
 
     @property
     def address(self) -> str:

@@ -2,7 +2,7 @@
 
 An observer is a plain callable that gets a ``RelayEvent`` at three points of
 every update's trip through the relay: when the upstream update arrived
-(``received``; already validated only with ``verify_first``), when its bytes
+(``received``; already validated unless ``forward_before_verify``), when its bytes
 went into the shared slot (``published``), and when each downstream stream
 handed them to gRPC (``sent``).
 Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC on Linux, comparable

@@ -50,7 +50,7 @@ class Relay:
         hold: float = DEFAULT_HOLD,
         startup_wait: float = DEFAULT_STARTUP_WAIT,
         backoff: Backoff | None = None,
-        verify_first: bool = False,
+        forward_before_verify: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self._relay = AsyncRelay(
@@ -63,7 +63,7 @@ class Relay:
             hold=hold,
             startup_wait=startup_wait,
             backoff=backoff,
-            verify_first=verify_first,
+            forward_before_verify=forward_before_verify,
             observer=observer,
         )
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -6,14 +6,16 @@ An update goes into the kind's ``Feed`` as the very bytes the agent sent
 (nothing re-encoded; fields this library does not know pass through); only
 when the filter removes an SVID is the response rebuilt without it.
 
-Every update is validated with the library's model. By default that happens
-right after the downstream streams were handed the bytes, in parallel with
-the clients' own checks, so the relay adds no validation time to a rotation;
-an update that fails is then taken back: what was served before it is put
-back (the last valid state, or the error streams were ending with; if nothing
-was served yet, streams end Unavailable) and the same bytes are not forwarded
-again. With ``verify_first`` an update is validated before any
-client sees it, at the cost of that time (about 1 ms per rotation).
+Every update is validated with the library's model before any client sees it
+(the relay is a trust boundary: a client that does not validate must never
+get what the library would reject). An update that fails is not forwarded,
+and the same bytes are not forwarded again if the agent re-sends them. With
+``forward_before_verify`` (the fast path) the streams are handed the bytes
+first and validation runs in parallel with the clients' own checks, saving
+that time per rotation; an update that fails is then taken back: what was
+served before it is put back (the last valid state, or the error streams were
+ending with; if nothing was served yet, streams end Unavailable), but a
+client may already have used it.
 
 Errors become the status downstream streams see:
 
@@ -96,14 +98,14 @@ class Upstream:
         *,
         hold: float,
         backoff: Backoff,
-        verify_first: bool = False,
+        forward_before_verify: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self._client = AsyncWorkloadClient(address, backoff=backoff, timeout=None)
         self._outlets = tuple(outlets)
         self._hold = hold
         self._backoff = backoff
-        self._verify_first = verify_first
+        self._forward_before_verify = forward_before_verify
         self._observer = observer
         self._timers: dict[Kind, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,17 +159,17 @@ class Upstream:
     # -- state transitions ----------------------------------------------------------------
 
     async def _on_update(self, kind: Kind, spec: StreamSpec[Any], raw: Unvalidated, received_ns: int) -> None:
-        """Serve one upstream message: forward it, validate it, take it back if it is invalid."""
+        """Serve one upstream message once it is valid (or forward, validate, take back if invalid)."""
         for feed in self._feeds(kind):
             feed.upstream_updates += 1
         self._cancel_hold(kind)
         if raw.data == self._invalid.get(kind):
             return  # refused before; the agent re-sent it
         payloads = [outlet.payload(kind, raw) for outlet in self._outlets]
-        # Outlets with something to show get it now (unless verify_first), with what they
-        # served before, to put back if validation fails.
+        # With forward_before_verify, outlets with something to show get it now, with what
+        # they served before, to put back if validation fails.
         forwarded: list[tuple[Feed, Snapshot]] = []
-        if not self._verify_first:
+        if self._forward_before_verify:
             for outlet, payload in zip(self._outlets, payloads, strict=True):
                 if payload is not None:
                     feed = outlet.feeds[kind]

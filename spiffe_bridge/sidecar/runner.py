@@ -26,6 +26,7 @@ from spiffe_bridge.fileset import FileSetWriter, WriteError
 from spiffe_bridge.formats import FormatError
 from spiffe_bridge.health import HealthServer
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.loglist import capped
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
@@ -220,8 +221,7 @@ class Daemon:
             self._publish(str(payload), [])
         elif kind == "x509":
             self.ctx = payload
-            ids = ", ".join(str(s.spiffe_id) for s in payload.svids)
-            log.info("received X.509 update for %s", ids)
+            log.info("received X.509 update for %s", capped(s.spiffe_id for s in payload.svids))
             self._publish("x509", [])
         elif kind == "jwt_bundles":
             self.bundles = payload

@@ -100,7 +100,7 @@ def test_scale(report: dict[str, Any]) -> None:
 def test_relay(report: dict[str, Any]) -> None:
     result = _result(report, "relay")
     setups = result["results"]["setups"]
-    assert {k.split("_")[0] for k in setups} == {"direct", "relay", "relay, verify first"}
-    assert set(result["results"]["added_p50_p99"]) == {"relay_3", "relay, verify first_3"}
+    assert {k.split("_")[0] for k in setups} == {"direct", "relay", "relay, forward before verify"}
+    assert set(result["results"]["added_p50_p99"]) == {"relay_3", "relay, forward before verify_3"}
     for stats in setups.values():
         assert stats["last"]["n"] >= 1 and stats["last"]["p50"] >= stats["first"]["p50"] > 0

@@ -236,13 +236,13 @@ def test_restart_serves_again_on_the_same_socket(dev_agent: DevAgent, x509_strea
 
 
 def test_socket_permissions(dev_agent_factory: Callable[..., DevAgent]) -> None:
-    public = dev_agent_factory()
-    private = dev_agent_factory(socket_mode=0o700)
-    assert stat.S_ISSOCK(os.stat(public.socket_path).st_mode)
-    assert stat.S_IMODE(os.stat(public.socket_path).st_mode) == 0o777
-    assert stat.S_IMODE(os.stat(private.socket_path).st_mode) == 0o700
-    assert public.address == f"unix://{public.socket_path}"
-    assert public.env() == {"SPIFFE_ENDPOINT_SOCKET": public.address}
+    default = dev_agent_factory()
+    wider = dev_agent_factory(socket_mode=0o660)
+    assert stat.S_ISSOCK(os.stat(default.socket_path).st_mode)
+    assert stat.S_IMODE(os.stat(default.socket_path).st_mode) == 0o600  # it hands out private keys
+    assert stat.S_IMODE(os.stat(wider.socket_path).st_mode) == 0o660
+    assert default.address == f"unix://{default.socket_path}"
+    assert default.env() == {"SPIFFE_ENDPOINT_SOCKET": default.address}
 
 
 def test_refuses_overlong_socket_path_and_non_socket_files() -> None:

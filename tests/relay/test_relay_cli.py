@@ -81,6 +81,18 @@ def test_usage_errors(socket_dir: str) -> None:
         _cmd("--listen", "unix:///x.sock", "--socket-mode", "999"), capture_output=True, text=True
     )
     assert done.returncode == 2 and "octal" in done.stderr
+    done = subprocess.run(
+        _cmd("--listen", "unix:///x.sock", "--forward-before-verify", "--verify-first"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr
+
+
+def test_help_names_the_fast_path_and_its_trade_off() -> None:
+    done = subprocess.run(_cmd("--help"), capture_output=True, text=True, check=True)
+    text = " ".join(done.stdout.split())
+    assert "--forward-before-verify" in text and "may use invalid material" in text
 
 
 def test_refuses_a_socket_that_is_in_use(dev_agent: DevAgent, relay_factory: RelayFactory) -> None:

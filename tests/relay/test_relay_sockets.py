@@ -70,7 +70,7 @@ def test_each_socket_shows_its_own_identity(dev_agent: DevAgent, sock_dir: str) 
 def test_an_invalid_update_is_taken_back_on_every_socket(dev_agent: DevAgent, sock_dir: str) -> None:
     web = Listener.of(f"unix://{sock_dir}/web.sock", allow_ids=[WEB])
     everything = Listener.of(f"unix://{sock_dir}/all.sock")
-    with Relay(dev_agent.address, [web, everything]) as relay:
+    with Relay(dev_agent.address, [web, everything], forward_before_verify=True) as relay:
         relay.wait_serving()
         streams = [RawStream("unix:" + item.path) for item in (web, everything)]
         try:

@@ -1,4 +1,4 @@
-"""Invalid upstream updates: taken back at once by default, never shown with verify_first."""
+"""Invalid upstream updates: never shown by default, taken back at once with forward_before_verify."""
 
 from __future__ import annotations
 
@@ -48,7 +48,11 @@ def test_bytes_are_the_agents(dev_agent: DevAgent, relay: Relay) -> None:
         call.cancel()
 
 
-def test_invalid_update_is_taken_back(dev_agent: DevAgent, relay: Relay, streams: list[RawStream]) -> None:
+def test_forward_before_verify_takes_an_invalid_update_back(
+    dev_agent: DevAgent, relay_factory: RelayFactory, streams: list[RawStream]
+) -> None:
+    relay = relay_factory(dev_agent.address, forward_before_verify=True)
+    relay.wait_serving()
     stream = _stream(relay, streams)
     good = stream.next()
     bad = _wrong_key(dev_agent)
@@ -64,17 +68,17 @@ def test_invalid_update_is_taken_back(dev_agent: DevAgent, relay: Relay, streams
     assert stream.next() == dev_agent.x509_svid_response()  # the next message is the rotation
 
 
-def test_verify_first_never_shows_an_invalid_update(
-    dev_agent: DevAgent, relay_factory: RelayFactory, streams: list[RawStream]
+def test_an_invalid_update_never_reaches_a_client_by_default(
+    dev_agent: DevAgent, relay: Relay, streams: list[RawStream]
 ) -> None:
-    relay = relay_factory(dev_agent.address, verify_first=True)
-    relay.wait_serving()
+    """The attack run's six invalid updates: none may reach a client (the relay is a trust boundary)."""
     stream = _stream(relay, streams)
     stream.next()
-
-    assert dev_agent.push_raw("FetchX509SVID", _wrong_key(dev_agent)) == 1
-    dev_agent.rotate()
-    assert stream.next() == dev_agent.x509_svid_response()  # the bad update never came through
+    for _ in range(6):
+        assert dev_agent.push_raw("FetchX509SVID", _wrong_key(dev_agent)) == 1
+        dev_agent.rotate()  # on the same upstream stream, so the relay handles it after the bad one
+        assert stream.next() == dev_agent.x509_svid_response()  # the bad update never came through
+    assert relay.stats().feeds["FetchX509SVID"].invalid_updates == 6
 
 
 def test_invalid_first_update_is_not_served(

@@ -2,10 +2,10 @@
 
 Hypothesis edits valid X509SVIDResponses (bad DER, wrong keys, foreign chains, bad IDs, ...)
 and the dev agent pushes each one, then a valid sentinel, to the relay; an X509Source reads
-through the relay. By default the relay hands every message on at once and takes invalid
-ones back; with verify_first it never forwards them. Either way the relay must end up
-serving the sentinel, count the invalid message, keep its streams open, and the client must
-only ever hold valid contexts.
+through the relay. By default the relay never forwards an invalid message; with
+forward_before_verify it hands every message on at once and takes invalid ones back. Either
+way the relay must end up serving the sentinel, count the invalid message, keep its
+streams open, and the client must only ever hold valid contexts.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def _invalid(msg: Any) -> bool:
     return False
 
 
-@pytest.mark.parametrize("verify_first", [False, True], ids=["forward-first", "verify-first"])
+@pytest.mark.parametrize("forward_first", [True, False], ids=["forward-first", "verify-first"])
 @pytest.mark.dev_agent(trust_domain="example.org")
 def test_fuzz_through_the_relay(
-    dev_agent: DevAgent, tmp_short: str, verify_first: bool, caplog: pytest.LogCaptureFixture
+    dev_agent: DevAgent, tmp_short: str, forward_first: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("ERROR", logger="spiffe_bridge")  # a warning per invalid update is expected
     p = pool()
@@ -62,7 +62,7 @@ def test_fuzz_through_the_relay(
     flip = [0]
     held = Held()
     address = "unix://" + os.path.join(tmp_short, "relay.sock")
-    with Relay(dev_agent.address, address, verify_first=verify_first) as relay:
+    with Relay(dev_agent.address, address, forward_before_verify=forward_first) as relay:
         relay.wait_serving()
         with X509Source(relay.address, backoff=FAST, timeout=10) as source:
             source.subscribe(held)
@@ -86,7 +86,7 @@ def test_fuzz_through_the_relay(
                 assert relay.stats().feeds[X509].invalid_updates == before + int(invalid)
                 # The client saw the invalid message only when the relay forwarded it first,
                 # and rejected it itself.
-                seen = invalid and not verify_first
+                seen = invalid and forward_first
                 assert source.state.rejected == rejected + int(seen)
 
             run()
