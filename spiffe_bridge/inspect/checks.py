@@ -69,7 +69,7 @@ def bundle_for(found: Found, td: TrustDomain) -> X509Bundle | None:
 
 def _svid(found: Found, now: dt.datetime) -> Iterator[Finding]:
     if not found.chain:
-        if found.key is not None:
+        if found.key is not None and found.complete:
             yield Finding("key", False, "a private key without a certificate chain")
         return
     leaf = found.chain[0]
@@ -83,7 +83,7 @@ def _svid(found: Found, now: dt.datetime) -> Iterator[Finding]:
     except SpiffeBridgeError as exc:
         yield Finding("leaf", False, str(exc))
     if found.key is None:
-        if found.format not in ("linkerd",):
+        if found.complete:
             yield Finding("key", False, "no private key found next to the certificate chain")
     elif found.key.public_key() == leaf.public_key():
         yield Finding("key", True, "private key matches the leaf certificate")
@@ -95,7 +95,10 @@ def _svid(found: Found, now: dt.datetime) -> Iterator[Finding]:
         yield Finding("chain", False, str(exc))
         return
     if bundle is None:
-        yield Finding("chain", False, f"no trust bundle for {sid.trust_domain} to verify the chain against")
+        if found.complete:
+            yield Finding(
+                "chain", False, f"no trust bundle for {sid.trust_domain} to verify the chain against"
+            )
         return
     try:
         verify_chain(sid, tuple(found.chain), bundle)

@@ -66,6 +66,8 @@ class Found:
     #: SDS secret names by file
     secret_names: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: False for a single inspected file: missing companions (key, bundle) are not its fault
+    complete: bool = True
 
     def read(self, path: str, key: bool = False) -> bytes | None:
         """Read ``path`` into this set, recording it (and a problem if it cannot be read)."""

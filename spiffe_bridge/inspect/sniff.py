@@ -28,6 +28,7 @@ def detect_file(path: str, pkcs12_password: str | None = None) -> detect.Found:
         found = sniff(path, name, data, pkcs12_password)
         if found is not None:
             found.paths = probe.paths
+            found.complete = False
             return found
     probe.problems.append(
         f"{path}: not a format spiffe-bridge writes (pem, combined, der, p12, SDS JSON, ...)"
