@@ -9,10 +9,7 @@ and env variables it holds, the files they came from, and what could not be read
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from spiffe_bridge.formats import JwtOptions, X509Options
+from spiffe_bridge.formats import X509Options
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect._read import (
     ReadError,
@@ -34,17 +31,14 @@ from spiffe_bridge.inspect._read import (
     read_bytes,
     sds_secret,
 )
-from spiffe_bridge.jwt import JwtBundle, JwtBundleSet
-from spiffe_bridge.spiffeid import TrustDomain
+from spiffe_bridge.jwt import JwtBundleSet
 
 # SPIFFE Filesystem Delivery (draft, section 2): the names are the standard's.
 SPIFFE_FS_CREDENTIAL_BUNDLE = "credential-bundle.pem"
 SPIFFE_FS_TRUST_BUNDLE_SUFFIX = ".spiffe-trust-bundle.pem"
-_JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 #: Key for the bundle of the leaf's own trust domain when the files do not name it.
 OWN = ""
 _X509 = X509Options()
-_JWT = JwtOptions()
 
 
 @dataclass
@@ -310,70 +304,6 @@ def linkerd_env(found: Found, data: bytes, what: str) -> None:
     found.bundles[td or OWN] = pem_certs(anchors.encode(), f"{what} {linkerd_format.TRUST_ANCHORS}")
 
 
-def load_jwt(directory: str) -> Found:
-    found = Found("jwt")
-    helper = os.path.join(directory, _JWT.jwt_bundle_file_name or "")
-    bundles: dict[TrustDomain, JwtBundle] = {}
-    if _JWT.jwt_bundle_file_name and os.path.lexists(helper):
-        data = found.read(helper)
-        if data is not None:
-            found.attempt(_merge, bundles, helper_jwt_bundles, data, helper)
-    jwks = os.path.join(directory, _JWT.jwks_dir or "")
-    if _JWT.jwks_dir and os.path.isdir(jwks):
-        for name in sorted(n for n in os.listdir(jwks) if n.endswith(".json")):
-            data = found.read(os.path.join(jwks, name))
-            if data is not None:
-                found.attempt(_merge, bundles, jwks_bundle, data, name.removesuffix(".json"), name)
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and os.path.getsize(path) < 64 * 1024 and looks_like_jws(path):
-            token = found.read(path, key=True)
-            if token is not None:
-                found.tokens.append((path, token.decode("ascii").strip()))
-    if bundles:
-        found.jwt_bundles = JwtBundleSet(bundles, b"")
-    return found
-
-
-def _merge(
-    into: dict[TrustDomain, JwtBundle], parse: Callable[..., dict[TrustDomain, JwtBundle]], *args: Any
-) -> None:
-    into.update(parse(*args))
-
-
-def looks_like_jws(path: str) -> bool:
-    """True when the file holds one compact JWS (a JWT-SVID token file)."""
-    try:
-        text = read_bytes(path).decode("ascii").strip()
-    except (ReadError, UnicodeDecodeError):
-        return False
-    return bool(_JWS_RE.match(text))
-
-
-def helper_jwt_bundles(data: bytes, what: str) -> dict[TrustDomain, JwtBundle]:
-    """spiffe-helper's JWT bundle file: ``{"<td>": "<base64 JWKS>"}``."""
-    try:
-        doc = json.loads(data)
-        items = {str(td): base64.b64decode(v) for td, v in doc.items()}
-    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
-        raise ReadError(f"{what}: not a spiffe-helper JWT bundle file") from None
-    out: dict[TrustDomain, JwtBundle] = {}
-    for name, jwks in items.items():
-        out.update(jwks_bundle(jwks, name, what))
-    return out
-
-
-def jwks_bundle(data: bytes, trust_domain: str, what: str) -> dict[TrustDomain, JwtBundle]:
-    """One JWKS document as the JWT bundle of ``trust_domain``."""
-    from spiffe_bridge.errors import SpiffeBridgeError
-
-    try:
-        td = TrustDomain.parse(trust_domain)
-        return {td: JwtBundle.parse(td, data)}
-    except SpiffeBridgeError as exc:
-        raise ReadError(f"{what}: {exc}") from None
-
-
 #: (format, marker file names any of which means "this format is here", loader)
 DIRECTORY_FORMATS: tuple[tuple[str, tuple[str, ...], Callable[[str], Found]], ...] = (
     ("pem", (_X509.svid_file_name, _X509.svid_key_file_name), load_pem),
@@ -394,6 +324,8 @@ def detect_directory(directory: str, pkcs12_password: str | None = None) -> list
     ]
     if _exists(directory, _X509.pkcs12_keystore_file_name):
         out.append(load_pkcs12(directory, pkcs12_password))
+    from spiffe_bridge.inspect.jwt_files import load_jwt
+
     jwt = load_jwt(directory)
     if jwt.tokens or jwt.jwt_bundles is not None or jwt.problems:
         out.append(jwt)

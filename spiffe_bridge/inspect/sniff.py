@@ -11,7 +11,7 @@ import json
 import os
 
 from spiffe_bridge.formats import linkerd as linkerd_format
-from spiffe_bridge.inspect import detect
+from spiffe_bridge.inspect import detect, jwt_files
 from spiffe_bridge.inspect._read import ReadError, der_certs, load_key, pem_blocks, pem_certs
 from spiffe_bridge.jwt import JwtBundleSet
 from spiffe_bridge.model import is_ca
@@ -55,11 +55,11 @@ def _json(path: str, name: str, data: bytes, _pw: str | None) -> detect.Found | 
     if "keys" in doc:
         td = name.removesuffix(".json")
         found.attempt(
-            lambda: setattr(found, "jwt_bundles", JwtBundleSet(detect.jwks_bundle(data, td, name), b""))
+            lambda: setattr(found, "jwt_bundles", JwtBundleSet(jwt_files.jwks_bundle(data, td, name), b""))
         )
     else:
         found.attempt(
-            lambda: setattr(found, "jwt_bundles", JwtBundleSet(detect.helper_jwt_bundles(data, name), b""))
+            lambda: setattr(found, "jwt_bundles", JwtBundleSet(jwt_files.helper_jwt_bundles(data, name), b""))
         )
     return found
 
@@ -73,7 +73,7 @@ def _env(path: str, name: str, data: bytes, _pw: str | None) -> detect.Found | N
 
 
 def _jws(path: str, name: str, data: bytes, _pw: str | None) -> detect.Found | None:
-    if not detect.looks_like_jws(path):
+    if not jwt_files.looks_like_jws(path):
         return None
     found = detect.Found("jwt", key_paths=[path])
     found.tokens.append((path, data.decode("ascii").strip()))

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def load_bundles(path: str, token: str) -> JwtBundleSet:
     """JWT bundles from a JWKS or spiffe-helper bundle file (ReadError when it is neither)."""
     from spiffe_bridge.inspect._read import ReadError, read_bytes
-    from spiffe_bridge.inspect.detect import helper_jwt_bundles, jwks_bundle
+    from spiffe_bridge.inspect.jwt_files import helper_jwt_bundles, jwks_bundle
     from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 
     data = read_bytes(path)
