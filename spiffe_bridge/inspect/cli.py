@@ -30,12 +30,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _agent(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.errors import UnimplementedError
     from spiffe_bridge.inspect.describe import describe_context
     from spiffe_bridge.inspect.report import material_lines
 
     with WorkloadClient(args.address, timeout=args.timeout) as client:
         ctx = client.fetch_x509_context(timeout=args.timeout)
-        jwt_bundles = client.fetch_jwt_bundles(timeout=args.timeout)
+        try:
+            jwt_bundles = client.fetch_jwt_bundles(timeout=args.timeout)
+        except UnimplementedError:  # an X.509-only Workload API: nothing to show
+            jwt_bundles = None
         endpoint = client.endpoint
     doc = {"address": endpoint, **describe_context(ctx, jwt_bundles)}
     return doc, [f"Workload API {endpoint}", *material_lines(doc)]

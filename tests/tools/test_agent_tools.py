@@ -147,3 +147,11 @@ def test_validate_jwt_rejects_garbage_and_empty(dev_agent: Any, capsys: pytest.C
     )
     assert code == 1 and out.startswith("invalid:")
     assert run(capsys, "validate", "jwt", " ", "--audience", "db")[0] == 2
+
+
+def test_inspect_address_of_an_x509_only_agent(dev_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import grpc
+
+    dev_agent.fail_next("FetchJWTBundles", grpc.StatusCode.UNIMPLEMENTED, "not here")
+    code, doc = run_json(capsys, "inspect", "--address", dev_agent.address)
+    assert code == 0 and doc["jwt_bundles"] == {} and doc["svids"]
