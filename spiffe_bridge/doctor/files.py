@@ -46,24 +46,50 @@ def filesystem_of(path: str) -> str:
     return f"{kind} on {best}" if best else kind
 
 
-def cert_dir(directory: str) -> CheckResult:
-    """The output directory exists, is a directory this user can write into; filesystem, owner, mode."""
-    name = f"cert_dir {directory}"
-    try:
-        st = os.stat(directory)
-    except FileNotFoundError:
-        return failed(name, "does not exist", f"mkdir -p {directory} and give it to the sidecar's user")
-    except OSError as exc:
-        return failed(name, f"cannot stat: {exc.strerror}", "fix the permissions of its parent directories")
-    if not stat.S_ISDIR(st.st_mode):
-        return failed(name, "is not a directory", "point cert_dir / the output's dir at a directory")
-    where = f"{filesystem_of(directory)}, {owner_mode(st)}"
+def _probe(directory: str) -> OSError | None:
+    """Create and remove a file in ``directory``: the one writability test root, ACLs and ro mounts cannot fool."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".doctor-", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "error")
+        return exc
+    return None
+
+
+def _missing(name: str, directory: str) -> CheckResult:
+    """A directory the sidecar's writer will create: its nearest existing ancestor must be writable."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    while not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    error = _probe(parent)
+    if error is None:
+        return passed(
+            name, f"does not exist yet; the sidecar creates it under {parent} ({filesystem_of(parent)})"
+        )
+    code = errno.errorcode.get(error.errno or 0, "error")
+    return failed(
+        name,
+        f"does not exist and uid {os.geteuid()} cannot create it in {parent} ({code})",
+        f"mkdir -p {directory} and give it to the sidecar's user",
+    )
+
+
+def cert_dir(directory: str) -> CheckResult:
+    """The output directory is (or can be made) a directory this user writes into; filesystem, owner, mode."""
+    name = f"cert_dir {directory}"
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return _missing(name, directory)
+    except OSError as exc:
+        return failed(name, f"cannot stat: {exc.strerror}", "fix the permissions of its parent directories")
+    if not stat.S_ISDIR(st.st_mode):
+        return failed(name, "is not a directory", "point cert_dir / the output's dir at a directory")
+    where = f"{filesystem_of(directory)}, {owner_mode(st)}"
+    error = _probe(directory)
+    if error is not None:
+        code = errno.errorcode.get(error.errno or 0, "error")
         return failed(
             name,
             f"not writable by uid {os.geteuid()} ({code}; {where})",

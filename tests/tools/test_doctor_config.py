@@ -70,11 +70,28 @@ def test_cert_dir_filesystem_is_the_mounts(
     assert filesystem_of(str(tmp_path)) == f"{fstype} on {target}"
 
 
-def test_cert_dir_missing(dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, checks = doctor(capsys, write_config(tmp_path, dev_agent))
-    assert code == 1
-    cert_dir = one(checks, "cert_dir")
-    assert cert_dir["detail"] == "does not exist" and cert_dir["fix"].startswith("mkdir -p ")
+def test_cert_dir_missing_but_creatable(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, checks = doctor(capsys, write_config(tmp_path, dev_agent, cert_dir=str(tmp_path / "a" / "b")))
+    assert code == 0
+    assert one(checks, "cert_dir")["detail"].startswith(
+        f"does not exist yet; the sidecar creates it under {tmp_path}"
+    )
+
+
+def test_cert_dir_missing_and_not_creatable(dev_agent: Any) -> None:
+    need_root()
+    os.chmod(os.path.dirname(dev_agent.socket_path), 0o755)
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        base = Path(top)
+        os.chmod(base, 0o755)
+        config = write_config(base, dev_agent)  # cert_dir base/certs does not exist; base is root's 0755
+        os.chmod(config, 0o644)
+        result = cli_as(NOBODY, "doctor", "-config", config)
+    assert result.returncode == 1, result.stderr
+    assert f"does not exist and uid {NOBODY} cannot create it in {base} (EACCES)" in result.stdout
+    assert f"fix: mkdir -p {base / 'certs'}" in result.stdout
 
 
 def test_cert_dir_world_writable(dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,3 +248,38 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.Captur
     path.write_text('agent_address = "/tmp/x.sock"\ncert_dirr = "/tmp"\n')
     code, _, err = run(capsys, "doctor", "-config", str(path))
     assert code == 2 and "cert_dirr" in err
+
+
+def test_reload_command_resolves_or_not(
+    dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "certs").mkdir()
+    code, checks = doctor(capsys, write_config(tmp_path, dev_agent, reload_command=["true", "--reload"]))
+    assert code == 0 and checks["reload_command"]["detail"].startswith("true -> /")
+    code, checks = doctor(capsys, write_config(tmp_path, dev_agent, reload_command=["no-such-reloader"]))
+    assert code == 1 and "not found in $PATH" in checks["reload_command"]["detail"]
+
+
+def test_per_output_hint(dev_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spiffe_bridge.devagent.identity import Identity
+
+    dev_agent.set_identities(
+        [Identity("spiffe://example.org/web", hint="web"), Identity("spiffe://example.org/db", hint="db")]
+    )
+    (tmp_path / "certs").mkdir()
+    out = str(tmp_path / "db")
+    code, checks = doctor(
+        capsys, write_config(tmp_path, dev_agent, outputs=[{"format": "pem", "dir": out, "hint": "db"}])
+    )
+    assert (
+        code == 0 and one(checks, "pem output")["detail"] == "spiffe://example.org/db (hint 'db') is served"
+    )
+    code, checks = doctor(
+        capsys, write_config(tmp_path, dev_agent, outputs=[{"format": "pem", "dir": out, "hint": "cache"}])
+    )
+    assert code == 1 and "no SVID with hint='cache'" in one(checks, "pem output")["detail"]
+
+
+def test_unparsable_address(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "doctor", "--address", "bogus://x")
+    assert code == 1 and out.startswith("FAIL address: ")
