@@ -47,7 +47,7 @@ def filesystem_of(path: str) -> str:
 
 
 def _probe(directory: str) -> OSError | None:
-    """Create and remove a file in ``directory``: the one writability test root, ACLs and ro mounts cannot fool."""
+    """Create and remove a file in ``directory``: a test that root, ACLs and ro mounts cannot fool."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".doctor-", dir=directory)
         os.close(fd)
