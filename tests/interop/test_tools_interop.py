@@ -58,7 +58,7 @@ def test_doctor_and_inspect_pass_against_spire(
     code = main(["inspect", "--address", spire.workload_api_address, "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {s["spiffe_id"] for s in doc["svids"]} == spire.expected_spiffe_ids()
+    assert {s["spiffe_id"] for s in doc["svids"]} == spire.expected_spiffe_ids
     assert {s["hint"] for s in doc["svids"]} == {"web", "db", "batch"}
     assert spire.trust_domain in doc["bundles"] and spire.trust_domain in doc["jwt_bundles"]
 
@@ -88,3 +88,21 @@ def test_permission_denied_selectors_are_the_ones_spire_matches(spire: SpireDepl
         assert spire.spiffe_id("/workload/nobody") in passed["identity issued"]["detail"]
     finally:
         os.chmod(sock_dir, mode)
+
+
+def test_validate_jwt_through_spire_and_locally(
+    spire: SpireDeployment, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spiffe_bridge import WorkloadClient
+
+    with WorkloadClient(spire.workload_api_address, timeout=30) as client:
+        token = client.fetch_jwt_svid("db", hint="web").token
+        jwks = client.fetch_jwt_bundles().bundle_for(spire.trust_domain)
+    assert jwks is not None
+    bundle = tmp_path / f"{spire.trust_domain}.json"
+    bundle.write_bytes(jwks.jwks)
+    for source in (["--address", spire.workload_api_address], ["--bundle", str(bundle)]):
+        assert main(["validate", "jwt", token, "--audience", "db", *source]) == 0
+        assert capsys.readouterr().out.startswith(f"valid: {spire.spiffe_id('/workload/web')} for db")
+        assert main(["validate", "jwt", token, "--audience", "web", *source]) == 1
+        assert capsys.readouterr().out.startswith("invalid: ")
