@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the interop tests use: nginx (nginx-light where
-# the release still ships it), haproxy and openssl. Non-interactive and
+# the release still ships it), haproxy and openssl, plus util-linux (setpriv,
+# findmnt) for the doctor tests. Non-interactive and
 # idempotent: nothing is done when the `nginx`, `haproxy` and `openssl`
 # binaries are already present, and `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
@@ -16,9 +17,11 @@ missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# setpriv (run a check as another uid) and findmnt (filesystem cross-check): the doctor tests
+{ command -v setpriv && command -v findmnt; } >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy and openssl already present"
+  log "nginx, haproxy, openssl, setpriv and findmnt already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -82,7 +85,7 @@ if command -v service >/dev/null 2>&1; then
   done
 fi
 
-for b in nginx haproxy openssl; do
+for b in nginx haproxy openssl setpriv findmnt; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"
