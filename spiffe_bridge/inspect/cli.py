@@ -48,7 +48,7 @@ def _agent(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
 def run(args: argparse.Namespace) -> int:
     """Inspect the agent or the paths; print text or JSON."""
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.fetch_cli import _password
+    from spiffe_bridge.fetch_cli import pkcs12_password
     from spiffe_bridge.inspect.report import inspect_path, path_lines
 
     if bool(args.paths) == bool(args.address):
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             doc, lines = _agent(args)
             ok = True
         else:
-            password = _password(args)
+            password = pkcs12_password(args)
             results = [inspect_path(p, password) for p in args.paths]
             ok = all(r["ok"] for r in results)
             doc = {"ok": ok, "paths": results}
