@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the consumer tests use: nginx (nginx-light where
-# the release still ships it), haproxy, openssl and a Java runtime (keytool).
-# Non-interactive and idempotent: nothing is done when the binaries are
-# already present, and `apt-get update` runs only when the
+# Install the Debian packages the tests use: nginx (nginx-light where the
+# release still ships it), haproxy, openssl, a Java runtime (keytool) and
+# util-linux (setpriv, findmnt: the doctor tests). Non-interactive and
+# idempotent: nothing is done when the binaries are already present, and
+# `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
 # Needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
@@ -17,9 +18,11 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v keytool >/dev/null 2>&1 || missing+=(keytool)
+# setpriv (run a check as another uid) and findmnt (filesystem cross-check): the doctor tests
+{ command -v setpriv && command -v findmnt; } >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy, openssl and keytool already present"
+  log "nginx, haproxy, openssl, keytool, setpriv and findmnt already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -84,7 +87,7 @@ if command -v service >/dev/null 2>&1; then
   done
 fi
 
-for b in nginx haproxy openssl keytool; do
+for b in nginx haproxy openssl keytool setpriv findmnt; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"

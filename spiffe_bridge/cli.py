@@ -29,6 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("spiffe_bridge.fetch_cli", "fetch X.509 or JWT material once and write/print it"),
     "run": ("spiffe_bridge.sidecar.cli", "sidecar: a drop-in for spiffe-helper"),
     "relay": ("spiffe_bridge.relay.cli", "re-serve the Workload API on a local socket"),
+    "inspect": (
+        "spiffe_bridge.inspect.cli",
+        "show what the agent serves or what credential files hold, and what is wrong",
+    ),
+    "doctor": ("spiffe_bridge.doctor.cli", "preflight checks: socket, identity, clock, files, ports"),
+    "watch": ("spiffe_bridge.inspect.watch", "print one line per X.509 or JWT bundle update"),
+    "validate": ("spiffe_bridge.inspect.validate", "validate a JWT-SVID locally or through the agent"),
     "linkerd-env": (
         "spiffe_bridge.formats.linkerd_cli",
         "render a Linkerd proxy identity env file",

@@ -121,7 +121,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     j.add_argument("--bundles", action="store_true", help="also fetch and write the JWT bundles")
 
 
-def _password(args: argparse.Namespace) -> str | None:
+def pkcs12_password(args: argparse.Namespace) -> str | None:
+    """The PKCS#12 password from --pkcs12-password-file or --pkcs12-password-env (None: neither given)."""
     if getattr(args, "pkcs12_password_file", None):
         with open(args.pkcs12_password_file, encoding="utf-8") as fh:
             return fh.read().rstrip("\r\n")
@@ -147,7 +148,7 @@ def x509_options(args: argparse.Namespace, endpoint: str) -> X509Options:
         cert_file_mode=args.cert_file_mode,
         key_file_mode=args.key_file_mode,
         allow_shared_key_file_mode=args.allow_shared_key_file_mode,
-        pkcs12_password=_password(args),
+        pkcs12_password=pkcs12_password(args),
         linkerd_server_name=getattr(args, "linkerd_server_name", None),
         linkerd_workload_api_address=getattr(args, "linkerd_workload_api_address", None) or endpoint,
     )
