@@ -18,6 +18,7 @@ from typing import Any, TextIO
 _PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
 _JWS_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_HANDLER_NAME = "spiffe-bridge"
 #: The choices of ``--log-level`` and ``--log-format`` (and of the sidecar's config keys).
 LEVELS = tuple(_LEVELS)
 FORMATS = ("text", "json")
@@ -81,16 +82,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Configure the root logger of this process (replaces existing handlers)."""
+    """Configure the root logger of this process (replaces the handler an earlier call added)."""
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.addFilter(RedactFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier setup; an embedding host's stay
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     # gRPC internals are noisy at debug and say nothing a sidecar user can act on.

@@ -195,6 +195,7 @@ def test_permission_denied_shows_who_we_are(dev_agent: Any, capsys: pytest.Captu
     assert checks["clock skew"]["skipped"] and checks["hint / SPIFFE ID"]["skipped"]
 
 
+@pytest.mark.dev_agent(socket_mode=0o666)  # nobody must reach the socket to be denied by the agent
 def test_permission_denied_as_nobody_names_nobody(dev_agent: Any) -> None:
     need_root()
     os.chmod(os.path.dirname(dev_agent.socket_path), 0o755)

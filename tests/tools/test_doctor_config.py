@@ -80,6 +80,7 @@ def test_cert_dir_missing_but_creatable(
     )
 
 
+@pytest.mark.dev_agent(socket_mode=0o666)  # nobody must reach the agent
 def test_cert_dir_missing_and_not_creatable(dev_agent: Any) -> None:
     need_root()
     os.chmod(os.path.dirname(dev_agent.socket_path), 0o755)
@@ -101,6 +102,7 @@ def test_cert_dir_world_writable(dev_agent: Any, tmp_path: Path, capsys: pytest.
     assert code == 1 and "world-writable without the sticky bit" in one(checks, "cert_dir")["detail"]
 
 
+@pytest.mark.dev_agent(socket_mode=0o666)  # nobody must reach the agent
 def test_cert_dir_not_writable_by_the_user(dev_agent: Any) -> None:
     need_root()
     os.chmod(os.path.dirname(dev_agent.socket_path), 0o755)
