@@ -16,6 +16,7 @@ Binary: ``$LINKERD2_PROXY_BIN`` or what ``scripts/install-linkerd-proxy.sh --pri
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
@@ -224,7 +225,7 @@ class ProxySupervisor:
         self.outbound_port = free_port()
         self.starts = 0
         self.restarts = 0
-        self.run_offsets: list[int] = []  # log size at each start: where that run's output begins
+        self.run_offsets: list[int] = []  # len(log()) at each start: where that run's output begins
         self.process: _Process | None = None
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -283,19 +284,23 @@ class ProxySupervisor:
             with conn:
                 conn.settimeout(30)
                 try:
-                    if conn.makefile().readline().strip() != "restart":
-                        continue
-                    self.restart()
-                    conn.sendall(b"restarted\n")
-                except OSError:
-                    conn.sendall(b"failed\n")
+                    request = conn.makefile().readline().strip()
+                    if request == "restart":
+                        self.restart()
+                        answer = "restarted"
+                    else:
+                        answer = f"unknown request {request!r}"
+                except Exception as exc:  # the client reports it; linkerd-env logs it
+                    answer = f"failed: {exc!r}"
+                with contextlib.suppress(OSError):
+                    conn.sendall(answer.encode() + b"\n")
 
     def start(self) -> None:
         with self._lock:
             self._start()
 
     def _start(self) -> None:
-        self.run_offsets.append(self.log_path.stat().st_size if self.log_path.exists() else 0)
+        self.run_offsets.append(len(self.log()))
         self.process = _Process(
             "linkerd2-proxy", [str(self.binary)], self.log_path, self.work, env=self.env()
         )
@@ -331,6 +336,11 @@ class ProxySupervisor:
         assert self.process is not None
         self.process.check_alive()
         return True
+
+    def environ(self) -> dict[str, str]:
+        """The running proxy's environment, as the kernel holds it (``/proc/<pid>/environ``)."""
+        raw = Path(f"/proc/{self.pid}/environ").read_bytes()
+        return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -193,6 +193,10 @@ def test_proxy_certifies_with_the_environment_linkerd_env_rendered(mesh: Mesh) -
     assert env["LINKERD2_PROXY_IDENTITY_SERVER_NAME"] == SERVER_NAME
     assert env["LINKERD2_PROXY_IDENTITY_SPIRE_WORKLOAD_API_ADDRESS"] == mesh.relay_address
     assert anchors_in_env(mesh) == [der_of(mesh.anchor.cert)]  # the Linkerd anchor, and only it
+    running = mesh.proxy.environ()
+    assert {k: v for k, v in running.items() if k.startswith("LINKERD2_PROXY_IDENTITY_")} == {
+        k: v for k, v in env.items() if k.startswith("LINKERD2_PROXY_IDENTITY_")
+    }  # the proxy runs with exactly the identity env linkerd-env rendered
 
     wait_for(mesh.certified, "proxy certified (/ready 200, 'Certified identity')", START_DEADLINE)
     assert mesh.proxy.refreshes("ok") >= 1
@@ -241,10 +245,13 @@ def test_proxy_recovers_from_a_spire_agent_restart_without_a_restart(mesh: Mesh)
     wait_for(mesh.certified, "proxy certified", START_DEADLINE)
     pid, ok = mesh.proxy.pid, mesh.proxy.refreshes("ok")
     before = mesh.current_leaf().serial_number
+    log_mark = len(mesh.proxy.log())
     mesh.spire.restart_agent()
     # the restarted agent mints new SVIDs; the relay carries them to the proxy's open stream
     wait_for(lambda: mesh.current_leaf().serial_number != before, "a post-restart SVID", ROTATION_DEADLINE)
     _recovers_without_restart(mesh, "the agent restart", ok, pid)
+    # the relay held the proxy's stream open through the restart (--hold): the proxy never retried
+    assert "Unexpected SPIRE Workload API response" not in mesh.proxy.log()[log_mark:]
 
 
 def test_proxy_recovers_from_a_relay_restart_without_a_restart(mesh: Mesh) -> None:
@@ -278,6 +285,8 @@ def test_trust_anchor_rotation_restarts_the_proxy_once_and_it_certifies_under_th
     )
     wait_for(lambda: mesh.proxy.restarts == 1 and mesh.env_restarts() == 1, "linkerd-env restarted the proxy")
     wait_for(mesh.certified, "restarted proxy certified", START_DEADLINE)
+    running = mesh.proxy.environ()["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"].encode()
+    assert sorted(der_of(c) for c in x509.load_pem_x509_certificates(running)) == sorted(both)
 
     mesh.spire.server.cli("localauthority", "x509", "activate", "-authorityID", authority_id)
     # SVIDs now chain to the new anchor; the proxy certifies them (handshakes verified by the new one only)
