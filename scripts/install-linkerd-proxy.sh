@@ -46,8 +46,9 @@ esac
 
 one_archive() { # one_archive <glob>: the single archive matching <glob> in VENDOR_DIR
   local matches=("$VENDOR_DIR"/$1)
-  if [ "${#matches[@]}" -ne 1 ] || [ ! -f "${matches[0]}" ]; then
-    log "expected exactly one $1 in $VENDOR_DIR (set SPIFFE_BRIDGE_VENDOR); found: ${matches[*]}"
+  [ -e "${matches[0]}" ] || matches=()
+  if [ "${#matches[@]}" -ne 1 ]; then
+    log "expected exactly one $1 in $VENDOR_DIR (set SPIFFE_BRIDGE_VENDOR); found ${#matches[@]}"
     exit 1
   fi
   echo "${matches[0]}"
