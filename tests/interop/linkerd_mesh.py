@@ -317,7 +317,8 @@ class ProxySupervisor:
 
     def close(self) -> None:
         if self._listener is not None:
-            self._listener.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # wakes the accept() above (Linux)
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
         if self._thread is not None:
             self._thread.join(10)

@@ -4,7 +4,7 @@ One mesh (module fixture) serves every check, in this order:
 
 * SPIRE server (trust domain root.linkerd.cluster.local, ``UpstreamAuthority "disk"`` = a
   Linkerd-style trust anchor) and agent (unix attestor); entries for the proxy's ID and for
-  another workload, both for this uid, X.509-SVID TTL of a few seconds;
+  another workload, both for this uid, a 16 s X.509-SVID TTL (a rotation every ~8 s);
 * ``spiffe-bridge relay`` with the flags of systemd/spiffe-relay.service (allow-list: the
   proxy's ID), paths moved to the test's directories;
 * ``spiffe-bridge linkerd-env --watch`` with the flags of systemd/linkerd-identity.service,
