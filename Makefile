@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit interop deps spire bench dist check-wheel check-lowest clean
+.PHONY: demo test lint typecheck unit interop deps spire linkerd bench dist check-wheel check-lowest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ deps:
 spire:
 	scripts/install-spire.sh
 
-interop: $(STAMP) spire
+# Build linkerd2-proxy from ../shared/vendor with cargo into ~/.cache/spiffe-bridge (cached).
+linkerd:
+	scripts/install-linkerd-proxy.sh
+
+interop: $(STAMP) spire linkerd
 	$(PY) -m pytest -q -m interop tests/interop
 
 # The wheel and the sdist into dist/ (the package is not on an index; install from these).

@@ -16,6 +16,7 @@ import grpc
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.errors import JwtSvidError
 from spiffe_bridge.loglist import capped
+from spiffe_bridge.service_alias import workload_api_handler
 
 from ._streams import Outgoing, Signal
 from .faults import RawResponse, Rpc
@@ -210,4 +211,4 @@ class WorkloadAPIServicer:
                 t(self.ValidateJWTSVID, False), pb.ValidateJWTSVIDRequest.FromString, ser
             ),
         }
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        return workload_api_handler(handlers)  # also under the qualified alias (service_alias.py)

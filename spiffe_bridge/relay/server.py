@@ -25,6 +25,7 @@ import grpc.aio
 from spiffe_bridge.relay.feed import Feed, Kind
 from spiffe_bridge.relay.forward import Forwarder
 from spiffe_bridge.relay.observe import Observer, RelayEvent, Stage, notify
+from spiffe_bridge.service_alias import workload_api_handler
 
 SERVICE = "SpiffeWorkloadAPI"
 HEADER_KEY = "workload.spiffe.io"
@@ -105,4 +106,4 @@ class RelayServicer:
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {kind.value: streaming(kind) for kind in Kind}
         handlers["FetchJWTSVID"] = grpc.unary_unary_rpc_method_handler(self.fetch_jwt_svid)
         handlers["ValidateJWTSVID"] = grpc.unary_unary_rpc_method_handler(self.validate_jwt_svid)
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        return workload_api_handler(handlers)  # also under the qualified alias (service_alias.py)

@@ -10,8 +10,9 @@ Fixtures:
   spiffe_helper_bin (session) Path of the spiffe-helper binary (same skip/fail rule).
   spire_factory   (function) factory(**SpireDeployment kwargs) -> a separate, started
                              deployment, torn down after the test.
-Env: SPIRE_BIN_DIR (binaries), CI=true (missing binaries fail instead of skip),
-     SPIFFE_BRIDGE_CACHE (where scripts/install-spire.sh builds).
+  linkerd_proxy_bin (session) Path of linkerd2-proxy (scripts/install-linkerd-proxy.sh; same rule).
+Env: SPIRE_BIN_DIR (binaries), LINKERD2_PROXY_BIN, CI=true (missing binaries fail instead of skip),
+     SPIFFE_BRIDGE_CACHE (where scripts/install-spire.sh and install-linkerd-proxy.sh build).
 All tests in this directory get the ``interop`` marker.
 """
 
@@ -79,6 +80,19 @@ def spiffe_helper_bin(spire_bin_dir: Path) -> Path:
             pytest.fail(f"CI=true and {msg}", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture(scope="session")
+def linkerd_proxy_bin() -> Path:
+    """The linkerd2-proxy binary (skip, or fail with CI=true, when it is not built)."""
+    from linkerd_mesh import ProxyBinaryMissing, find_proxy_bin
+
+    try:
+        return find_proxy_bin()
+    except ProxyBinaryMissing as exc:
+        if _ci():
+            pytest.fail(f"CI=true and {exc}", pytrace=False)
+        pytest.skip(str(exc))
 
 
 def _start(bin_dir: Path, base: Path, name: str, **kwargs: Any) -> SpireDeployment:

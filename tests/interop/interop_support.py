@@ -352,11 +352,21 @@ def add_upstream_authority(d: SpireDeployment) -> FederatedCA:
     """
     upstream = FederatedCA(d.trust_domain)
     paths = upstream.write(d.base_dir)
+    use_disk_upstream(d, paths["cert"], paths["key"])
+    return upstream
+
+
+def use_disk_upstream(d: SpireDeployment, cert_path: Path, key_path: Path) -> None:
+    """Before ``d.start()``: configure ``UpstreamAuthority "disk"`` with a self-signed root's files.
+
+    SPIRE re-reads both files each time it mints a CA, so replacing them and then preparing
+    a new local authority rotates the trust domain to a new root.
+    """
     original = d.server.write_config
     block = (
         'plugins {\n    UpstreamAuthority "disk" {\n        plugin_data {\n'
-        f"            key_file_path = {json.dumps(str(paths['key']))}\n"
-        f"            cert_file_path = {json.dumps(str(paths['cert']))}\n"
+        f"            key_file_path = {json.dumps(str(key_path))}\n"
+        f"            cert_file_path = {json.dumps(str(cert_path))}\n"
         "        }\n    }\n"
     )
 
@@ -367,7 +377,6 @@ def add_upstream_authority(d: SpireDeployment) -> FederatedCA:
         d.server.config_path.write_text(text.replace("plugins {\n", block, 1))
 
     d.server.write_config = write_config  # type: ignore[method-assign]
-    return upstream
 
 
 _EXTRA_TIMINGS: list[tuple[str, dict[str, float]]] = []

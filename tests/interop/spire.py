@@ -153,13 +153,19 @@ def wait_until(
 
 
 class _Process:
-    """One long-running SPIRE binary with its output in a log file."""
+    """One long-running binary (SPIRE, or another daemon a test runs) with its output in a log file.
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path) -> None:
+    ``env`` None inherits this process's environment.
+    """
+
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.cwd = cwd
+        self.env = env
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -170,6 +176,7 @@ class _Process:
             self.popen = subprocess.Popen(
                 [*_die_with_parent(), *self.argv],
                 cwd=self.cwd,
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
