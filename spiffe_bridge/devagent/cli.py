@@ -45,9 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "and the JWT signing key. Durations: 30s, 5m, 1h, 1h30m, 250ms.",
     )
     p.add_argument(
+        "--address",
         "--socket",
+        dest="socket",
         default=os.environ.get("SPIFFE_ENDPOINT_SOCKET"),
-        help="Unix socket path or unix:// URI (default: $SPIFFE_ENDPOINT_SOCKET)",
+        help="Unix socket path or unix:// URI to serve on (default: $SPIFFE_ENDPOINT_SOCKET); "
+        "--socket is the same option",
     )
     p.add_argument("--trust-domain", default=DEFAULT_TD, help="own trust domain (%(default)s)")
     p.add_argument(
@@ -87,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     if not args.socket:
-        print("dev-agent: --socket is required (or set SPIFFE_ENDPOINT_SOCKET)", file=sys.stderr)
+        print("dev-agent: --address is required (or set SPIFFE_ENDPOINT_SOCKET)", file=sys.stderr)
         return 2
     from .server import DevAgent
 

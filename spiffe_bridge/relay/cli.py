@@ -72,10 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "every SVID is shown. Stops cleanly on SIGTERM/SIGINT.",
     )
     p.add_argument(
+        "--address",
         "--upstream",
+        dest="upstream",
         default=None,
         metavar="ADDR",
-        help="upstream Workload API, unix:///path or tcp://IP:port (default: $SPIFFE_ENDPOINT_SOCKET)",
+        help="the agent's (upstream) Workload API, unix:///path or tcp://IP:port "
+        "(default: $SPIFFE_ENDPOINT_SOCKET); --upstream is the same option",
     )
     p.add_argument(
         "--listen",

@@ -6,12 +6,11 @@ Creating the file (private bind, mode, rename, stale-file check) is
 
 from __future__ import annotations
 
-import grp
-import pwd
 from dataclasses import dataclass
 
 from spiffe_bridge.address import parse
 from spiffe_bridge.errors import AddressError
+from spiffe_bridge.owner import lookup_id
 from spiffe_bridge.socketfile import MAX_SOCKET_PATH
 
 #: Mode of a relay socket unless told otherwise: its owner and group may connect, nobody else.
@@ -50,13 +49,4 @@ class Owner:
     def parse(cls, text: str) -> Owner:
         """``uid[:gid]`` with numbers or names (``1000:1000``, ``linkerd:linkerd``, ``:proxy``)."""
         user, _, group = text.partition(":")
-        return cls(_lookup(user, "user") if user else -1, _lookup(group, "group") if group else -1)
-
-
-def _lookup(name: str, what: str) -> int:
-    if name.isdigit():
-        return int(name)
-    try:
-        return pwd.getpwnam(name).pw_uid if what == "user" else grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ValueError(f"unknown {what} {name!r}") from None
+        return cls(lookup_id(user, "user") if user else -1, lookup_id(group, "group") if group else -1)

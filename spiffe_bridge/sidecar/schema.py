@@ -75,8 +75,22 @@ OUTPUT_KEYS = (
         ours=True,
         choices=("symlink", "flat"),
     ),
-    Key("uid", "int", -1, "owner uid for the written files (-1: leave as is)", ours=True, bounds=_ID_BOUNDS),
-    Key("gid", "int", -1, "group gid for the written files (-1: leave as is)", ours=True, bounds=_ID_BOUNDS),
+    Key(
+        "uid",
+        "user",
+        -1,
+        "owner of the written files, uid or name (-1: leave as is)",
+        ours=True,
+        bounds=_ID_BOUNDS,
+    ),
+    Key(
+        "gid",
+        "group",
+        -1,
+        "group of the written files, gid or name (-1: leave as is)",
+        ours=True,
+        bounds=_ID_BOUNDS,
+    ),
 )
 
 TOP_KEYS: tuple[Key, ...] = (
@@ -313,7 +327,14 @@ def coerce(key: Key, value: Any, line: int | None, issues: Issues, path: str = "
         if not isinstance(value, bool):
             raise ConfigError(f"{where(name, line)} must be true or false, got {value!r}")
         return value
-    if kind == "int":
+    if kind in ("user", "group") and isinstance(value, str):  # a name, looked up on this host
+        from spiffe_bridge.owner import lookup_id
+
+        try:
+            value = lookup_id(value, "user" if kind == "user" else "group")
+        except ValueError as exc:
+            raise ConfigError(f"{where(name, line)}: {exc}") from None
+    if kind in ("int", "user", "group"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where(name, line)} must be an integer, got {value!r}")
         low, high = key.bounds

@@ -79,3 +79,23 @@ def test_a_closed_pipe_exits_quietly() -> None:
     finally:
         os.close(write_end)
     assert out.returncode == 0 and out.stderr == ""
+
+
+def test_address_everywhere_with_the_old_names_as_aliases() -> None:
+    """Every command that talks to (or is) an agent takes --address; --upstream and --socket still work."""
+    import argparse
+
+    from spiffe_bridge.cli import _add_common
+    from spiffe_bridge.devagent import cli as devagent_cli
+    from spiffe_bridge.relay import cli as relay_cli
+
+    for module, old, dest in ((relay_cli, "--upstream", "upstream"), (devagent_cli, "--socket", "socket")):
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers(dest="command")
+        module.add_parser(sub)
+        name = next(iter(sub.choices))
+        _add_common(sub.choices[name])
+        listen = ["--listen", "unix:///tmp/x.sock"] if module is relay_cli else []
+        for flag in ("--address", old):
+            args = parser.parse_args([name, flag, "unix:///tmp/a.sock", *listen])
+            assert getattr(args, dest) == "unix:///tmp/a.sock"

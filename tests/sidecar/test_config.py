@@ -525,3 +525,13 @@ def test_deep_toml_dotted_keys_are_a_config_error() -> None:
 def test_toml_integer_python_cannot_convert_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="invalid TOML"):
         parse_text("one_shot_timeout = " + "9" * 5000, "toml")
+
+
+def test_output_owner_takes_names() -> None:
+    import grp
+    import pwd
+
+    out = cfg(X509 + '\noutputs = [{format = "pem", dir = "/o", uid = "nobody", gid = "nogroup"}]').outputs[0]
+    assert (out.uid, out.gid) == (pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
+    with pytest.raises(ConfigError, match=r"outputs\[0\]\.uid' \(line 5\): unknown user 'no-such-user-x'"):
+        cfg(X509 + '\noutputs = [{format = "pem", dir = "/o", uid = "no-such-user-x"}]')
