@@ -409,11 +409,14 @@ def spire_upstream(
 # wall time summary
 
 _RUNS: dict[str, list[float]] = {}  # nodeid -> [start, stop, duration sum]
+_SKIPPED: set[str] = set()  # listed apart: a skipped test did not run
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if not report.nodeid.startswith("tests/interop/"):
         return
+    if report.skipped:
+        _SKIPPED.add(report.nodeid)
     start, stop = getattr(report, "start", None), getattr(report, "stop", None)
     run = _RUNS.setdefault(report.nodeid, [float("inf"), 0.0, 0.0])
     if start is not None and stop is not None:
@@ -422,18 +425,23 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _RUNS:
+    ran = {k: v for k, v in _RUNS.items() if k not in _SKIPPED}
+    if _SKIPPED:
+        terminalreporter.section("interop tests skipped (they did not run)")
+        for nodeid in sorted(_SKIPPED):
+            terminalreporter.write_line(f"  {nodeid.removeprefix('tests/interop/')}")
+    if not ran:
         return
     terminalreporter.section("interop suite wall time")
     for name, t in _EXTRA_TIMINGS:
         parts = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
         terminalreporter.write_line(f"{name}: {parts}")
-    first = min(r[0] for r in _RUNS.values())
-    last = max(r[1] for r in _RUNS.values())
-    busy = sum(r[2] for r in _RUNS.values())
-    slowest = sorted(_RUNS.items(), key=lambda kv: kv[1][2], reverse=True)[:5]
+    first = min(r[0] for r in ran.values())
+    last = max(r[1] for r in ran.values())
+    busy = sum(r[2] for r in ran.values())
+    slowest = sorted(ran.items(), key=lambda kv: kv[1][2], reverse=True)[:5]
     terminalreporter.write_line(
-        f"tests/interop: {len(_RUNS)} tests in {last - first:.1f}s wall time "
+        f"tests/interop: {len(ran)} tests ran in {last - first:.1f}s wall time "
         f"({busy:.1f}s in setup+call+teardown)"
     )
     for nodeid, (_s, _e, total) in slowest:
