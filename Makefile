@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint typecheck unit interop deps spire linkerd bench dist check-wheel check-lowest clean
 
 $(STAMP): pyproject.toml
+	@echo "== first run: creating $(VENV) and installing spiffe-bridge with its test tools from PyPI (about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
