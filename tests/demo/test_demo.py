@@ -29,9 +29,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("demo") / "spiffe-bridge-demo"
+def _demo(out: pathlib.Path) -> str:
+    """Run ``spiffe-bridge demo --dir out``; its stdout, once every check passed."""
     result = subprocess.run(
         [sys.executable, "-m", "spiffe_bridge", "demo", "--dir", str(out)],
         capture_output=True,
@@ -42,7 +41,18 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     assert "All checks passed" in result.stdout
     assert "FAILED" not in result.stdout
     assert "PRIVATE KEY" not in result.stdout + result.stderr
-    return out
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "spiffe-bridge-demo"
+    return out, _demo(out)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run: tuple[pathlib.Path, str]) -> pathlib.Path:
+    return demo_run[0]
 
 
 def test_every_format_written(demo_dir: pathlib.Path) -> None:
@@ -97,17 +107,14 @@ def test_a_file_of_the_users_in_the_target_is_no_failure(tmp_path: pathlib.Path)
     out = tmp_path / "demo"
     (out / "pem").mkdir(parents=True)
     (out / "pem" / "NOTES.txt").write_text("mine\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "spiffe_bridge", "demo", "--dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _demo(out)
     assert (out / "pem" / "NOTES.txt").read_text() == "mine\n"
 
 
-def test_it_says_what_it_ran_and_what_to_do_next(demo_dir: pathlib.Path) -> None:
+def test_it_says_what_it_ran_and_what_to_do_next(demo_run: tuple[pathlib.Path, str]) -> None:
+    demo_dir, stdout = demo_run
+    assert stdout.startswith("Started a stand-in Workload API agent (spiffe-bridge's dev agent, not SPIRE)")
+    assert stdout.startswith("Started a stand-in Workload API agent (spiffe-bridge's dev agent, not SPIRE")
     conf = demo_dir / "helper.conf"
     checked = subprocess.run(
         [sys.executable, "-m", "spiffe_bridge", "run", "-config", str(conf), "--check"],
