@@ -22,6 +22,7 @@ from spiffe_bridge.fileset import FileSetWriter, FileSpec, Layout
 from spiffe_bridge.formats import X509_FORMATS, JwtOptions, X509Options, render_jwt, render_x509
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
+from spiffe_bridge.sidecar import hot_updates
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
 from spiffe_bridge.sidecar.schema import ConfigError, Issues, parse_mode, where
 
@@ -51,6 +52,8 @@ class DirPlan:
     x509: list[X509Output] = field(default_factory=list)
     jwt_svids: list[JwtSvidConfig] = field(default_factory=list)
     jwt_options: JwtOptions | None = None
+    #: servers told to take the new files after each changed write (reload_haproxy, ...)
+    updates: list[hot_updates.HotUpdate] = field(default_factory=list)
     _cache: dict[int, tuple[bytes, list[FileSpec]]] = field(default_factory=dict, repr=False)
 
     def writer(self) -> FileSetWriter:
@@ -181,7 +184,7 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         )
     kwargs: dict[str, Any] = {"hint": config.hint or None}
     for name, value in out.options.items():
-        if name in _PASSWORD_KEYS:
+        if name in _PASSWORD_KEYS or name in hot_updates.KEYS:
             continue
         if name not in _OPTION_FIELDS:
             line = out.option_lines.get(name, out.line)
@@ -197,7 +200,11 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
     if out.format == "linkerd":
         kwargs.setdefault("linkerd_workload_api_address", config.agent_address)
     options = X509Options(**kwargs)
-    return DirPlan(_abs(out.dir), out.layout, out.uid, out.gid, [X509Output(out.format, options)])
+    directory = _abs(out.dir)
+    updates = hot_updates.from_output(out.format, directory, out.options, options, out.option_lines, out.line)
+    return DirPlan(
+        directory, out.layout, out.uid, out.gid, [X509Output(out.format, options)], updates=updates
+    )
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[DirPlan], list[str]]:
@@ -219,4 +226,5 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[lis
                 "use one layout/uid/gid per directory"
             )
         existing.x509 += plan.x509
+        existing.updates += plan.updates
     return list(plans.values()), issues.warnings
