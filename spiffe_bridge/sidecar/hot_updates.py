@@ -161,6 +161,8 @@ def _haproxy(
     )
 
 
+#: A failed update is tried again after this many seconds, doubling up to RETRY_MAX.
+RETRY_FIRST, RETRY_MAX = 30.0, 300.0
 #: Called with (action, label, error or None) after every run.
 Recorder = Callable[[str, str, "str | None"], None]
 
@@ -169,8 +171,10 @@ class HotUpdater:
     """Runs the updaters on a private event loop thread; ``after_write`` returns at once.
 
     Per update one run at a time; files arriving meanwhile replace each other, so a
-    slow server gets only the newest set. An asyncio daemon can ``await run(...)``
-    directly instead of using the thread.
+    slow server gets only the newest set. A run that failed (the server was down, say)
+    is tried again after ``RETRY_FIRST`` seconds, doubling up to ``RETRY_MAX``, unless
+    newer files came meanwhile. An asyncio daemon can ``await run(...)`` directly
+    instead of using the thread.
     """
 
     def __init__(self, updates: Sequence[HotUpdate], record: Recorder) -> None:
@@ -183,6 +187,8 @@ class HotUpdater:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._futures: list[Future[None]] = []
+        self._generation: dict[HotUpdate, int] = {}
+        self._retry_delay: dict[HotUpdate, float] = {}
 
     def __bool__(self) -> bool:
         return bool(self.updates)
@@ -200,25 +206,42 @@ class HotUpdater:
     def after_write(self, directory: str, files: Sequence[FileSpec]) -> None:
         """Schedule every update of ``directory`` with the set just written (never blocks)."""
         for update in self.updates:
-            if update.directory != directory:
-                continue
-            with self._lock:
-                self._pending[update] = list(files)
-                start = update not in self._busy
-                self._busy.add(update)
-            if start:
-                future = asyncio.run_coroutine_threadsafe(self._drain(update), self._ensure_loop())
-                self._futures = [f for f in self._futures if not f.done()] + [future]
+            if update.directory == directory:
+                with self._lock:
+                    self._generation[update] = self._generation.get(update, 0) + 1
+                self._submit(update, list(files))
+
+    def _submit(self, update: HotUpdate, files: Sequence[FileSpec]) -> None:
+        with self._lock:
+            self._pending[update] = files
+            start = update not in self._busy
+            self._busy.add(update)
+        if start:
+            future = asyncio.run_coroutine_threadsafe(self._drain(update), self._ensure_loop())
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+
+    def _retry(self, update: HotUpdate, files: Sequence[FileSpec], generation: int) -> None:
+        with self._lock:
+            stale = self._generation.get(update) != generation or update in self._pending
+        if not stale:  # newer files were handed over meanwhile: they are the ones to push
+            self._submit(update, files)
 
     async def _drain(self, update: HotUpdate) -> None:
         while True:
             with self._lock:
                 files = self._pending.pop(update, None)
+                generation = self._generation.get(update, 0)
                 if files is None:
                     self._busy.discard(update)
                     self._lock.notify_all()
                     return
-            await self.run(update, files)
+            if await self.run(update, files):
+                self._retry_delay.pop(update, None)
+                continue
+            delay = self._retry_delay.get(update, RETRY_FIRST)
+            self._retry_delay[update] = min(delay * 2, RETRY_MAX)
+            log.info("%s: trying again in %gs", update.label, delay)
+            asyncio.get_running_loop().call_later(delay, self._retry, update, files, generation)
 
     async def run(self, update: HotUpdate, files: Sequence[FileSpec]) -> bool:
         """Apply one update for this file set; records and logs the outcome, never raises."""

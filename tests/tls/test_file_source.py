@@ -7,6 +7,7 @@ bad folders through its rejected counter; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -194,12 +195,22 @@ def test_constructor_prefers_the_workload_api(agent: DevAgent, issuer: Issuer, t
 async def test_async_twin(agent: DevAgent, issuer: Issuer, tmp_path: Path) -> None:
     issuer.write(tmp_path, SERVER_ID)
     seen: list[int] = []
+    arrived = asyncio.Event()
+
+    def on_update(ctx: X509Context) -> None:
+        seen.append(ctx.default_svid.leaf.serial_number)
+        arrived.set()
+
     async with AsyncFileX509Source(tmp_path, timeout=10) as source:
-        source.subscribe(lambda c: seen.append(c.default_svid.leaf.serial_number))
+        source.subscribe(on_update)
         assert str(source.svid().spiffe_id) == SERVER_ID
         rotated = issuer.write(tmp_path, SERVER_ID)
         ctx = await source.wait_for(lambda c: c.default_svid.leaf.serial_number == rotated)
         assert ctx.default_svid.leaf.serial_number == rotated
+        async with asyncio.timeout(DEADLINE):
+            while rotated not in seen:  # the subscriber runs in a task of its own
+                arrived.clear()
+                await arrived.wait()
     api = await async_x509_source(env={"SPIFFE_ENDPOINT_SOCKET": agent.address}, timeout=10)
     try:
         assert type(api) is AsyncX509Source

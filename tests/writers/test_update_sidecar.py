@@ -21,7 +21,7 @@ from cryptography import x509
 from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
 
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.sidecar import plan
+from spiffe_bridge.sidecar import hot_updates, plan
 from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.sidecar.runner import Daemon
 from spiffe_bridge.sidecar.schema import ConfigError
@@ -71,8 +71,11 @@ def running(config: Config) -> Iterator[Daemon]:
         assert codes == [0]
 
 
-def test_reload_haproxy_after_each_write(dev_agent: DevAgent, tmp_path: Path) -> None:
+def test_reload_haproxy_after_each_write(
+    dev_agent: DevAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     binary = require_binary("haproxy")
+    monkeypatch.setattr(hot_updates, "RETRY_FIRST", 0.5)
     certs, admin, port = tmp_path / "certs", tmp_path / "admin.sock", free_port()
     text = (
         f'outputs = [{{format = "combined", dir = "{certs}", reload_haproxy = "unix://{admin}",\n'
@@ -96,6 +99,8 @@ def test_reload_haproxy_after_each_write(dev_agent: DevAgent, tmp_path: Path) ->
             cert, key = Pki(dev_agent.ca).client_files(tmp_path / "client")
             context = client_context(certs / "svid_bundle.pem", cert, key)
             context.check_hostname = False  # the dev agent's SVID has no DNS name; the chain is verified
+            # the failed first push is tried again without a new rotation, and now succeeds
+            until(lambda: daemon.status.snapshot()["hot_updates"][label]["last_error"] is None, "a retry")
             rotated = dev_agent.rotate()[0].serial_number
 
             def served() -> bool:
@@ -104,7 +109,9 @@ def test_reload_haproxy_after_each_write(dev_agent: DevAgent, tmp_path: Path) ->
 
             until(served, "HAProxy to serve the rotated SVID")
             snap = daemon.status.snapshot()["hot_updates"][label]
-            assert snap["runs"] == 2 and snap["failures"] == 1 and snap["last_error"] is None
+            # one or more failures before HAProxy came up, then the retry and the rotation succeeded
+            assert snap["failures"] >= 1 and snap["last_error"] is None
+            assert snap["runs"] >= snap["failures"] + 2
             assert proc.poll() is None  # the same process: updated, not reloaded
         finally:
             proc.send_signal(signal.SIGTERM)
