@@ -121,11 +121,11 @@ class _Load:
         for t in self._threads:
             t.join(10)
 
-    def wait(self, serial: int, timeout: float = 20.0) -> float:
+    def wait(self, serial: int, what: str, timeout: float = 20.0) -> float:
         deadline = time.monotonic() + timeout
         while serial not in self.seen:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"serial {serial} never served")
+                raise RuntimeError(f"{what}: the new certificate was never served")
             time.sleep(0.001)
         return self.seen[serial]
 
@@ -136,6 +136,26 @@ def _workers(master: int) -> set[int]:
     except FileNotFoundError:
         return set()
     return {int(p) for p in out.split()}
+
+
+def _wait_master(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Until the master CLI lists its worker: the master then handles SIGUSR2 as a reload."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(str(path))
+                s.sendall(b"show proc\n")
+                answer = b""
+                while b"# programs" not in answer and (chunk := s.recv(4096)):
+                    answer += chunk
+            if b" worker " in answer:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("HAProxy's master did not come up")
 
 
 def _method(binary: str, method: str, rotations: int) -> dict[str, Any]:
@@ -151,7 +171,8 @@ def _method(binary: str, method: str, rotations: int) -> dict[str, Any]:
         admin = base / "admin.sock"
         cfg = base / "haproxy.cfg"
         cfg.write_text(CFG.format(admin=admin, port=port, certs=pki.certs))
-        argv = [binary, "-db", "-f", str(cfg)] + (["-W"] if method == "sigusr2" else [])
+        master = base / "master.sock"
+        argv = [binary, "-db", "-f", str(cfg)] + (["-W", "-S", str(master)] if method == "sigusr2" else [])
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
@@ -163,6 +184,8 @@ def _method(binary: str, method: str, rotations: int) -> dict[str, Any]:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("HAProxy did not start") from None
                     time.sleep(0.02)
+            if method == "sigusr2":
+                _wait_master(master, proc)  # a SIGUSR2 before the master is up would be lost
             context = ssl.create_default_context(cafile=str(pki.certs / "svid_bundle.pem"))
             context.load_cert_chain(*map(str, pki.client))
             visible, calls, pids = [], [], set(_workers(proc.pid)) | {proc.pid}
@@ -176,7 +199,7 @@ def _method(binary: str, method: str, rotations: int) -> dict[str, Any]:
                     else:
                         os.kill(proc.pid, signal.SIGUSR2)
                     calls.append(time.monotonic() - started)
-                    visible.append(load.wait(serial) - started)
+                    visible.append(load.wait(serial, method) - started)
                     pids |= _workers(proc.pid)
                     time.sleep(0.2)
             return {

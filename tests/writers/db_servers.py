@@ -45,6 +45,11 @@ def _account(name: str) -> pwd.struct_passwd:
         raise
 
 
+def _ids(owner: pwd.struct_passwd) -> tuple[int, int]:
+    """Who owns the server's files: its system user as root, else ourselves (we run it then)."""
+    return (owner.pw_uid, owner.pw_gid) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+
+
 def _as(user: str, argv: Sequence[str]) -> list[str]:
     """``argv`` run as ``user`` when we are root (servers refuse to run as root)."""
     return ["runuser", "-u", user, "--", *argv] if os.geteuid() == 0 else list(argv)
@@ -107,7 +112,8 @@ def postgres_server(write_certs: WriteCerts) -> Iterator[Server]:
         sock.mkdir()
         if os.geteuid() == 0:
             os.chown(sock, owner.pw_uid, owner.pw_gid)
-        write_certs(certs, owner.pw_uid, owner.pw_gid)
+        uid, gid = _ids(owner)
+        write_certs(certs, uid, gid)
         init = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"]
         subprocess.run(_as("postgres", init), check=True, capture_output=True, timeout=120)
         settings = {
@@ -126,7 +132,7 @@ def postgres_server(write_certs: WriteCerts) -> Iterator[Server]:
         proc = subprocess.Popen(_as("postgres", argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, proc, timeout=60)
-            yield Server(proc, port, sock, certs, owner.pw_uid, owner.pw_gid)
+            yield Server(proc, port, sock, certs, uid, gid)
         finally:
             _stop(proc)
 
@@ -150,7 +156,8 @@ def mariadb_server(write_certs: WriteCerts) -> Iterator[Server]:
     owner = _account("mysql")
     with _private_dir("spiffe-bridge-mariadb-", owner) as base:
         data, certs, port = base / "data", base / "certs", free_port()
-        write_certs(certs, owner.pw_uid, owner.pw_gid)
+        uid, gid = _ids(owner)
+        write_certs(certs, uid, gid)
         common = ["--no-defaults", f"--datadir={data}", "--user=mysql"]
         init = [installer, *common, "--auth-root-authentication-method=socket", "--skip-test-db"]
         subprocess.run(init, check=True, capture_output=True, timeout=300)
@@ -171,6 +178,6 @@ def mariadb_server(write_certs: WriteCerts) -> Iterator[Server]:
         try:
             wait_for_port(port, proc, timeout=120)
             _mariadb_tcp_account(base / "mysqld.sock")
-            yield Server(proc, port, base, certs, owner.pw_uid, owner.pw_gid)
+            yield Server(proc, port, base, certs, uid, gid)
         finally:
             _stop(proc)
