@@ -127,3 +127,17 @@ def test_mariadb_access_denied_is_not_retried(maria: Server) -> None:
     with pytest.raises(UpdateError) as info:
         asyncio.run(mysql.apply(dsn, policy=UpdatePolicy(timeout=5, attempts=3)))
     assert not info.value.retryable and info.value.attempts == 1 and "wrong" not in str(info.value)
+
+
+def test_postgres_without_the_right_is_not_retried(pg: Server) -> None:
+    import psycopg
+
+    admin = f"host={pg.socket_dir} port={pg.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS probe")
+        conn.execute("CREATE ROLE probe LOGIN")
+    conninfo = f"host={pg.socket_dir} port={pg.port} user=probe dbname=postgres"
+    with pytest.raises(UpdateError) as info:
+        asyncio.run(postgres.apply(conninfo, policy=UpdatePolicy(timeout=5, attempts=3)))
+    assert not info.value.retryable and info.value.attempts == 1
+    assert "permission denied" in info.value.reason
