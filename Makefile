@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest -q -rs
 
-# Debian packages the consumer tests start (nginx, HAProxy, openssl); needs root.
+# Debian packages the consumer tests start (nginx, HAProxy, openssl, PostgreSQL, MariaDB); needs root.
 deps:
 	scripts/install-system-deps.sh
 

@@ -32,6 +32,7 @@ MODULES: dict[str, str] = {
     "jwt": "benchmarks.jwt_validation",
     "scale": "benchmarks.scale",
     "relay": "benchmarks.relay_overhead",
+    "haproxy": "benchmarks.hot_update",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests use: nginx (nginx-light where the
-# release still ships it), haproxy, openssl, a Java runtime (keytool) and
-# util-linux (setpriv, findmnt: the doctor tests). Non-interactive and
-# idempotent: nothing is done when the binaries are already present, and
-# `apt-get update` runs only when the
+# release still ships it), haproxy, openssl, a Java runtime (keytool),
+# util-linux (setpriv, findmnt: the doctor tests), postgresql and
+# mariadb-server (the reload tests start their own instances as the packages'
+# postgres and mysql users). Non-interactive and idempotent: nothing is done
+# when the binaries are already present, and `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
 # Needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
@@ -20,9 +21,12 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v keytool >/dev/null 2>&1 || missing+=(keytool)
 # setpriv (run a check as another uid) and findmnt (filesystem cross-check): the doctor tests
 { command -v setpriv && command -v findmnt; } >/dev/null 2>&1 || missing+=(util-linux)
+have_postgres() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
+have_postgres || missing+=(postgresql)
+command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy, openssl, keytool, setpriv and findmnt already present"
+  log "nginx, haproxy, openssl, keytool, setpriv, findmnt, postgresql and mariadb-server already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -82,12 +86,14 @@ fi
 # system; the tests start their own instances on their own ports, so stop
 # the system ones if they were started (best effort, never fails).
 if command -v service >/dev/null 2>&1; then
-  for svc in nginx haproxy; do
+  for svc in nginx haproxy postgresql mariadb; do
     "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
 fi
 
-for b in nginx haproxy openssl keytool setpriv findmnt; do
+for b in nginx haproxy openssl keytool setpriv findmnt mariadbd; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
+have_postgres || { log "postgresql still missing after install"; exit 1; }
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"
+log "installed: $(ls -d /usr/lib/postgresql/*/bin | tail -1); $(mariadbd --version 2>&1)"

@@ -29,7 +29,11 @@ FORMAT_DIRS = {
     "pkcs12": "pkcs12",
     "der": "der",
     "linkerd": "linkerd",
+    "spiffe-fs": "spiffe-fs",
+    "bundle-map": "bundle-map",
 }
+#: Formats holding only trust bundles: an SVID rotation leaves them as they are.
+BUNDLE_ONLY = ("linkerd", "bundle-map")
 SPIFFE_ID = "spiffe://example.org/demo/web"
 #: The socket the printed next step starts a dev agent on.
 NEXT_SOCKET = "/tmp/spiffe-bridge-dev.sock"
@@ -254,10 +258,10 @@ class Demo:
             switched = version != old_version and all(
                 (self.out / sub / version / name).exists() for name in files
             )
-            if sub == FORMAT_DIRS["linkerd"]:
+            if sub in (FORMAT_DIRS[f] for f in BUNDLE_ONLY):
                 # The SVID rotated but the trust anchors did not: nothing to rewrite, no proxy restart.
                 self.check(
-                    files == old_files and version == old_version, "linkerd/ anchors unchanged: no rewrite"
+                    files == old_files and version == old_version, f"{sub}/ anchors unchanged: no rewrite"
                 )
                 continue
             self.check(switched, f"{sub}/ switched to a new version directory in one rename ({version})")

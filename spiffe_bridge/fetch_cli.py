@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from spiffe_bridge.jwt import JwtSvid
     from spiffe_bridge.model import X509Context
 
-X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd")
+X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd", "spiffe-fs", "bundle-map")
 
 
 def _duration(text: str) -> float:

@@ -38,6 +38,8 @@ _X509_MODULES: dict[str, str] = {
     "pkcs12": "spiffe_bridge.formats.pkcs12",
     "der": "spiffe_bridge.formats.der",
     "linkerd": "spiffe_bridge.formats.linkerd",
+    "spiffe-fs": "spiffe_bridge.formats.spiffe_fs",
+    "bundle-map": "spiffe_bridge.formats.bundle_map",
 }
 
 #: Names accepted by :func:`render_x509`.

@@ -71,6 +71,8 @@ class X509Options:
     envoy_bundle_secret_name: str = "ROOTCA"  # noqa: S105 (a name)
     envoy_all_bundles_secret_name: str = "ALL"  # noqa: S105 (a name)
     envoy_spiffe_validator: bool = True
+    # bundle-map (gRFC A87, gRPC xDS ``spiffe_trust_bundle_map_file``)
+    bundle_map_file_name: str = "spiffe_bundle_map.json"
     # pkcs12
     pkcs12_keystore_file_name: str = "svid.p12"
     pkcs12_truststore_file_name: str = "svid_bundle.p12"

@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from spiffe_bridge.credential_folder import CREDENTIAL_BUNDLE as SPIFFE_FS_CREDENTIAL_BUNDLE
+from spiffe_bridge.credential_folder import TRUST_BUNDLE_SUFFIX as SPIFFE_FS_TRUST_BUNDLE_SUFFIX
 from spiffe_bridge.formats import X509Options
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect._read import (
@@ -33,9 +35,6 @@ from spiffe_bridge.inspect._read import (
 )
 from spiffe_bridge.jwt import JwtBundleSet
 
-# SPIFFE Filesystem Delivery (draft, section 2): the names are the standard's.
-SPIFFE_FS_CREDENTIAL_BUNDLE = "credential-bundle.pem"
-SPIFFE_FS_TRUST_BUNDLE_SUFFIX = ".spiffe-trust-bundle.pem"
 #: Key for the bundle of the leaf's own trust domain when the files do not name it.
 OWN = ""
 _X509 = X509Options()
@@ -293,6 +292,37 @@ def load_linkerd(directory: str) -> Found:
     return found
 
 
+def load_bundle_map(directory: str) -> Found:
+    """gRFC A87's bundle map: every trust domain's SPIFFE bundle (JWKS), X.509 authorities only."""
+    found = Found("bundle-map")
+    data = found.read(os.path.join(directory, _X509.bundle_map_file_name))
+    if data is not None:
+        found.attempt(bundle_map, found, data, _X509.bundle_map_file_name)
+    return found
+
+
+def bundle_map(found: Found, data: bytes, what: str) -> None:
+    """Each ``trust_domains`` entry's ``x509-svid`` keys (one ``x5c`` certificate each) become its bundle."""
+    import base64
+    import binascii
+    import json
+
+    try:
+        doc = json.loads(data)
+        domains = doc["trust_domains"]
+        for td, jwks in domains.items():
+            ders = [
+                base64.b64decode(key["x5c"][0], validate=True)
+                for key in jwks.get("keys", [])
+                if key.get("use") == "x509-svid"
+            ]
+            found.bundles[td] = der_certs(b"".join(ders), f"{what} {td}")
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, binascii.Error) as exc:
+        raise ReadError(f"{what}: not a SPIFFE bundle map ({type(exc).__name__}: {exc})") from None
+    if not domains:
+        found.problems.append(f"{what}: no trust domains")
+
+
 def linkerd_env(found: Found, data: bytes, what: str) -> None:
     """Parse a linkerd env file; its trust anchors become the bundle of SERVER_ID's trust domain."""
     found.env = parse_env_file(data.decode("utf-8", errors="replace"), what)
@@ -312,6 +342,7 @@ DIRECTORY_FORMATS: tuple[tuple[str, tuple[str, ...], Callable[[str], Found]], ..
     ("der", (_X509.der_chain_file_name, _X509.der_key_file_name), load_der),
     ("linkerd", (_X509.linkerd_env_file_name,), load_linkerd),
     ("spiffe-fs", (SPIFFE_FS_CREDENTIAL_BUNDLE,), load_spiffe_fs),
+    ("bundle-map", (_X509.bundle_map_file_name,), load_bundle_map),
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from spiffe_bridge.credential_folder import CREDENTIAL_BUNDLE, TRUST_BUNDLE_SUFFIX
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect import detect, jwt_files
 from spiffe_bridge.inspect._read import ReadError, der_certs, load_key, pem_blocks, pem_certs
@@ -91,11 +92,11 @@ def _pem(path: str, name: str, data: bytes, _pw: str | None) -> detect.Found | N
         return found
     labels = [b.label for b in blocks]
     if "PRIVATE KEY" in labels and "CERTIFICATE" in labels:
-        spiffe_fs = name == detect.SPIFFE_FS_CREDENTIAL_BUNDLE or labels[0] == "PRIVATE KEY"
+        spiffe_fs = name == CREDENTIAL_BUNDLE or labels[0] == "PRIVATE KEY"
         found = detect.Found("spiffe-fs" if spiffe_fs else "combined", key_paths=[path])
         found.attempt(lambda: detect.key_and_certs(found, data, name, key_first=spiffe_fs))
         return found
-    found = detect.Found("spiffe-fs" if name.endswith(detect.SPIFFE_FS_TRUST_BUNDLE_SUFFIX) else "pem")
+    found = detect.Found("spiffe-fs" if name.endswith(TRUST_BUNDLE_SUFFIX) else "pem")
     if labels == ["PRIVATE KEY"]:
         found.key_paths.append(path)
         found.attempt(lambda: setattr(found, "key", load_key(blocks[0].der, name)))
@@ -109,9 +110,7 @@ def _certs(found: detect.Found, certs: list, name: str) -> None:  # type: ignore
     if certs and not is_ca(certs[0]):
         found.chain = certs
         return
-    td = (
-        name.removesuffix(detect.SPIFFE_FS_TRUST_BUNDLE_SUFFIX) if found.format == "spiffe-fs" else detect.OWN
-    )
+    td = name.removesuffix(TRUST_BUNDLE_SUFFIX) if found.format == "spiffe-fs" else detect.OWN
     found.bundles[td] = certs
 
 

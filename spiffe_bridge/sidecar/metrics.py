@@ -86,6 +86,18 @@ def renderer(
             yield CounterMetricFamily(
                 "spiffe_bridge_reload_failures", "Reload actions that failed", value=snap["reload_failures"]
             )
+            hot = CounterMetricFamily(
+                "spiffe_bridge_hot_updates", "Hot updates run (reload_haproxy, ...)", labels=["action"]
+            )
+            hot_failed = CounterMetricFamily(
+                "spiffe_bridge_hot_update_failures", "Hot updates that failed", labels=["action"]
+            )
+            for action in sorted({v["action"] for v in snap["hot_updates"].values()}):
+                entries = [v for v in snap["hot_updates"].values() if v["action"] == action]
+                hot.add_metric([action], sum(v["runs"] for v in entries))
+                hot_failed.add_metric([action], sum(v["failures"] for v in entries))
+            yield hot
+            yield hot_failed
             remaining = snap["seconds_until_expiry"]
             if remaining is not None:
                 yield GaugeMetricFamily(

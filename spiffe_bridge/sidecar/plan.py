@@ -23,6 +23,7 @@ from spiffe_bridge.formats import X509_FORMATS, JwtOptions, X509Options, render_
 from spiffe_bridge.formats.options import FormatError
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
+from spiffe_bridge.sidecar import hot_updates
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
 from spiffe_bridge.sidecar.schema import ConfigError, Issues, parse_mode, where
 
@@ -52,6 +53,8 @@ class DirPlan:
     x509: list[X509Output] = field(default_factory=list)
     jwt_svids: list[JwtSvidConfig] = field(default_factory=list)
     jwt_options: JwtOptions | None = None
+    #: servers told to take the new files after each changed write (reload_haproxy, ...)
+    updates: list[hot_updates.HotUpdate] = field(default_factory=list)
     _cache: dict[int, tuple[bytes, list[FileSpec]]] = field(default_factory=dict, repr=False)
 
     def writer(self) -> FileSetWriter:
@@ -183,7 +186,7 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         )
     kwargs: dict[str, Any] = {"hint": config.hint or None}
     for name, value in out.options.items():
-        if name in _PASSWORD_KEYS:
+        if name in _PASSWORD_KEYS or name in hot_updates.KEYS:
             continue
         if name not in _OPTION_FIELDS:
             line = out.option_lines.get(name, out.line)
@@ -204,7 +207,11 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
     except FormatError as exc:  # the key_file_mode rule (check_key_file_mode)
         line = out.option_lines.get("key_file_mode", out.line)
         raise ConfigError(f"{where('outputs entry ' + repr(out.format), line)}: {exc}") from None
-    return DirPlan(_abs(out.dir), out.layout, out.uid, out.gid, [X509Output(out.format, options)])
+    directory = _abs(out.dir)
+    updates = hot_updates.from_output(out.format, directory, out.options, options, out.option_lines, out.line)
+    return DirPlan(
+        directory, out.layout, out.uid, out.gid, [X509Output(out.format, options)], updates=updates
+    )
 
 
 def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[DirPlan], list[str]]:
@@ -226,4 +233,5 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[lis
                 "use one layout/uid/gid per directory"
             )
         existing.x509 += plan.x509
+        existing.updates += plan.updates
     return list(plans.values()), issues.warnings

@@ -33,6 +33,7 @@ from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar.config import Config
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
+from spiffe_bridge.sidecar.hot_updates import HotUpdater
 from spiffe_bridge.sidecar.jwt_refresh import JwtRefresher
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
@@ -98,6 +99,7 @@ class Daemon:
             else None
         )
         self.actions = build_actions(config, self.wrapper)
+        self.hot = HotUpdater([u for p in plans for u in p.updates], self.status.hot_updated)
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
         if config.metrics.enabled:
             from spiffe_bridge.sidecar.metrics import renderer
@@ -202,6 +204,7 @@ class Daemon:
             if source is not None:
                 source.close()
         self.actions.stop()
+        self.hot.stop()
         if self.health is not None:
             self.health.stop()
 
@@ -307,8 +310,10 @@ class Daemon:
         try:
             for plan, writer in self.writers:
                 files = plan.render(self.ctx, self.tokens, self.bundles)
-                if files:
-                    changed = writer.write(files).changed or changed
+                if files and writer.write(files).changed:
+                    changed = True
+                    if self.hot:  # servers that take new files without a reload (never blocks)
+                        self.hot.after_write(plan.directory, files)
         except (FormatError, WriteError, OSError, ValueError) as exc:
             log.error(
                 "writing the %s files failed (previous files kept; retrying in %gs): %s",

@@ -55,6 +55,8 @@ class SidecarStatus:
     reloads: int = 0
     reload_failures: int = 0
     streams: dict[str, StreamInfo] = field(default_factory=dict)
+    #: per hot update (``action target``): runs, failures, last error
+    hot_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,14 @@ class SidecarStatus:
             self.reloads += 1
             if not ok:
                 self.reload_failures += 1
+
+    def hot_updated(self, action: str, label: str, error: str | None) -> None:
+        """A hot update (reload_haproxy, ...) ran; ``error`` is None when the server took the files."""
+        with self._lock:
+            entry = self.hot_updates.setdefault(label, {"action": action, "runs": 0, "failures": 0})
+            entry["runs"] += 1
+            entry["failures"] += error is not None
+            entry["last_error"] = error
 
     def set_identity_lost(self, lost: bool) -> None:
         """The agent withdrew (or restored) this workload's identity."""
@@ -195,6 +205,7 @@ class SidecarStatus:
                 "write_failures": self.write_failures,
                 "reloads": self.reloads,
                 "reload_failures": self.reload_failures,
+                "hot_updates": {k: dict(v) for k, v in self.hot_updates.items()},
             }
         return {
             "file_write_statuses": files,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("rotation", "recovery", "coldstart", "idle", "jwt", "scale", "relay")
+BENCHMARKS = ("rotation", "recovery", "coldstart", "idle", "jwt", "scale", "relay", "haproxy")
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,14 @@ def test_relay(report: dict[str, Any]) -> None:
     assert set(result["results"]["added_p50_p99"]) == {"relay_3", "relay, forward before verify_3"}
     for stats in setups.values():
         assert stats["last"]["n"] >= 1 and stats["last"]["p50"] >= stats["first"]["p50"] > 0
+
+
+def test_haproxy(report: dict[str, Any]) -> None:
+    notes = report["benchmarks"]["haproxy"].get("notes", [])
+    if any("not installed" in n for n in notes) and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("haproxy not installed: run scripts/install-system-deps.sh")
+    results = _result(report, "haproxy")["results"]
+    for method in ("runtime-api", "sigusr2"):
+        assert results[method]["visible"]["n"] == 2 and results[method]["requests"] > 0, method
+    assert results["runtime-api"]["failures"] == 0 and results["runtime-api"]["pids"] == 1
+    assert results["sigusr2"]["pids"] > 2  # master + a new worker per reload

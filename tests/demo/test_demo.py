@@ -67,6 +67,9 @@ def test_every_format_written(demo_dir: pathlib.Path) -> None:
         ("pkcs12", "svid.p12"),
         ("der", "key.p8"),
         ("linkerd", "linkerd.env"),
+        ("spiffe-fs", "credential-bundle.pem"),
+        ("spiffe-fs", "example.org.spiffe-trust-bundle.pem"),
+        ("bundle-map", "spiffe_bundle_map.json"),
     ]:
         assert (demo_dir / sub / name).is_file(), f"{sub}/{name} missing"
     assert (demo_dir / "pem" / "svid_key.pem").stat().st_mode & 0o777 == 0o600

@@ -51,6 +51,10 @@ def token_markers(token: str) -> list[bytes]:
     return [token.encode(), f"{body}.{sig}".encode(), sig.encode()]
 
 
+#: Formats that write trust material only (Linkerd's anchors, gRPC's bundle map).
+KEYLESS_FORMATS = ("linkerd", "bundle-map")
+
+
 def key_files(specs: list[FileSpec], ctx: X509Context) -> set[str]:
     """Files whose content carries the private key (directly, as PEM/base64, or in a keystore)."""
     markers = [ctx.default_svid.key_der, *key_markers(ctx.default_svid.key_der)]
@@ -77,7 +81,9 @@ def test_key_files_are_0600_whatever_the_umask(
         ctx = client.fetch_x509_context()
     specs = render_x509(fmt, ctx, OPTIONS)
     secret = key_files(specs, ctx)
-    if fmt != "linkerd":
+    if fmt in KEYLESS_FORMATS:
+        assert not secret, f"{fmt}: carries only public material"
+    else:
         assert secret, f"{fmt}: expected a file carrying the key"
     writer = FileSetWriter(tmp_path / "out", layout=layout)  # type: ignore[arg-type]
     writer.write(specs)

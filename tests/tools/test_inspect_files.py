@@ -44,7 +44,9 @@ def test_each_written_format_is_detected_and_passes(
     (found,) = doc["paths"][0]["sets"]
     assert found["format"] == fmt
     assert "example.org" in found["bundles"]
-    if fmt != "linkerd":  # linkerd writes no SVID files, only anchors and the env file
+    if fmt == "bundle-map":  # trust bundles only, every trust domain's
+        assert set(found["bundles"]) == {"example.org", "partner.example"} and not found["svids"]
+    elif fmt != "linkerd":  # linkerd writes no SVID files, only anchors and the env file
         (svid,) = found["svids"]
         assert set(svid) == SVID_KEYS
         assert svid["spiffe_id"] == "spiffe://example.org/workload"

@@ -1,50 +1,27 @@
 """envoy-sds files parse strictly with Envoy's own v3 protos and pass Envoy's validation rules.
 
-scripts/envoy-sds-check (Go, go-control-plane) is built once into the cache
-(``$SPIFFE_BRIDGE_CACHE``, default ~/.cache/spiffe-bridge) -- the first build fetches
-modules and takes a minute or two. No Go toolchain: skip (``CI=true``: fail).
+scripts/envoy-sds-check (Go, go-control-plane) is built once into the cache by
+go_checkers.build_go_checker. No Go toolchain: skip (``CI=true``: fail).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from go_checkers import build_go_checker
 from writers_pki import Pki
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
 
 pytestmark = [pytest.mark.consumers, pytest.mark.timeout(900)]
-SOURCE = Path(__file__).resolve().parents[2] / "scripts" / "envoy-sds-check"
 
 
 @pytest.fixture(scope="session")
 def checker() -> Path:
-    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-    if not go:
-        message = "no Go toolchain to build scripts/envoy-sds-check"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((SOURCE / name).read_bytes())
-    cache = Path(os.environ.get("SPIFFE_BRIDGE_CACHE", Path.home() / ".cache" / "spiffe-bridge"))
-    binary = cache / "bin" / f"envoy-sds-check-{digest.hexdigest()[:12]}"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        tmp = binary.with_suffix(".tmp")
-        done = subprocess.run(
-            [go, "build", "-o", str(tmp), "."], cwd=SOURCE, capture_output=True, text=True, timeout=800
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        tmp.rename(binary)
-    return binary
+    return build_go_checker("envoy-sds-check")
 
 
 @pytest.mark.parametrize("spiffe_validator", [True, False])

@@ -1,0 +1,307 @@
+"""Typed per-output actions that update a running server without a reload: config and dispatch.
+
+An ``outputs`` entry may carry ``reload_haproxy``, ``reload_postgres`` and/or
+``reload_mysql``. After the entry's directory was written with changed content,
+each configured updater (``spiffe_bridge.updaters``) runs on a private event
+loop thread, so the daemon never waits for a server: per update the newest files
+win (a backlog collapses into one run), and every outcome is recorded in the
+sidecar status (health JSON and metrics). Keys:
+
+- ``reload_haproxy``: runtime API address; ``haproxy_cert_path`` (the ``crt`` path
+  HAProxy's config names, default the combined file's visible path);
+  ``haproxy_ca_file_path`` (default the bundle file's visible path) and
+  ``haproxy_update_ca_file`` (default true): the CA file is pushed only when it changed;
+- ``reload_postgres``: libpq conninfo; ``reload_mysql``: ``mysql://`` DSN;
+- ``reload_timeout`` (seconds per attempt, 10) and ``reload_attempts`` (3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from spiffe_bridge.fileset import FileSpec
+from spiffe_bridge.formats import X509Options
+from spiffe_bridge.sidecar.schema import ConfigError, where
+from spiffe_bridge.updaters import UpdateError, UpdatePolicy
+
+log = logging.getLogger("spiffe_bridge.sidecar")
+
+ACTIONS = ("reload_haproxy", "reload_postgres", "reload_mysql")
+#: Output keys read here rather than passed to the format.
+KEYS = frozenset(
+    {*ACTIONS, "haproxy_cert_path", "haproxy_ca_file_path", "haproxy_update_ca_file"}
+    | {"reload_timeout", "reload_attempts"}
+)
+
+
+@dataclass(frozen=True)
+class HotUpdate:
+    """One configured updater of one output directory."""
+
+    action: str
+    target: str
+    directory: str
+    policy: UpdatePolicy
+    cert_file: str = ""  # haproxy: the combined file's name in the set
+    ca_file: str = ""  # haproxy: the bundle file's name in the set ("" = never push it)
+    haproxy_cert_path: str = ""
+    haproxy_ca_file_path: str = ""
+
+    @property
+    def label(self) -> str:
+        """``action target`` with no secret in it (conninfo/DSN passwords are masked)."""
+        from spiffe_bridge.updaters import postgres
+
+        return f"{self.action} {postgres.describe(self.target)}"
+
+
+def _value(
+    options: Mapping[str, Any], key: str, kind: type, lines: Mapping[str, int], line: int | None
+) -> Any:
+    value = options[key]
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where(key, lines.get(key, line))} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def from_output(
+    fmt: str,
+    directory: str,
+    options: Mapping[str, Any],
+    x509: X509Options,
+    lines: Mapping[str, int],
+    line: int | None,
+) -> list[HotUpdate]:
+    """The updaters an ``outputs`` entry asks for; ConfigError (key and line) when misconfigured."""
+    if not any(k in options for k in ACTIONS):
+        stray = sorted(k for k in options if k in KEYS)
+        if stray:
+            raise ConfigError(
+                f"{where(stray[0], lines.get(stray[0], line))} needs one of {', '.join(ACTIONS)}"
+            )
+        return []
+    timeout = _value(options, "reload_timeout", float, lines, line) if "reload_timeout" in options else 10.0
+    attempts = _value(options, "reload_attempts", int, lines, line) if "reload_attempts" in options else 3
+    try:
+        policy = UpdatePolicy(timeout=timeout, attempts=attempts)
+    except ValueError as exc:
+        raise ConfigError(f"{where('reload_timeout', lines.get('reload_timeout', line))}: {exc}") from None
+    out: list[HotUpdate] = []
+    for action in ACTIONS:
+        if action not in options:
+            continue
+        target = _value(options, action, str, lines, line)
+        at = where(action, lines.get(action, line))
+        if action == "reload_haproxy":
+            out.append(_haproxy(target, at, fmt, directory, options, x509, policy, lines, line))
+        elif action == "reload_postgres":
+            if not target.strip():
+                raise ConfigError(f"{at} must be a libpq connection string")
+            out.append(HotUpdate(action, target, directory, policy))
+        else:
+            from spiffe_bridge.updaters.mysql import Dsn
+
+            try:
+                Dsn.parse(target)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"{at}: {exc}") from None
+            out.append(HotUpdate(action, target, directory, policy))
+    return out
+
+
+def _haproxy(
+    target: str,
+    at: str,
+    fmt: str,
+    directory: str,
+    options: Mapping[str, Any],
+    x509: X509Options,
+    policy: UpdatePolicy,
+    lines: Mapping[str, int],
+    line: int | None,
+) -> HotUpdate:
+    from spiffe_bridge.updaters.haproxy import Address
+
+    if fmt != "combined":
+        raise ConfigError(f'{at} needs format = "combined" (HAProxy\'s crt file), not {fmt!r}')
+    try:
+        Address.parse(target)
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+    get = {
+        k: _value(options, k, str, lines, line)
+        for k in ("haproxy_cert_path", "haproxy_ca_file_path")
+        if k in options
+    }
+    push_ca = (
+        _value(options, "haproxy_update_ca_file", bool, lines, line)
+        if "haproxy_update_ca_file" in options
+        else True
+    )
+    return HotUpdate(
+        "reload_haproxy",
+        target,
+        directory,
+        policy,
+        cert_file=x509.combined_file_name,
+        ca_file=x509.svid_bundle_file_name if push_ca else "",
+        haproxy_cert_path=get.get("haproxy_cert_path") or os.path.join(directory, x509.combined_file_name),
+        haproxy_ca_file_path=get.get("haproxy_ca_file_path")
+        or os.path.join(directory, x509.svid_bundle_file_name),
+    )
+
+
+#: A failed update is tried again after this many seconds, doubling up to RETRY_MAX.
+RETRY_FIRST, RETRY_MAX = 30.0, 300.0
+#: Called with (action, label, error or None) after every run.
+Recorder = Callable[[str, str, "str | None"], None]
+
+
+class HotUpdater:
+    """Runs the updaters on a private event loop thread; ``after_write`` returns at once.
+
+    Per update one run at a time; files arriving meanwhile replace each other, so a
+    slow server gets only the newest set. A run that failed (the server was down, say)
+    is tried again after ``RETRY_FIRST`` seconds, doubling up to ``RETRY_MAX``, unless
+    newer files came meanwhile. An asyncio daemon can ``await run(...)`` directly
+    instead of using the thread.
+    """
+
+    def __init__(self, updates: Sequence[HotUpdate], record: Recorder) -> None:
+        self.updates = list(updates)
+        self._record = record
+        self._lock = threading.Condition()
+        self._pending: dict[HotUpdate, Sequence[FileSpec]] = {}
+        self._busy: set[HotUpdate] = set()
+        self._pushed_ca: dict[HotUpdate, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._futures: list[Future[None]] = []
+        self._generation: dict[HotUpdate, int] = {}
+        self._retry_delay: dict[HotUpdate, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.updates)
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=loop.run_forever, name="spiffe-bridge-updaters", daemon=True
+            )
+            self._thread.start()
+            self._loop = loop
+        return self._loop
+
+    def after_write(self, directory: str, files: Sequence[FileSpec]) -> None:
+        """Schedule every update of ``directory`` with the set just written (never blocks)."""
+        for update in self.updates:
+            if update.directory == directory:
+                with self._lock:
+                    self._generation[update] = self._generation.get(update, 0) + 1
+                self._submit(update, list(files))
+
+    def _submit(self, update: HotUpdate, files: Sequence[FileSpec]) -> None:
+        with self._lock:
+            self._pending[update] = files
+            start = update not in self._busy
+            self._busy.add(update)
+        if start:
+            future = asyncio.run_coroutine_threadsafe(self._drain(update), self._ensure_loop())
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+
+    def _retry(self, update: HotUpdate, files: Sequence[FileSpec], generation: int) -> None:
+        with self._lock:
+            stale = self._generation.get(update) != generation or update in self._pending
+        if not stale:  # newer files were handed over meanwhile: they are the ones to push
+            self._submit(update, files)
+
+    async def _drain(self, update: HotUpdate) -> None:
+        while True:
+            with self._lock:
+                files = self._pending.pop(update, None)
+                generation = self._generation.get(update, 0)
+                if files is None:
+                    self._busy.discard(update)
+                    self._lock.notify_all()
+                    return
+            if await self.run(update, files):
+                self._retry_delay.pop(update, None)
+                continue
+            delay = self._retry_delay.get(update, RETRY_FIRST)
+            self._retry_delay[update] = min(delay * 2, RETRY_MAX)
+            log.info("%s: trying again in %gs", update.label, delay)
+            asyncio.get_running_loop().call_later(delay, self._retry, update, files, generation)
+
+    async def run(self, update: HotUpdate, files: Sequence[FileSpec]) -> bool:
+        """Apply one update for this file set; records and logs the outcome, never raises."""
+        try:
+            await self._apply(update, {f.name: f.data for f in files})
+        except UpdateError as exc:
+            log.error("%s failed after %d attempt(s): %s", update.action, exc.attempts, exc.reason)
+            self._record(update.action, update.label, str(exc))
+            return False
+        except Exception as exc:  # a bug or an unexpected library error: keep the daemon going
+            log.exception("%s failed", update.label)
+            self._record(update.action, update.label, f"{type(exc).__name__}: {exc}")
+            return False
+        log.info("%s: the server took the new credentials", update.label)
+        self._record(update.action, update.label, None)
+        return True
+
+    async def _apply(self, update: HotUpdate, files: Mapping[str, bytes]) -> None:
+        if update.action == "reload_haproxy":
+            from spiffe_bridge.updaters import haproxy
+
+            crt = files.get(update.cert_file)
+            if crt is None:
+                raise UpdateError(
+                    update.action, update.target, f"{update.cert_file} is not in the written set"
+                )
+            ca = files.get(update.ca_file) if update.ca_file else None
+            digest = hashlib.sha256(ca).digest() if ca is not None else b""
+            push_ca = ca is not None and self._pushed_ca.get(update) != digest
+            await haproxy.apply(
+                update.target,
+                update.haproxy_cert_path,
+                crt,
+                ca_path=update.haproxy_ca_file_path if push_ca else None,
+                ca_pem=ca if push_ca else None,
+                policy=update.policy,
+            )
+            if push_ca:
+                self._pushed_ca[update] = digest
+        elif update.action == "reload_postgres":
+            from spiffe_bridge.updaters import postgres
+
+            await postgres.apply(update.target, policy=update.policy)
+        else:
+            from spiffe_bridge.updaters import mysql
+
+            await mysql.apply(update.target, policy=update.policy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no update is running or pending (tests, shutdown); False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._busy, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let running updates finish (bounded), then end the loop thread."""
+        self.wait_idle(timeout)
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+        self._loop = self._thread = None
