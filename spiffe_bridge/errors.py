@@ -119,3 +119,10 @@ class WorkloadNotEntitledError(NoIdentityError, ValidationError):
     """
 
     hint = "no identity for the referenced workload: is a registration entry for its selectors present?"
+
+
+class WorkloadExitedError(WorkloadNotFoundError):
+    """The process a Broker API watch referenced has exited; its identity ended with it."""
+
+    hint = "a replaced process needs a new reference (the sidecar follows its pid file)"
+    retryable = False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -12,14 +12,17 @@ import grpc.aio
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
 from spiffe_bridge.broker._core import AgentSpec, BrokerCore, resolve, tls_error
-from spiffe_bridge.broker.reference import Reference, as_reference
+from spiffe_bridge.broker.lifetime import ProcessExit
+from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
 from spiffe_bridge.broker.sync import broker_ssl_context
 from spiffe_bridge.broker.tunnel import TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback
+from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
 from spiffe_bridge.client.aio import AsyncStreamingClient
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls._follow import X509SourceLike
+
+T = TypeVar("T")
 
 
 class AsyncBrokerClient(AsyncStreamingClient):
@@ -73,6 +76,23 @@ class AsyncBrokerClient(AsyncStreamingClient):
         channel = grpc.aio.insecure_channel(self._tunnel.grpc_target, options=self._core.channel_options)
         return channel, bpb_grpc.APIStub(channel)  # type: ignore[no-untyped-call]
 
+    async def _watch_ref(
+        self, spec: Callable[[Reference], StreamSpec[T]], ref: Reference, on_error: ErrorCallback | None
+    ) -> AsyncIterator[T]:
+        """Watch; for a PID the watch ends with WorkloadExitedError when the process exits."""
+        if not isinstance(ref, WorkloadPIDReference):
+            async for item in self._watch(spec(ref), on_error):
+                yield item
+            return
+        stop = StopSignal()
+        exited = ProcessExit(ref.pid, asyncio.get_running_loop(), stop)
+        exited.start()
+        try:
+            async for item in self._watch(spec(ref), on_error, stop):
+                yield item
+        finally:
+            exited.close()
+
     @property
     def _broker(self) -> BrokerCore:
         assert isinstance(self._core, BrokerCore)
@@ -88,7 +108,7 @@ class AsyncBrokerClient(AsyncStreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> AsyncIterator[model.X509Context]:
         """Yield each valid X.509 context of the workload, reconnecting until closed."""
-        return self._watch(self._broker.x509_contexts(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.x509_contexts, as_reference(workload), on_error)
 
     async def fetch_x509_bundles(
         self, workload: Reference | int, timeout: float | None = None
@@ -100,7 +120,7 @@ class AsyncBrokerClient(AsyncStreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> AsyncIterator[model.X509BundleSet]:
         """Yield each valid X.509 bundle set of the workload."""
-        return self._watch(self._broker.x509_bundles(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.x509_bundles, as_reference(workload), on_error)
 
     async def fetch_jwt_svids(
         self,
@@ -141,7 +161,7 @@ class AsyncBrokerClient(AsyncStreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> AsyncIterator[jwt.JwtBundleSet]:
         """Yield each valid JWT bundle set of the workload."""
-        return self._watch(self._broker.jwt_bundles(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.jwt_bundles, as_reference(workload), on_error)
 
     async def close(self) -> None:
         """Cancel streams, close the channel and the tunnel, stop following the source."""

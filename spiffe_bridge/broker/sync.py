@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
 from spiffe_bridge.broker._core import AgentSpec, BrokerCore, agent_authorizer, resolve, tls_error
-from spiffe_bridge.broker.reference import Reference, as_reference
+from spiffe_bridge.broker.lifetime import ProcessExit
+from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
 from spiffe_bridge.broker.tunnel import LoopThread, TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback
+from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
 from spiffe_bridge.client.sync import StreamingClient
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls._follow import X509SourceLike
 from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context
+
+T = TypeVar("T")
 
 
 def broker_ssl_context(
@@ -92,7 +96,7 @@ class BrokerClient(StreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> Iterator[model.X509Context]:
         """Yield each valid X.509 context of the workload; reconnects until closed."""
-        return self._watch(self._broker.x509_contexts(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.x509_contexts, as_reference(workload), on_error)
 
     def fetch_x509_bundles(
         self, workload: Reference | int, timeout: float | None = None
@@ -104,7 +108,7 @@ class BrokerClient(StreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> Iterator[model.X509BundleSet]:
         """Yield each valid X.509 bundle set of the workload."""
-        return self._watch(self._broker.x509_bundles(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.x509_bundles, as_reference(workload), on_error)
 
     # -- JWT ------------------------------------------------------------------------------
 
@@ -145,9 +149,24 @@ class BrokerClient(StreamingClient):
         self, workload: Reference | int, on_error: ErrorCallback | None = None
     ) -> Iterator[jwt.JwtBundleSet]:
         """Yield each valid JWT bundle set of the workload."""
-        return self._watch(self._broker.jwt_bundles(as_reference(workload)), on_error)
+        return self._watch_ref(self._broker.jwt_bundles, as_reference(workload), on_error)
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- internals ------------------------------------------------------------------------
+
+    def _watch_ref(
+        self, spec: Callable[[Reference], StreamSpec[T]], ref: Reference, on_error: ErrorCallback | None
+    ) -> Iterator[T]:
+        """Watch; for a PID the watch ends with WorkloadExitedError when the process exits."""
+        if not isinstance(ref, WorkloadPIDReference):
+            yield from self._watch(spec(ref), on_error)
+            return
+        stop = StopSignal()
+        exited = ProcessExit(ref.pid, self._loop.loop, stop)
+        exited.start()
+        try:
+            yield from self._watch(spec(ref), on_error, stop)
+        finally:
+            exited.close()
 
     @property
     def _broker(self) -> BrokerCore:

@@ -41,8 +41,8 @@ HANDSHAKE_TIMEOUT = 10.0
 class TlsTunnel:
     """Listens on ``path``; pipes each connection over TLS to ``target`` with ``context``.
 
-    ``last_error`` is why the latest connection to the endpoint failed (None after a
-    success); ``peer`` is the SPIFFE ID the endpoint last authenticated as.
+    ``last_error`` is why the latest connection to the endpoint failed (None once the
+    endpoint answered on a connection); ``peer`` is the SPIFFE ID the endpoint last authenticated as.
     ``on_error`` hears every failed connection (a refused peer, a refused SVID).
     """
 
@@ -124,17 +124,22 @@ class TlsTunnel:
                 self._failed(exc)
                 return
             self._writers.add(up_writer)
-            self.last_error = None
             with contextlib.suppress(LookupError):
                 self.peer = peer_spiffe_id(up_writer)
             try:
-                await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+                await asyncio.gather(
+                    _pump(reader, up_writer), _pump(up_reader, writer, self._failed, self._answered)
+                )
             finally:
                 self._writers.discard(up_writer)
                 up_writer.close()
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    def _answered(self) -> None:
+        """The endpoint sent data: it accepted our SVID (a finished handshake alone does not say so)."""
+        self.last_error = None
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, TimeoutError):
@@ -148,13 +153,29 @@ class TlsTunnel:
                 log.exception("error callback raised; ignored")
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy until end of file or an error, then close the sink so the other direction ends too."""
+async def _pump(
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    on_tls_error: Callable[[Exception], None] | None = None,
+    on_first_data: Callable[[], None] | None = None,
+) -> None:
+    """Copy until end of file or an error, then close the sink so the other direction ends too.
+
+    ``on_tls_error`` hears a TLS alert read from the source: with TLS 1.3 the server
+    checks our certificate after our side of the handshake is done, so an agent that
+    refuses our SVID (not on its allow-list) says so on the first read.
+    """
     try:
         while data := await source.read(CHUNK):
+            if on_first_data is not None:
+                on_first_data()
+                on_first_data = None
             sink.write(data)
             await sink.drain()
-    except (OSError, ssl.SSLError):
+    except ssl.SSLError as exc:
+        if on_tls_error is not None:
+            on_tls_error(exc)
+    except OSError:
         pass
     finally:
         sink.close()

@@ -21,6 +21,7 @@ from spiffe_bridge.client._core import (
     ClientCore,
     ErrorCallback,
     ReconnectCounter,
+    StopSignal,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -113,11 +114,17 @@ class AsyncStreamingClient:
         await self._ready()  # opens the channel (or raises when closed)
         return spec.callable(self._channel)
 
-    async def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> AsyncIterator[T]:
+    async def _watch(
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
+    ) -> AsyncIterator[T]:
         attempts = ReconnectCounter()
         while not self._closed.is_set():
+            if stop is not None and stop.reason is not None:
+                raise stop.reason
             call = (await self._stream(spec))(spec.request, metadata=self._core.metadata, wait_for_ready=True)
             self._calls.add(call)
+            if stop is not None:
+                stop.attach(call.cancel)
             error: WorkloadApiError
             try:
                 async for message in call:
@@ -132,6 +139,8 @@ class AsyncStreamingClient:
             except grpc.RpcError as exc:
                 if self._closed.is_set():
                     return
+                if stop is not None and stop.reason is not None:
+                    raise stop.reason from None
                 error = self._core.error_from_rpc(exc, spec.what)
             finally:
                 call.cancel()

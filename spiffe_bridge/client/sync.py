@@ -19,6 +19,7 @@ from spiffe_bridge.client._core import (
     ClientCore,
     ErrorCallback,
     ReconnectCounter,
+    StopSignal,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -119,13 +120,19 @@ class StreamingClient:
             f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
         )
 
-    def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> Iterator[T]:
+    def _watch(
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
+    ) -> Iterator[T]:
         attempts = ReconnectCounter()
         while not self._closed.is_set():
+            if stop is not None and stop.reason is not None:
+                raise stop.reason
             call = spec.callable(self._channel)(
                 spec.request, metadata=self._core.metadata, wait_for_ready=True
             )
             self._track(call, True)
+            if stop is not None:
+                stop.attach(call.cancel)
             error: WorkloadApiError
             try:
                 for message in call:
@@ -140,6 +147,8 @@ class StreamingClient:
             except grpc.RpcError as exc:
                 if self._closed.is_set():
                     return
+                if stop is not None and stop.reason is not None:
+                    raise stop.reason from None
                 error = self._core.error_from_rpc(exc, spec.what)
             finally:
                 call.cancel()
