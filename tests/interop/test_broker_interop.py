@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from broker_support import BROKER_PATH, NOT_A_BROKER_PATH, broker_spire, workload
+from broker_support import BROKER_PATH, NOT_A_BROKER_PATH, Workload, broker_spire, workload
 from interop_support import wait_for
 from spire import SpireDeployment
 
@@ -29,6 +31,8 @@ from spiffe_bridge.errors import (
     WorkloadExitedError,
     WorkloadNotEntitledError,
 )
+from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate, fetch_once, workload_updates
+from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.source import X509Source
 from spiffe_bridge.source_aio import AsyncX509Source
 from spiffe_bridge.tls import PeerNotAuthorizedError
@@ -273,3 +277,107 @@ def _endpoint(d: SpireDeployment) -> Any:
     from spiffe_bridge.address import parse
 
     return parse(d.broker_address)
+
+
+# -- the sidecar's broker outputs (spiffe_bridge.sidecar.broker_outputs) -----------------------
+
+
+def _config(d: SpireDeployment, tmp: Path, outputs: str) -> Config:
+    text = f"""
+agent_address = "{d.workload_api_address}"
+[broker]
+address = "{d.broker_address}"
+spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+{outputs}
+"""
+    return build(parse_text(text, "toml"), environ={})
+
+
+def test_sidecar_outputs_follow_their_workloads(broker_spire: SpireDeployment, tmp_path: Path) -> None:
+    d = broker_spire
+    by_file = d.create_entry("/wl/pidfile", selectors=["unix:uid:1007"])
+    fixed = d.create_entry("/wl/fixed", selectors=["unix:uid:1008"])
+    pid_file = tmp_path / "nginx.pid"
+    with workload(1007) as first, workload(1008) as pinned, workload(1009) as unregistered:
+        pid_file.write_text(f"{first.pid}\n")
+        missing_file = tmp_path / "none.pid"
+        missing_file.write_text(f"{unregistered.pid}\n")
+        config = _config(
+            d,
+            tmp_path,
+            f"""
+[[outputs]]
+format = "pem"
+dir = "{tmp_path / "a"}"
+workload_pid_file = "{pid_file}"
+[[outputs]]
+format = "pem"
+dir = "{tmp_path / "b"}"
+workload_pid = {pinned.pid}
+[[outputs]]
+format = "pem"
+dir = "{tmp_path / "own"}"
+[[outputs]]
+format = "pem"
+dir = "{tmp_path / "c"}"
+workload_pid_file = "{missing_file}"
+""",
+        )
+
+        async def main() -> tuple[WorkloadUpdate, Workload]:
+            latest: dict[int, WorkloadUpdate] = {}
+            async with AsyncX509Source(d.workload_api_address) as src:
+                updates = workload_updates(config, src, poll_interval=0.1)
+
+                def ready() -> bool:
+                    a, b, c = latest.get(0), latest.get(1), latest.get(3)
+                    return bool(
+                        a and a.context and str(a.context.default_svid.spiffe_id) == by_file.spiffe_id
+                        and b and b.context and str(b.context.default_svid.spiffe_id) == fixed.spiffe_id
+                        and c and c.context is None and isinstance(c.error, NoIdentityError)
+                    )  # fmt: skip
+
+                async def until(condition: Any) -> None:
+                    async for update in updates:
+                        latest[update.index] = update
+                        if condition():
+                            return
+
+                await asyncio.wait_for(until(ready), DEADLINE)
+                assert 2 not in latest  # the output without a reference is not the broker's business
+                # nginx is replaced: a new process, a new PID in the file, the old one gone
+                second = Workload(1007)
+                pid_file.write_text(f"{second.pid}\n")
+                first.stop()
+
+                def followed() -> bool:
+                    a = latest[0]
+                    return a.pid == second.pid and a.context is not None
+
+                await asyncio.wait_for(until(followed), DEADLINE)
+                await updates.aclose()
+                return latest[0], second
+
+        try:
+            replaced, second = asyncio.run(main())
+            try:
+                assert str(replaced.context.default_svid.spiffe_id) == by_file.spiffe_id  # type: ignore[union-attr]
+
+                # one-shot: the unregistered workload is NoIdentity (exit 4); without it, all are written
+                async def once(cfg: Config) -> dict[int, model.X509Context]:
+                    async with AsyncX509Source(d.workload_api_address) as src:
+                        return await fetch_once(cfg, src, timeout=2)
+
+                with pytest.raises(NoIdentityError):
+                    asyncio.run(once(config))
+                registered = replace(config, outputs=config.outputs[:3])
+                got = asyncio.run(once(registered))
+                assert {i: str(c.default_svid.spiffe_id) for i, c in got.items()} == {
+                    0: by_file.spiffe_id,
+                    1: fixed.spiffe_id,
+                }
+            finally:
+                second.stop()
+        finally:
+            d.delete_entry(by_file)
+            d.delete_entry(fixed)
