@@ -7,6 +7,7 @@ workload processes running under other uids, by PID, over mutual TLS.
 from __future__ import annotations
 
 import asyncio
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -16,7 +17,8 @@ from typing import Any
 import grpc
 import pytest
 from broker_support import BROKER_PATH, NOT_A_BROKER_PATH, Workload, broker_spire, workload
-from interop_support import wait_for
+from cryptography import x509
+from interop_support import sidecar, spiffe_id_of, wait_for
 from spire import SpireDeployment
 
 from spiffe_bridge import model
@@ -381,3 +383,62 @@ workload_pid_file = "{missing_file}"
         finally:
             d.delete_entry(by_file)
             d.delete_entry(fixed)
+
+
+def test_one_shot_sidecar_writes_each_workloads_files_owned_by_its_uid(
+    broker_spire: SpireDeployment, tmp_path: Path
+) -> None:
+    """``spiffe-bridge run`` (daemon_mode = false) writes nginx's and pg's SVIDs into their own dirs."""
+    d = broker_spire
+    web = d.create_entry("/wl/nginx", selectors=["unix:uid:1010"])
+    db = d.create_entry("/wl/postgres", selectors=["unix:uid:1011"])
+    try:
+        with workload(1010) as nginx, workload(1011) as pg, workload(1012) as unknown:
+            pid_file = tmp_path / "nginx.pid"
+            pid_file.write_text(f"{nginx.pid}\n")
+            head = f"""daemon_mode = false
+one_shot_timeout = "20s"
+agent_address = "{d.workload_api_address}"
+broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+"""
+            hcl = (
+                head
+                + f"""outputs = [
+  {{ format = "pem", dir = "{tmp_path / "nginx"}", workload_pid_file = "{pid_file}",
+     uid = 1010, gid = 1010 }},
+  {{ format = "pem", dir = "{tmp_path / "pg"}", workload_pid = {pg.pid}, uid = 1011, gid = 1011 }},
+  {{ format = "pem", dir = "{tmp_path / "own"}" }},
+]
+"""
+            )
+            (tmp_path / "broker.conf").write_text(hcl)
+            with sidecar(["-config", str(tmp_path / "broker.conf")], tmp_path) as proc:
+                assert proc.wait(60) == 0, proc.log
+            for name, entry, uid in (("nginx", web, 1010), ("pg", db, 1011)):
+                cert = x509.load_pem_x509_certificates((tmp_path / name / "svid.pem").read_bytes())[0]
+                assert spiffe_id_of(cert) == entry.spiffe_id
+                key = tmp_path / name / "svid_key.pem"
+                st = key.stat()
+                assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, uid, 0o600)
+            own = x509.load_pem_x509_certificates((tmp_path / "own" / "svid.pem").read_bytes())[0]
+            assert spiffe_id_of(own) in {d.spiffe_id(BROKER_PATH), d.spiffe_id(NOT_A_BROKER_PATH)}
+            # a workload without an entry: exit 4, nothing written for it
+            (tmp_path / "none.conf").write_text(
+                head.replace('"20s"', '"3s"')
+                + f'outputs = [{{ format = "pem", dir = "{tmp_path / "none"}", '
+                + f"workload_pid = {unknown.pid} }}]\n"
+            )
+            with sidecar(["-config", str(tmp_path / "none.conf")], tmp_path) as proc:
+                assert proc.wait(60) == 4, proc.log
+            assert not (tmp_path / "none" / "svid.pem").exists()
+            # daemon mode is refused until the runner follows workloads, rather than writing our own SVID
+            (tmp_path / "daemon.conf").write_text(hcl.replace("daemon_mode = false", "daemon_mode = true"))
+            with sidecar(["-config", str(tmp_path / "daemon.conf")], tmp_path) as proc:
+                assert proc.wait(60) == 2, proc.log
+            assert "workload_pid" in proc.log
+    finally:
+        d.delete_entry(web)
+        d.delete_entry(db)
