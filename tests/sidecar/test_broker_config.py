@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from spiffe_bridge.sidecar.config import BrokerConfig, ConfigError, build, parse_text
@@ -91,3 +94,33 @@ def test_one_reference_per_output_and_a_real_pid() -> None:
 def test_no_broker_block_is_the_default() -> None:
     config = build(parse_text('[[outputs]]\nformat = "pem"\ndir = "/d"\n', "toml"), environ={})
     assert config.broker is None and not config.outputs[0].workload
+
+
+def test_workload_outputs_get_their_own_plans() -> None:
+    from spiffe_bridge.sidecar import plan
+
+    text = TOML.replace('dir = "/etc/pg/spiffe"', 'dir = "/etc/nginx/spiffe"')
+    with pytest.raises(ConfigError, match="different workloads"):
+        plan.build(build(parse_text(text, "toml"), environ={}), {})
+    plans, _ = plan.build(build(parse_text(TOML, "toml"), environ={}), {})
+    assert [(p.directory, p.workload) for p in plans] == [
+        ("/etc/nginx/spiffe", 0),
+        ("/etc/pg/spiffe", 1),
+        ("/etc/bridge", None),
+    ]
+
+
+def test_pid_file_reader_never_blocks_and_takes_only_a_pid(tmp_path: Path) -> None:
+    from spiffe_bridge.sidecar.broker_outputs import read_pid_file
+
+    f = tmp_path / "x.pid"
+    for text, want in (("1234\n", 1234), (" 42 ", 42), ("", None), ("abc", None), ("0", None), ("-3", None)):
+        f.write_text(text)
+        assert read_pid_file(str(f)) == want, text
+    f.write_text("1" * 100)
+    assert read_pid_file(str(f)) is None
+    assert read_pid_file(str(tmp_path / "missing.pid")) is None
+    fifo = tmp_path / "fifo.pid"
+    os.mkfifo(fifo)
+    assert read_pid_file(str(fifo)) is None  # opened non-blocking, refused as not a regular file
+    assert read_pid_file(str(tmp_path)) is None
