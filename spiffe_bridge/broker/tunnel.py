@@ -172,6 +172,8 @@ async def _pump(
                 on_first_data = None
             sink.write(data)
             await sink.drain()
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        pass  # the peer went away (an agent restart): not a refusal
     except ssl.SSLError as exc:
         if on_tls_error is not None:
             on_tls_error(exc)

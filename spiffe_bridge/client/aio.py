@@ -142,6 +142,18 @@ class AsyncStreamingClient:
                 if stop is not None and stop.reason is not None:
                     raise stop.reason from None
                 error = self._core.error_from_rpc(exc, spec.what)
+            except asyncio.CancelledError:
+                # grpc.aio reports a cancelled call as CancelledError; ours (the stop signal) ends
+                # the watch with its reason, a cancellation of the consuming task propagates
+                task = asyncio.current_task()
+                if (
+                    stop is not None
+                    and stop.reason is not None
+                    and task is not None
+                    and not task.cancelling()
+                ):
+                    raise stop.reason from None
+                raise
             finally:
                 call.cancel()
                 self._calls.discard(call)

@@ -245,7 +245,8 @@ def test_async_client(broker_spire: SpireDeployment) -> None:
     d = broker_spire
     entry = d.create_entry("/wl/async", selectors=["unix:uid:1006"])
 
-    async def main(pid: int) -> model.X509Context:
+    async def main(w: Workload) -> model.X509Context:
+        pid = w.pid
         async with (
             AsyncX509Source(d.workload_api_address) as src,
             AsyncBrokerClient(
@@ -265,11 +266,23 @@ def test_async_client(broker_spire: SpireDeployment) -> None:
                 break
             svid = await client.fetch_jwt_svid(pid, "aud-async")
             assert str(svid.spiffe_id) == entry.spiffe_id
+            # the process exits while watched: the async watch ends with WorkloadExitedError too
+            seen: list[model.X509Context] = []
+
+            async def follow() -> None:
+                async for update in client.watch_x509_contexts(pid):
+                    seen.append(update)
+                    if len(seen) == 1:
+                        w.stop()
+
+            with pytest.raises(WorkloadExitedError, match=f"pid {pid}"):
+                await asyncio.wait_for(follow(), DEADLINE)
+            assert len(seen) == 1
             return ctx
 
     try:
         with workload(1006) as w:
-            ctx = asyncio.run(main(w.pid))
+            ctx = asyncio.run(main(w))
         assert str(ctx.default_svid.spiffe_id) == entry.spiffe_id
     finally:
         d.delete_entry(entry)
