@@ -97,3 +97,32 @@ class DeadlineError(AgentUnavailableError):
 
 class NotReadyError(SpiffeBridgeError, TimeoutError):
     """A source had no valid update within the requested time."""
+
+
+class WorkloadNotFoundError(NoIdentityError):
+    """The Broker API found no workload for the reference (gRPC NotFound): e.g. the PID has exited."""
+
+    hint = "the referenced workload does not exist (has the process exited or been replaced?)"
+
+
+class BrokerTlsError(AgentUnavailableError):
+    """No mutual TLS with the Broker endpoint: it is not the authorized agent, or it refused our SVID."""
+
+    hint = "check the agent's SPIFFE ID and that this bridge's SPIFFE ID is in the agent's broker allow-list"
+
+
+class WorkloadNotEntitledError(NoIdentityError, ValidationError):
+    """The Broker API answered with no SVIDs for the workload: it has no registration entry (yet).
+
+    A ValidationError too, so a watch reports it and keeps the stream (the identity may
+    still be issued); a one-shot fetch raises it as a NoIdentityError.
+    """
+
+    hint = "no identity for the referenced workload: is a registration entry for its selectors present?"
+
+
+class WorkloadExitedError(WorkloadNotFoundError):
+    """The process a Broker API watch referenced has exited; its identity ended with it."""
+
+    hint = "a replaced process needs a new reference (the sidecar follows its pid file)"
+    retryable = False

@@ -57,6 +57,7 @@ class StreamSpec(Generic[T]):
     """One server-streaming RPC: method name, request, how gRPC parses a message, and its decoder.
 
     ``deserialize`` None hands ``decode`` the message bytes as received (see ``unvalidated``).
+    ``service`` is the path prefix of the method (the Broker API has its own).
     """
 
     method: str
@@ -64,11 +65,12 @@ class StreamSpec(Generic[T]):
     decode: Callable[[Any], T]
     what: str
     deserialize: Callable[[bytes], Any] | None
+    service: str = SERVICE_PATH
 
     def callable(self, channel: Any) -> Any:
         """The channel's multi-callable for this stream (a sync or a ``grpc.aio`` channel)."""
         return channel.unary_stream(
-            SERVICE_PATH + self.method,
+            self.service + self.method,
             request_serializer=type(self.request).SerializeToString,
             response_deserializer=self.deserialize,
         )
@@ -101,7 +103,7 @@ def unvalidated(spec: StreamSpec[Any]) -> StreamSpec[Unvalidated]:
                 f"agent sent {spec.what} that do not parse as a Workload API message"
             ) from None
 
-    return StreamSpec(spec.method, spec.request, decode, spec.what, None)
+    return StreamSpec(spec.method, spec.request, decode, spec.what, None, spec.service)
 
 
 X509_CONTEXTS = StreamSpec(
@@ -125,6 +127,32 @@ JWT_BUNDLES = StreamSpec(
     "JWT bundles",
     pb.JWTBundlesResponse.FromString,
 )
+
+
+class StopSignal:
+    """Ends a watch for a reason outside its stream (the Broker API: the referenced process exited).
+
+    ``stop(reason)`` cancels the stream's current call; the watch then raises ``reason``
+    instead of reconnecting. Thread-safe: ``stop`` may come from any thread.
+    """
+
+    def __init__(self) -> None:
+        self.reason: Exception | None = None
+        self._cancel: Callable[[], Any] | None = None
+
+    def attach(self, cancel: Callable[[], Any]) -> None:
+        """The watch's current call; cancelled at once if the signal already fired."""
+        self._cancel = cancel
+        if self.reason is not None:
+            cancel()
+
+    def stop(self, reason: Exception) -> None:
+        """End the watch with ``reason``."""
+        if self.reason is None:
+            self.reason = reason
+        cancel = self._cancel
+        if cancel is not None:
+            cancel()
 
 
 class ReconnectCounter:
@@ -173,7 +201,11 @@ _CODE_ERRORS: dict[grpc.StatusCode, type[WorkloadApiError]] = {
 
 
 class ClientCore:
-    """Configuration and the non-blocking half of a Workload API client."""
+    """Configuration and the non-blocking half of a Workload API client.
+
+    The Broker API client shares it with its own ``endpoint``, security header
+    ``metadata``, ``api`` name (for messages) and extra gRPC code mappings.
+    """
 
     def __init__(
         self,
@@ -182,29 +214,35 @@ class ClientCore:
         backoff: Backoff | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         on_error: ErrorCallback | None = None,
+        endpoint: Endpoint | None = None,
+        metadata: tuple[tuple[str, str], ...] = METADATA,
+        api: str = "Workload API",
+        code_errors: dict[grpc.StatusCode, type[WorkloadApiError]] | None = None,
     ) -> None:
-        self.endpoint: Endpoint = resolve(address)
+        self.endpoint: Endpoint = endpoint or resolve(address)
         self.backoff = backoff or Backoff()
         self.timeout = timeout
         self.on_error = on_error
         self.channel_options = CHANNEL_OPTIONS
+        self.metadata = metadata
+        self.api = api
+        self.code_errors = {**_CODE_ERRORS, **(code_errors or {})}
 
     def call_timeout(self, timeout: float | None) -> float | None:
         """The per-call deadline: the argument, else the client's default."""
         return self.timeout if timeout is None else timeout
 
-    @staticmethod
-    def decode(spec: StreamSpec[T], message: Any) -> T:
+    def decode(self, spec: StreamSpec[T], message: Any) -> T:
         """Validate one streamed message; grpc.aio hands over None for bytes that do not parse."""
         if message is None:
-            raise ValidationError(f"agent sent {spec.what} that do not parse as a Workload API message")
+            raise ValidationError(f"agent sent {spec.what} that do not parse as a {self.api} message")
         return spec.decode(message)
 
     def error_from_rpc(self, exc: grpc.RpcError, what: str) -> WorkloadApiError:
         """Map a gRPC failure to a typed error that says what to check."""
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
-        cls = _CODE_ERRORS.get(code, WorkloadApiError) if code is not None else WorkloadApiError
+        cls = self.code_errors.get(code, WorkloadApiError) if code is not None else WorkloadApiError
         if cls is InvalidArgumentError and what == VALIDATION:
             return JwtSvidRejectedError(
                 f"the agent rejected the JWT-SVID: {details}", code=code, details=details
@@ -212,7 +250,7 @@ class ClientCore:
         if cls is DeadlineError:
             message = f"no answer for {what} from {self.endpoint} in time"
         elif cls is AgentUnavailableError and "connect" in details.lower():
-            message = f"cannot reach the Workload API at {self.endpoint}: {details}"
+            message = f"cannot reach the {self.api} at {self.endpoint}: {details}"
         else:
             name = code.name if code is not None else "UNKNOWN"
             message = f"{what} from {self.endpoint} failed: {name}: {details}"

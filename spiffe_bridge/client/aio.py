@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -15,13 +15,13 @@ from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
-    METADATA,
     VALIDATION,
     X509_BUNDLES,
     X509_CONTEXTS,
     ClientCore,
     ErrorCallback,
     ReconnectCounter,
+    StopSignal,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -31,7 +31,141 @@ from spiffe_bridge.spiffeid import SpiffeId
 T = TypeVar("T")
 
 
-class AsyncWorkloadClient:
+class AsyncStreamingClient:
+    """asyncio calls, reconnecting streams and lifecycle, for any API served like the Workload API.
+
+    The channel is opened lazily by ``_open`` (grpc.aio binds to the running loop);
+    the Broker API client overrides ``_ready`` to start its TLS tunnel first.
+    """
+
+    def __init__(self, core: ClientCore) -> None:
+        self._core = core
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._closed = asyncio.Event()
+        self._calls: set[Any] = set()
+
+    @property
+    def endpoint(self) -> str:
+        """The API's address in URI form."""
+        return self._core.endpoint.uri
+
+    def _open(self) -> tuple[grpc.aio.Channel, Any]:
+        """A new channel and its stub; subclasses say where it goes and which service."""
+        raise NotImplementedError
+
+    async def _ready(self) -> Any:
+        """The stub, opening the channel first if needed (raises when closed)."""
+        if self._closed.is_set():
+            raise SpiffeBridgeError("client is closed")
+        if self._channel is None:
+            self._channel, self._stub = self._open()
+        return self._stub
+
+    async def close(self) -> None:
+        """Cancel open streams and close the channel."""
+        self._closed.set()
+        for call in list(self._calls):
+            call.cancel()
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
+        stub = await self._ready()
+        try:
+            return await getattr(stub, method)(
+                request,
+                metadata=self._core.metadata,
+                timeout=self._core.call_timeout(timeout),
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, what) from None
+
+    async def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
+        call = (await self._stream(spec))(
+            spec.request,
+            metadata=self._core.metadata,
+            timeout=self._core.call_timeout(timeout),
+            wait_for_ready=True,
+        )
+        self._calls.add(call)
+        try:
+            async for message in call:
+                return self._core.decode(spec, message)
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, spec.what) from None
+        finally:
+            call.cancel()
+            self._calls.discard(call)
+        raise StreamEndedError(
+            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
+        )
+
+    async def _stream(self, spec: StreamSpec[Any]) -> Any:
+        await self._ready()  # opens the channel (or raises when closed)
+        return spec.callable(self._channel)
+
+    async def _watch(
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
+    ) -> AsyncIterator[T]:
+        attempts = ReconnectCounter()
+        while not self._closed.is_set():
+            if stop is not None and stop.reason is not None:
+                raise stop.reason
+            call = (await self._stream(spec))(spec.request, metadata=self._core.metadata, wait_for_ready=True)
+            self._calls.add(call)
+            if stop is not None:
+                stop.attach(call.cancel)
+            error: WorkloadApiError
+            try:
+                async for message in call:
+                    try:
+                        item = self._core.decode(spec, message)
+                    except ValidationError as exc:
+                        self._core.report(exc, on_error)
+                        continue
+                    attempts.delivered()
+                    yield item
+                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                if stop is not None and stop.reason is not None:
+                    raise stop.reason from None
+                error = self._core.error_from_rpc(exc, spec.what)
+            except asyncio.CancelledError:
+                # grpc.aio reports a cancelled call as CancelledError; ours (the stop signal) ends
+                # the watch with its reason, a cancellation of the consuming task propagates
+                task = asyncio.current_task()
+                if (
+                    stop is not None
+                    and stop.reason is not None
+                    and task is not None
+                    and not task.cancelling()
+                ):
+                    raise stop.reason from None
+                raise
+            finally:
+                call.cancel()
+                self._calls.discard(call)
+            if not error.retryable:
+                raise error
+            attempt = attempts.ended(isinstance(error, StreamEndedError))
+            self._core.report(error, on_error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))
+
+
+class AsyncWorkloadClient(AsyncStreamingClient):
     """asyncio SPIFFE Workload API client; use ``async with``. Calls wait for a missing socket."""
 
     def __init__(
@@ -42,26 +176,13 @@ class AsyncWorkloadClient:
         timeout: float | None = 30.0,
         on_error: ErrorCallback | None = None,
     ) -> None:
-        self._core = ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: Any = None
-        self._closed = asyncio.Event()
-        self._calls: set[Any] = set()
+        super().__init__(ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error))
 
-    @property
-    def endpoint(self) -> str:
-        """The Workload API address in URI form."""
-        return self._core.endpoint.uri
-
-    def _stub_now(self) -> Any:
-        if self._closed.is_set():
-            raise SpiffeBridgeError("client is closed")
-        if self._channel is None:  # created lazily: grpc.aio binds to the running loop
-            self._channel = grpc.aio.insecure_channel(
-                self._core.endpoint.grpc_target, options=self._core.channel_options
-            )
-            self._stub = pb_grpc.SpiffeWorkloadAPIStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub
+    def _open(self) -> tuple[grpc.aio.Channel, Any]:
+        channel = grpc.aio.insecure_channel(
+            self._core.endpoint.grpc_target, options=self._core.channel_options
+        )
+        return channel, pb_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
 
     async def fetch_x509_context(self, timeout: float | None = None) -> model.X509Context:
         """The current SVIDs and bundles, validated."""
@@ -120,79 +241,3 @@ class AsyncWorkloadClient:
     def watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None = None) -> AsyncIterator[T]:
         """Yield each message of any stream spec that decodes (``unvalidated(X509_CONTEXTS)`` for relays)."""
         return self._watch(spec, on_error)
-
-    async def close(self) -> None:
-        """Cancel open streams and close the channel."""
-        self._closed.set()
-        for call in list(self._calls):
-            call.cancel()
-        if self._channel is not None:
-            await self._channel.close(None)
-
-    async def __aenter__(self) -> AsyncWorkloadClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
-        stub = self._stub_now()
-        try:
-            return await getattr(stub, method)(
-                request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
-            )
-        except grpc.RpcError as exc:
-            raise self._core.error_from_rpc(exc, what) from None
-
-    async def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
-        call = self._stream(spec)(
-            spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
-        )
-        self._calls.add(call)
-        try:
-            async for message in call:
-                return self._core.decode(spec, message)
-        except grpc.RpcError as exc:
-            raise self._core.error_from_rpc(exc, spec.what) from None
-        finally:
-            call.cancel()
-            self._calls.discard(call)
-        raise StreamEndedError(
-            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
-        )
-
-    def _stream(self, spec: StreamSpec[Any]) -> Any:
-        self._stub_now()  # opens the channel (or raises when closed)
-        return spec.callable(self._channel)
-
-    async def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> AsyncIterator[T]:
-        attempts = ReconnectCounter()
-        while not self._closed.is_set():
-            call = self._stream(spec)(spec.request, metadata=METADATA, wait_for_ready=True)
-            self._calls.add(call)
-            error: WorkloadApiError
-            try:
-                async for message in call:
-                    try:
-                        item = self._core.decode(spec, message)
-                    except ValidationError as exc:
-                        self._core.report(exc, on_error)
-                        continue
-                    attempts.delivered()
-                    yield item
-                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
-            except grpc.RpcError as exc:
-                if self._closed.is_set():
-                    return
-                error = self._core.error_from_rpc(exc, spec.what)
-            finally:
-                call.cancel()
-                self._calls.discard(call)
-            if not error.retryable:
-                raise error
-            attempt = attempts.ended(isinstance(error, StreamEndedError))
-            self._core.report(error, on_error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))

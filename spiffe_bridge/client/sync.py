@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -13,13 +13,13 @@ from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
-    METADATA,
     VALIDATION,
     X509_BUNDLES,
     X509_CONTEXTS,
     ClientCore,
     ErrorCallback,
     ReconnectCounter,
+    StopSignal,
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
@@ -29,7 +29,139 @@ from spiffe_bridge.spiffeid import SpiffeId
 T = TypeVar("T")
 
 
-class WorkloadClient:
+class StreamingClient:
+    """Blocking calls, reconnecting streams and lifecycle, for any API served like the Workload API.
+
+    ``core`` holds the endpoint, security header and error mapping; ``channel``
+    and ``stub`` are how calls reach it (the Broker API client hands in a channel
+    to its TLS tunnel).
+    """
+
+    def __init__(self, core: ClientCore, channel: grpc.Channel, stub: Any) -> None:
+        self._core = core
+        self._channel = channel
+        self._stub = stub
+        self._closed = threading.Event()
+        self._calls: set[Any] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        """The API's address in URI form."""
+        return self._core.endpoint.uri
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel open streams and close the channel; iterators end quietly."""
+        self._closed.set()
+        with self._lock:
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed.is_set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise SpiffeBridgeError("client is closed")
+
+    def _track(self, call: Any, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._calls.add(call)
+            else:
+                self._calls.discard(call)
+
+    def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
+        self._check_open()
+        try:
+            return getattr(self._stub, method)(
+                request,
+                metadata=self._core.metadata,
+                timeout=self._core.call_timeout(timeout),
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, what) from None
+
+    def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
+        self._check_open()
+        call = spec.callable(self._channel)(
+            spec.request,
+            metadata=self._core.metadata,
+            timeout=self._core.call_timeout(timeout),
+            wait_for_ready=True,
+        )
+        self._track(call, True)
+        try:
+            for message in call:
+                return self._core.decode(spec, message)
+        except grpc.RpcError as exc:
+            raise self._core.error_from_rpc(exc, spec.what) from None
+        finally:
+            call.cancel()
+            self._track(call, False)
+        raise StreamEndedError(
+            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
+        )
+
+    def _watch(
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
+    ) -> Iterator[T]:
+        attempts = ReconnectCounter()
+        while not self._closed.is_set():
+            if stop is not None and stop.reason is not None:
+                raise stop.reason
+            call = spec.callable(self._channel)(
+                spec.request, metadata=self._core.metadata, wait_for_ready=True
+            )
+            self._track(call, True)
+            if stop is not None:
+                stop.attach(call.cancel)
+            error: WorkloadApiError
+            try:
+                for message in call:
+                    try:
+                        item = self._core.decode(spec, message)
+                    except ValidationError as exc:
+                        self._core.report(exc, on_error)
+                        continue
+                    attempts.delivered()
+                    yield item
+                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                if stop is not None and stop.reason is not None:
+                    raise stop.reason from None
+                error = self._core.error_from_rpc(exc, spec.what)
+            finally:
+                call.cancel()
+                self._track(call, False)
+            if not error.retryable:
+                raise error
+            attempt = attempts.ended(isinstance(error, StreamEndedError))
+            self._core.report(error, on_error)
+            if self._closed.wait(self._core.backoff.delay(attempt)):
+                return
+
+
+class WorkloadClient(StreamingClient):
     """A SPIFFE Workload API client. The socket may appear later: calls wait for it.
 
     ``fetch_*`` return one validated answer; ``watch_*`` yield every valid
@@ -44,19 +176,9 @@ class WorkloadClient:
         timeout: float | None = 30.0,
         on_error: ErrorCallback | None = None,
     ) -> None:
-        self._core = ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error)
-        self._channel = grpc.insecure_channel(
-            self._core.endpoint.grpc_target, options=self._core.channel_options
-        )
-        self._stub = pb_grpc.SpiffeWorkloadAPIStub(self._channel)  # type: ignore[no-untyped-call]
-        self._closed = threading.Event()
-        self._calls: set[Any] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def endpoint(self) -> str:
-        """The Workload API address in URI form."""
-        return self._core.endpoint.uri
+        core = ClientCore(address, backoff=backoff, timeout=timeout, on_error=on_error)
+        channel = grpc.insecure_channel(core.endpoint.grpc_target, options=core.channel_options)
+        super().__init__(core, channel, pb_grpc.SpiffeWorkloadAPIStub(channel))  # type: ignore[no-untyped-call]
 
     # -- one-shot calls -----------------------------------------------------------------
 
@@ -115,97 +237,3 @@ class WorkloadClient:
     def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Iterator[jwt.JwtBundleSet]:
         """Yield each valid JWT bundle set; reconnects like ``watch_x509_contexts``."""
         return self._watch(JWT_BUNDLES, on_error)
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Cancel open streams and close the channel; iterators end quietly."""
-        self._closed.set()
-        with self._lock:
-            calls = list(self._calls)
-        for call in calls:
-            call.cancel()
-        self._channel.close()
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close`` was called."""
-        return self._closed.is_set()
-
-    def __enter__(self) -> WorkloadClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    # -- internals ------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed.is_set():
-            raise SpiffeBridgeError("client is closed")
-
-    def _track(self, call: Any, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._calls.add(call)
-            else:
-                self._calls.discard(call)
-
-    def _unary(self, method: str, request: Any, timeout: float | None, what: str) -> Any:
-        self._check_open()
-        try:
-            return getattr(self._stub, method)(
-                request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
-            )
-        except grpc.RpcError as exc:
-            raise self._core.error_from_rpc(exc, what) from None
-
-    def _first(self, spec: StreamSpec[T], timeout: float | None) -> T:
-        self._check_open()
-        call = spec.callable(self._channel)(
-            spec.request, metadata=METADATA, timeout=self._core.call_timeout(timeout), wait_for_ready=True
-        )
-        self._track(call, True)
-        try:
-            for message in call:
-                return self._core.decode(spec, message)
-        except grpc.RpcError as exc:
-            raise self._core.error_from_rpc(exc, spec.what) from None
-        finally:
-            call.cancel()
-            self._track(call, False)
-        raise StreamEndedError(
-            f"agent at {self._core.endpoint} closed the {spec.what} stream without an answer"
-        )
-
-    def _watch(self, spec: StreamSpec[T], on_error: ErrorCallback | None) -> Iterator[T]:
-        attempts = ReconnectCounter()
-        while not self._closed.is_set():
-            call = spec.callable(self._channel)(spec.request, metadata=METADATA, wait_for_ready=True)
-            self._track(call, True)
-            error: WorkloadApiError
-            try:
-                for message in call:
-                    try:
-                        item = self._core.decode(spec, message)
-                    except ValidationError as exc:
-                        self._core.report(exc, on_error)
-                        continue
-                    attempts.delivered()
-                    yield item
-                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
-            except grpc.RpcError as exc:
-                if self._closed.is_set():
-                    return
-                error = self._core.error_from_rpc(exc, spec.what)
-            finally:
-                call.cancel()
-                self._track(call, False)
-            if not error.retryable:
-                raise error
-            attempt = attempts.ended(isinstance(error, StreamEndedError))
-            self._core.report(error, on_error)
-            if self._closed.wait(self._core.backoff.delay(attempt)):
-                return

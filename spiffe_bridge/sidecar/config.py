@@ -24,11 +24,12 @@ from typing import Any
 
 from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV
 from spiffe_bridge.address import parse as parse_address
-from spiffe_bridge.errors import AddressError
+from spiffe_bridge.errors import AddressError, SpiffeIdError
 from spiffe_bridge.formats.options import FormatError, check_key_file_mode
 from spiffe_bridge.sidecar import env as env_overrides
 from spiffe_bridge.sidecar.hcl import MAX_NESTING, HclError, HclObject, check_nesting, loads
 from spiffe_bridge.sidecar.schema import TOP_KEYS, ConfigError, Issues, check_object, defaults, where
+from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 #: spiffe-helper's fallback socket when neither agent_address nor SPIFFE_ENDPOINT_SOCKET is set.
 DEFAULT_AGENT_ADDRESS = "/tmp/spire-agent/public/api.sock"
@@ -37,6 +38,7 @@ DEFAULT_CONFIG_FILE = "helper.conf"
 __all__ = [
     "DEFAULT_AGENT_ADDRESS",
     "DEFAULT_CONFIG_FILE",
+    "BrokerConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
@@ -78,6 +80,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class BrokerConfig:
+    """The ``broker`` block (docs/broker.md): where the Broker API is and how we authenticate."""
+
+    address: str
+    spiffe_id: str = ""
+    hint: str = ""
+    agent_id: str = ""
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """One ``outputs`` entry: a format written to a directory; ``options`` go to the format."""
 
@@ -89,6 +101,13 @@ class OutputConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     line: int | None = None
     option_lines: Mapping[str, int] = field(default_factory=dict)
+    workload_pid_file: str = ""
+    workload_pid: int | None = None
+
+    @property
+    def workload(self) -> bool:
+        """True when this output carries a referenced workload's SVID (broker mode)."""
+        return bool(self.workload_pid_file) or self.workload_pid is not None
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,7 @@ class Config:
     pkcs12_password_file: str = ""
     pkcs12_password_env: str = "SPIFFE_BRIDGE_PKCS12_PASSWORD"  # noqa: S105 - a variable name
     warnings: tuple[str, ...] = ()
+    broker: BrokerConfig | None = None
 
     @property
     def x509_enabled(self) -> bool:
@@ -337,6 +357,7 @@ def _validate(
             "all or none of 'svid_file_name', 'svid_key_file_name', 'svid_bundle_file_name' must be specified"
         )
     outputs = tuple(_output(i, item, raw) for i, item in enumerate(v["outputs"]))
+    broker = _broker(v["broker"], outputs, raw)
     if not (all(x509_names) or jwt_svids or v["jwt_bundle_file_name"] or outputs):
         raise ConfigError(
             "nothing to write: set the X.509 file names ('svid_file_name', 'svid_key_file_name', "
@@ -417,6 +438,7 @@ def _validate(
         pkcs12_password_file=v["pkcs12_password_file"],
         pkcs12_password_env=v["pkcs12_password_env"],
         warnings=tuple(issues.warnings),
+        broker=broker,
     )
 
 
@@ -464,7 +486,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         raise ConfigError(f"'format' is required in {name!r}")
     if not item.get("dir"):
         raise ConfigError(f"'dir' is required in {name!r}")
-    fixed = {"format", "dir", "layout", "uid", "gid"}
+    fixed = {"format", "dir", "layout", "uid", "gid", "workload_pid_file", "workload_pid"}
     options = {k: val for k, val in item.items() if k not in fixed}
     uid = item.get("uid", -1)
     gid = item.get("gid", -1)
@@ -481,4 +503,59 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         options=options,
         line=line,
         option_lines=option_lines,
+        workload_pid_file=item.get("workload_pid_file", ""),
+        workload_pid=_workload_pid(name, item, option_lines),
     )
+
+
+def _workload_pid(name: str, item: Mapping[str, Any], lines: Mapping[str, int]) -> int | None:
+    """``workload_pid`` of an output (None when unset); at most one workload reference per output."""
+    pid = item.get("workload_pid")
+    if pid is None:
+        return None
+    at = where(f"{name}.workload_pid", lines.get("workload_pid"))
+    if item.get("workload_pid_file"):
+        raise ConfigError(f"{at}: set 'workload_pid' or 'workload_pid_file', not both")
+    if not 0 < pid < 2**31:
+        raise ConfigError(f"{at}: {pid} is not a process ID")
+    return int(pid)
+
+
+def _broker(
+    block: Mapping[str, Any] | None, outputs: tuple[OutputConfig, ...], raw: HclObject
+) -> BrokerConfig | None:
+    """The ``broker`` block, required by (and only useful with) outputs that reference a workload."""
+    referencing = [i for i, out in enumerate(outputs) if out.workload]
+    if block is None or "broker" not in raw:
+        if referencing:
+            out = outputs[referencing[0]]
+            key = "workload_pid" if out.workload_pid is not None else "workload_pid_file"
+            at = where(f"outputs[{referencing[0]}].{key}", out.option_lines.get(key))
+            raise ConfigError(f"{at} needs a 'broker' block with the Broker API 'address'")
+        return None
+    line = raw.line_of("broker") if "broker" in raw else None
+    address = block.get("address", "")
+    if not address:
+        raise ConfigError(f"{where('broker', line)}: 'address' is required")
+    try:
+        parse_address(address)
+    except AddressError as exc:
+        raise ConfigError(f"{where('broker.address', line)}: {exc}") from None
+    spiffe_id, hint, agent_id = block.get("spiffe_id", ""), block.get("hint", ""), block.get("agent_id", "")
+    if spiffe_id and hint:
+        raise ConfigError(f"{where('broker', line)}: set 'spiffe_id' or 'hint', not both")
+    checks = (
+        ("spiffe_id", spiffe_id, SpiffeId.parse),
+        (
+            "agent_id",
+            agent_id,
+            SpiffeId.parse if "/" in agent_id.removeprefix("spiffe://") else TrustDomain.parse,
+        ),
+    )
+    for key, value, check in checks:
+        try:
+            if value:
+                check(value)
+        except SpiffeIdError as exc:
+            raise ConfigError(f"{where('broker.' + key, line)}: {exc}") from None
+    return BrokerConfig(address, spiffe_id, hint, agent_id)

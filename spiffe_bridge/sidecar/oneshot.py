@@ -121,8 +121,14 @@ class OneShot:
             bundles, tokens = self._jwt(client) if self.config.jwt_enabled else (None, {})
         finally:
             client.close()
+        workloads = self._workloads() if any(p.workload is not None for p in self.plans) else {}
         try:
             for plan in self.plans:
+                if plan.workload is not None:  # broker mode: the referenced workload's own SVID
+                    files = plan.render(workloads[plan.workload], {}, None)
+                    if files:
+                        plan.writer().write(files)
+                    continue
                 files = plan.render(ctx, tokens, bundles)
                 if files:
                     plan.writer().write(files)
@@ -145,6 +151,24 @@ class OneShot:
             raise _classify(source.state, "X.509-SVID", self.config.one_shot_timeout) from None
         finally:
             source.close()
+
+    def _workloads(self) -> dict[int, X509Context]:
+        """Broker mode: each workload output's context through the Broker API (docs/broker.md)."""
+        import asyncio
+
+        from spiffe_bridge.sidecar.broker_outputs import fetch_once
+        from spiffe_bridge.source_aio import AsyncX509Source
+
+        async def fetch() -> dict[int, X509Context]:
+            async with AsyncX509Source(self.config.agent_address, timeout=self.remaining()) as own:
+                return await fetch_once(self.config, own, self.remaining())
+
+        try:
+            return asyncio.run(fetch())
+        except NoIdentityError as exc:
+            raise _GaveUp(EXIT_NO_IDENTITY, f"broker: no identity for a workload output: {exc}") from None
+        except (WorkloadApiError, NotReadyError) as exc:
+            raise _GaveUp(EXIT_UNAVAILABLE, f"broker: the Broker API did not answer in time: {exc}") from None
 
     def _jwt(self, client: WorkloadClient) -> tuple[JwtBundleSet | None, dict[str, JwtSvid]]:
         bundles = None

@@ -55,6 +55,8 @@ class DirPlan:
     jwt_options: JwtOptions | None = None
     #: servers told to take the new files after each changed write (reload_haproxy, ...)
     updates: list[hot_updates.HotUpdate] = field(default_factory=list)
+    #: Broker mode: the ``outputs`` index whose referenced workload's context this plan renders.
+    workload: int | None = None
     _cache: dict[int, tuple[bytes, list[FileSpec]]] = field(default_factory=dict, repr=False)
 
     def writer(self) -> FileSetWriter:
@@ -214,6 +216,13 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
     )
 
 
+def _workload_key(config: Config, index: int | None) -> tuple[str, int | None] | None:
+    if index is None:
+        return None
+    out = config.outputs[index]
+    return (out.workload_pid_file, out.workload_pid)
+
+
 def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[DirPlan], list[str]]:
     """All directory plans (merged by directory) and extra warnings; ConfigError on conflicts."""
     env = os.environ if environ is None else environ
@@ -221,12 +230,19 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[lis
     plans: dict[str, DirPlan] = {}
     legacy = legacy_plan(config)
     candidates = [legacy] if legacy else []
-    candidates += [output_plan(out, config, env, issues) for out in config.outputs]
+    for index, out in enumerate(config.outputs):
+        candidates.append(output_plan(out, config, env, issues))
+        candidates[-1].workload = index if out.workload else None
     for plan in candidates:
         existing = plans.get(plan.directory)
         if existing is None:
             plans[plan.directory] = plan
             continue
+        if _workload_key(config, existing.workload) != _workload_key(config, plan.workload):
+            raise ConfigError(
+                f"two outputs write to {plan.directory} for different workloads; "
+                "each workload's files need a directory of their own"
+            )
         if (existing.layout, existing.uid, existing.gid) != (plan.layout, plan.uid, plan.gid):
             raise ConfigError(
                 f"two outputs write to {plan.directory} with a different layout or owner; "

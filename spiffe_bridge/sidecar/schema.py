@@ -63,6 +63,20 @@ METRICS_KEYS = (
     Key("path", "str", "/metrics", "URL path of the metrics endpoint on the health server", ours=True),
 )
 
+#: The ``broker`` block: the SPIFFE Broker API endpoint that serves other workloads' SVIDs (docs/broker.md).
+BROKER_KEYS = (
+    Key("address", "str", "", "Broker API endpoint: unix:///path or tcp://IP:port (required)", ours=True),
+    Key("spiffe_id", "str", "", "which of the bridge's own SVIDs authenticates it to the agent", ours=True),
+    Key("hint", "str", "", "or: the hint of that SVID", ours=True),
+    Key(
+        "agent_id",
+        "str",
+        "",
+        "SPIFFE ID (or trust domain) the endpoint must present; unset: a SPIRE agent of our trust domain",
+        ours=True,
+    ),
+)
+
 #: Keys of one ``outputs`` entry besides the format's own options (see formats.X509Options).
 OUTPUT_KEYS = (
     Key("format", "str", "", "output format name (see `spiffe-bridge demo` or docs/formats.md)", ours=True),
@@ -91,6 +105,14 @@ OUTPUT_KEYS = (
         ours=True,
         bounds=_ID_BOUNDS,
     ),
+    Key(
+        "workload_pid_file",
+        "str",
+        "",
+        "broker mode: write the SVID of the process in this pid file",
+        ours=True,
+    ),
+    Key("workload_pid", "int", 0, "broker mode: write the SVID of this process", ours=True),
 )
 
 TOP_KEYS: tuple[Key, ...] = (
@@ -179,6 +201,15 @@ TOP_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key("metrics", "object", None, "Prometheus metrics on the health server", ours=True, fields=METRICS_KEYS),
+    Key(
+        "broker",
+        "object",
+        None,
+        "SPIFFE Broker API: outputs with a workload reference get that workload's SVID",
+        ours=True,
+        fields=BROKER_KEYS,
+        env=False,
+    ),
     Key(
         "on_identity_lost",
         "enum",

@@ -1,10 +1,13 @@
-"""The checked-in stubs match proto/workload.proto, and the wire contract is exact."""
+"""The checked-in stubs match proto/*.proto, and the wire contracts are exact."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import pathlib
+import re
 
+from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge._proto import workload_pb2 as pb
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -21,10 +24,50 @@ def _load_generator() -> object:
 def test_checked_in_stubs_do_not_drift(tmp_path: pathlib.Path) -> None:
     gen = _load_generator()
     gen.generate(tmp_path)  # type: ignore[attr-defined]
-    for name in ("workload_pb2.py", "workload_pb2.pyi", "workload_pb2_grpc.py"):
+    names = [name for stem in ("workload", "brokerapi") for name in gen.outputs(stem)]  # type: ignore[attr-defined]
+    assert "brokerapi_pb2_grpc.py" in names
+    for name in names:
         fresh = (tmp_path / name).read_text()
         current = (ROOT / "spiffe_bridge" / "_proto" / name).read_text()
-        assert fresh == current, f"{name} drifted from proto/workload.proto: run scripts/gen_proto.py"
+        assert fresh == current, f"{name} drifted from proto/: run scripts/gen_proto.py"
+
+
+def test_vendored_broker_proto_is_unchanged() -> None:
+    recorded = re.search(
+        r"`brokerapi.proto` sha256: `([0-9a-f]{64})`", (ROOT / "proto" / "README.md").read_text()
+    )
+    assert recorded is not None
+    assert hashlib.sha256((ROOT / "proto" / "brokerapi.proto").read_bytes()).hexdigest() == recorded[1]
+
+
+def test_broker_service_methods_and_fields() -> None:
+    service = bpb.DESCRIPTOR.services_by_name["API"]
+    assert service.full_name == "spiffe.broker.API"
+    methods = {m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in service.methods}
+    assert methods == {
+        "SubscribeToX509SVID": ("SubscribeToX509SVIDRequest", "SubscribeToX509SVIDResponse", True),
+        "SubscribeToX509Bundles": ("SubscribeToX509BundlesRequest", "SubscribeToX509BundlesResponse", True),
+        "FetchJWTSVID": ("FetchJWTSVIDRequest", "FetchJWTSVIDResponse", False),
+        "SubscribeToJWTBundles": ("SubscribeToJWTBundlesRequest", "SubscribeToJWTBundlesResponse", True),
+    }
+
+    def fields(msg: type) -> dict[str, int]:
+        return {f.name: f.number for f in msg.DESCRIPTOR.fields}  # type: ignore[attr-defined]
+
+    assert fields(bpb.WorkloadPIDReference) == {"pid": 1}
+    assert fields(bpb.KubernetesObjectReference) == {"type": 1, "key": 2, "uid": 3}
+    assert fields(bpb.SubscribeToX509SVIDResponse) == {"svids": 1, "crl": 2, "federated_bundles": 3}
+    assert fields(bpb.X509SVID) == fields(pb.X509SVID)
+    assert fields(bpb.FetchJWTSVIDRequest) == {"reference": 1, "audience": 2, "spiffe_id": 3}
+
+
+def test_broker_reference_packs_with_the_standard_type_url() -> None:
+    ref = bpb.WorkloadReference()
+    ref.reference.Pack(bpb.WorkloadPIDReference(pid=1234))
+    assert ref.reference.type_url == "type.googleapis.com/spiffe.broker.WorkloadPIDReference"
+    back = bpb.WorkloadPIDReference()
+    assert bpb.WorkloadReference.FromString(ref.SerializeToString()).reference.Unpack(back)
+    assert back.pid == 1234
 
 
 def test_service_and_methods_have_no_package() -> None:

@@ -460,8 +460,13 @@ class SpireAgent:
         *,
         log_level: str = "INFO",
         sync_interval: str = "1s",
+        brokers: Sequence[str] = (),
     ) -> None:
         self.binary = bin_dir / "spire-agent"
+        # SPIFFE Broker API endpoint (experimental.broker), on when ``brokers`` lists allowed broker IDs;
+        # its socket must be outside the Workload API socket's directory (the agent refuses to start).
+        self.brokers = list(brokers)
+        self.broker_socket_path = sock_dir.with_name(sock_dir.name + "-broker") / "broker.sock"
         self.data_dir = data_dir
         self.trust_domain = trust_domain
         self.server_port = server_port
@@ -488,7 +493,7 @@ class SpireAgent:
     trust_domain = {_hcl_str(self.trust_domain)}
     experimental {{
         # poll the server every second so entry changes and rotations show quickly
-        sync_interval = {_hcl_str(self.sync_interval)}
+        sync_interval = {_hcl_str(self.sync_interval)}{self._broker_block()}
     }}
 }}
 
@@ -516,6 +521,26 @@ health_checks {{
 """
         )
 
+    def _broker_block(self) -> str:
+        if not self.brokers:
+            return ""
+        allowed = "".join(
+            f"""
+                {{
+                    id = {_hcl_str(b)}
+                    allowed_reference_types = [
+                        {{ type_url = "type.googleapis.com/spiffe.broker.WorkloadPIDReference" }},
+                    ]
+                }},"""
+            for b in self.brokers
+        )
+        return f"""
+        broker {{
+            socket_path = {_hcl_str(self.broker_socket_path)}
+            brokers = [{allowed}
+            ]
+        }}"""
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.running
@@ -526,6 +551,8 @@ health_checks {{
         if self.running:
             raise SpireError("spire-agent is already running")
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        if self.brokers:
+            self.broker_socket_path.parent.mkdir(mode=0o700, exist_ok=True)
         self.write_config()
         argv = [str(self.binary), "run", "-config", str(self.config_path)]
         if join_token:
@@ -632,6 +659,7 @@ class SpireDeployment:
         jwt_svid_ttl: int = 300,
         ca_ttl: str = "1h",
         uid: int | None = None,
+        brokers: Sequence[str] = (),
     ) -> None:
         self.bin_dir = bin_dir
         self.base_dir = base_dir
@@ -653,6 +681,7 @@ class SpireDeployment:
             trust_domain,
             self.server.port,
             base_dir / "agent" / "bootstrap.pem",
+            brokers=[b if b.startswith("spiffe://") else f"spiffe://{trust_domain}{b}" for b in brokers],
         )
         self.federated_ca: FederatedCA | None = None
         self.federated_paths: dict[str, Path] = {}
@@ -668,6 +697,11 @@ class SpireDeployment:
     @property
     def workload_api_address(self) -> str:
         return f"unix:{self.agent.socket_path}"
+
+    @property
+    def broker_address(self) -> str:
+        """The agent's Broker API endpoint (only served when the deployment has ``brokers``)."""
+        return f"unix://{self.agent.broker_socket_path}"
 
     @property
     def selector(self) -> str:
@@ -720,6 +754,7 @@ class SpireDeployment:
                 self.server.stop()
             finally:
                 shutil.rmtree(self.sock_dir, ignore_errors=True)
+                shutil.rmtree(self.agent.broker_socket_path.parent, ignore_errors=True)
 
     # -- entries -------------------------------------------------------------
 

@@ -83,6 +83,11 @@ reload_command = ["nginx", "-s", "reload"]
 reload_command_timeout = "500ms"
 pkcs12_password_file = "/secrets/p12"
 pkcs12_password_env = "MY_P12"
+broker {
+  address = "unix:///run/spire/broker.sock"
+  spiffe_id = "spiffe://example.org/node-bridge"
+  agent_id = "spiffe://example.org/spire/agent/x"
+}
 """
 
 
@@ -118,6 +123,11 @@ def test_every_key_is_read() -> None:
     assert (h.bind_address, h.max_disconnected) == ("0.0.0.0", 120.0)
     out = c.outputs[0]
     assert (out.format, out.dir, out.layout, out.uid, out.gid) == ("combined", "/haproxy", "flat", 99, 98)
+    assert c.broker is not None and c.broker.address == "unix:///run/spire/broker.sock"
+    assert (c.broker.spiffe_id, c.broker.agent_id) == (
+        "spiffe://example.org/node-bridge",
+        "spiffe://example.org/spire/agent/x",
+    )
     assert out.options == {"combined_file_name": "h.pem"}
     assert (c.layout, c.federated_layout, c.log_level, c.log_format) == (
         "symlink",
