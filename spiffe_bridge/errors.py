@@ -36,13 +36,20 @@ class WorkloadApiError(SpiffeBridgeError):
     """A Workload API call failed; ``code`` is the gRPC status code (None for local causes)."""
 
     hint = "check the agent's logs"
-    #: Whether the endpoint spec says to retry this failure with backoff.
-    retryable = True
+    #: The gRPC code this class stands for when raised without one (None: a local cause).
+    default_code: str | None = None
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None, details: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.details = details
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the endpoint spec says to retry this failure with backoff (``retry.STOP_CODES``)."""
+        from spiffe_bridge.retry import code_retries
+
+        return code_retries(self.code.name if self.code is not None else self.default_code)
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -65,7 +72,7 @@ class InvalidArgumentError(WorkloadApiError):
     """The agent rejected the request (gRPC InvalidArgument); retrying does not help."""
 
     hint = "the request was rejected: missing security header or empty mandatory field"
-    retryable = False
+    default_code = "INVALID_ARGUMENT"
 
 
 class JwtSvidRejectedError(InvalidArgumentError, JwtSvidError):
@@ -78,7 +85,7 @@ class UnimplementedError(WorkloadApiError):
     """The agent does not implement this RPC (gRPC Unimplemented); retrying does not help."""
 
     hint = "the agent does not support this call"
-    retryable = False
+    default_code = "UNIMPLEMENTED"
 
 
 class StreamEndedError(WorkloadApiError):
@@ -93,3 +100,7 @@ class DeadlineError(AgentUnavailableError):
 
 class NotReadyError(SpiffeBridgeError, TimeoutError):
     """A source had no valid update within the requested time."""
+
+
+class SourceClosedError(SpiffeBridgeError):
+    """The source was closed: it serves nothing any more, not even its last update (go-spiffe's rule)."""
