@@ -55,22 +55,26 @@ class _LentClient:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
 
+        def hand_over(*args: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(*args)
+            except RuntimeError:  # the loop closed: the source is gone, nobody is waiting
+                handle.cancel()
+
         def report(exc: Exception) -> None:
             if on_error is not None:
-                loop.call_soon_threadsafe(on_error, exc)
+                hand_over(on_error, exc)
 
         handle = self._client.watch(spec, report)
 
         def pump() -> None:
+            outcome: Exception | None = None
             try:
                 for item in handle:
-                    loop.call_soon_threadsafe(queue.put_nowait, (True, item))
-                outcome: Any = None
+                    hand_over(queue.put_nowait, (True, item))
             except Exception as exc:
                 outcome = exc
-            with_loop = not loop.is_closed()
-            if with_loop:
-                loop.call_soon_threadsafe(queue.put_nowait, (False, outcome))
+            hand_over(queue.put_nowait, (False, outcome))
 
         threading.Thread(target=pump, name="spiffe-bridge-lent-client", daemon=True).start()
         try:
@@ -122,7 +126,11 @@ class _SyncSource(Generic[T, A]):
         self._closed = False
         self._loop = LoopThread(f"spiffe-bridge-{self._async._name.removeprefix('async-')}")
         lent: StreamClient | None = _LentClient(client) if client is not None else None
-        self._source: A = self._loop.run(self._create(address, lent, backoff))
+        try:
+            self._source: A = self._loop.run(self._create(address, lent, backoff))
+        except BaseException:  # e.g. no address: do not leave the loop thread behind
+            self._loop.stop()
+            raise
         self._state: SourceState[T] = self._source._state
         if timeout is None or timeout > 0:
             try:

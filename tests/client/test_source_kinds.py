@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from spiffe_bridge import (
+    AddressError,
     AsyncJWTSource,
     AsyncWorkloadClient,
     AsyncX509BundleSource,
@@ -212,3 +213,16 @@ def test_sources_meet_the_public_protocols(dev_agent: DevAgent) -> None:
 
     with X509Source(dev_agent.address) as x509, X509BundleSource(dev_agent.address) as bundles:
         assert trust_of(x509) == trust_of(bundles)
+
+
+def test_a_source_that_cannot_start_leaves_no_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPIFFE_ENDPOINT_SOCKET", raising=False)
+
+    def loops() -> int:
+        return sum(t.name.startswith("spiffe-bridge-") for t in threading.enumerate())
+
+    before = loops()
+    for cls in (X509Source, X509BundleSource, JWTSource):
+        with pytest.raises(AddressError):
+            cls(timeout=1)
+    assert loops() == before
