@@ -27,10 +27,13 @@ _EXPORTS: dict[str, str] = {
     "JwtBundleSet": "spiffe_bridge.jwt",
     "WorkloadClient": "spiffe_bridge.client.sync",
     "AsyncWorkloadClient": "spiffe_bridge.client.aio",
-    "X509Source": "spiffe_bridge.source",
-    "AsyncX509Source": "spiffe_bridge.source_aio",
-    "JWTSource": "spiffe_bridge.source",
-    "SourceStatus": "spiffe_bridge.source_state",
+    "X509Source": "spiffe_bridge.sources.sync",
+    "X509BundleSource": "spiffe_bridge.sources.sync",
+    "JWTSource": "spiffe_bridge.sources.sync",
+    "AsyncX509Source": "spiffe_bridge.sources.aio",
+    "AsyncX509BundleSource": "spiffe_bridge.sources.aio",
+    "AsyncJWTSource": "spiffe_bridge.sources.aio",
+    "SourceStatus": "spiffe_bridge.sources.state",
     "SpiffeBridgeError": "spiffe_bridge.errors",
     "AddressError": "spiffe_bridge.errors",
     "SpiffeIdError": "spiffe_bridge.errors",
@@ -46,12 +49,15 @@ _EXPORTS: dict[str, str] = {
     "SvidNotFoundError": "spiffe_bridge.errors",
     "DeadlineError": "spiffe_bridge.errors",
     "NotReadyError": "spiffe_bridge.errors",
+    "SourceClosedError": "spiffe_bridge.errors",
 }
 
 __all__ = [
     "AddressError",
     "AgentUnavailableError",
+    "AsyncJWTSource",
     "AsyncWorkloadClient",
+    "AsyncX509BundleSource",
     "AsyncX509Source",
     "Backoff",
     "DeadlineError",
@@ -65,6 +71,7 @@ __all__ = [
     "JwtSvidRejectedError",
     "NoIdentityError",
     "NotReadyError",
+    "SourceClosedError",
     "SourceStatus",
     "SpiffeBridgeError",
     "SpiffeId",
@@ -78,6 +85,7 @@ __all__ = [
     "WorkloadClient",
     "X509Bundle",
     "X509BundleSet",
+    "X509BundleSource",
     "X509Context",
     "X509Source",
     "X509Svid",
@@ -96,6 +104,7 @@ if TYPE_CHECKING:
         JwtSvidRejectedError,
         NoIdentityError,
         NotReadyError,
+        SourceClosedError,
         SpiffeBridgeError,
         SpiffeIdError,
         StreamEndedError,
@@ -106,9 +115,9 @@ if TYPE_CHECKING:
     from spiffe_bridge.jwt import JwtBundle, JwtBundleSet, JwtSvid
     from spiffe_bridge.model import X509Bundle, X509BundleSet, X509Context, X509Svid
     from spiffe_bridge.retry import Backoff
-    from spiffe_bridge.source import JWTSource, X509Source
-    from spiffe_bridge.source_aio import AsyncX509Source
-    from spiffe_bridge.source_state import SourceStatus
+    from spiffe_bridge.sources.aio import AsyncJWTSource, AsyncX509BundleSource, AsyncX509Source
+    from spiffe_bridge.sources.state import SourceStatus
+    from spiffe_bridge.sources.sync import JWTSource, X509BundleSource, X509Source
     from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 

@@ -40,13 +40,20 @@ class WorkloadApiError(SpiffeBridgeError):
     """A Workload API call failed; ``code`` is the gRPC status code (None for local causes)."""
 
     hint = "check the agent's logs"
-    #: Whether the endpoint spec says to retry this failure with backoff.
-    retryable = True
+    #: The gRPC code this class stands for when raised without one (None: a local cause).
+    default_code: str | None = None
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None, details: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.details = details
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the endpoint spec says to retry this failure with backoff (``retry.STOP_CODES``)."""
+        from spiffe_bridge.retry import code_retries
+
+        return code_retries(self.code.name if self.code is not None else self.default_code)
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -69,7 +76,7 @@ class InvalidArgumentError(WorkloadApiError):
     """The agent rejected the request (gRPC InvalidArgument); retrying does not help."""
 
     hint = "the request was rejected: missing security header or empty mandatory field"
-    retryable = False
+    default_code = "INVALID_ARGUMENT"
 
 
 class JwtSvidRejectedError(InvalidArgumentError, JwtSvidError):
@@ -82,7 +89,7 @@ class UnimplementedError(WorkloadApiError):
     """The agent does not implement this RPC (gRPC Unimplemented); retrying does not help."""
 
     hint = "the agent does not support this call"
-    retryable = False
+    default_code = "UNIMPLEMENTED"
 
 
 class StreamEndedError(WorkloadApiError):
@@ -126,3 +133,7 @@ class WorkloadExitedError(WorkloadNotFoundError):
 
     hint = "a replaced process needs a new reference (the sidecar follows its pid file)"
     retryable = False
+
+
+class SourceClosedError(SpiffeBridgeError):
+    """The source was closed: it serves nothing any more, not even its last update (go-spiffe's rule)."""

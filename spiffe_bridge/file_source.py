@@ -23,11 +23,12 @@ from typing import Any, cast
 
 from spiffe_bridge import credential_folder
 from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV_VAR
+from spiffe_bridge.client._core import X509_CONTEXTS, StreamSpec
 from spiffe_bridge.credential_folder import CredentialFolderError
 from spiffe_bridge.model import X509Context
-from spiffe_bridge.source import X509Source
-from spiffe_bridge.source_aio import AsyncX509Source
-from spiffe_bridge.source_state import SourceState, SourceStatus, X509Reads
+from spiffe_bridge.sources import AsyncX509Source, X509Source
+from spiffe_bridge.sources.reads import X509Reads
+from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 
 def _folder_or_fail(folder: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
@@ -120,15 +121,23 @@ class FileX509Source(X509Reads):
 
 
 class _FolderStream:
-    """Looks like the one part of AsyncWorkloadClient that AsyncX509Source uses: a context stream."""
+    """The part of a client an AsyncX509Source streams from (``sources.aio.StreamClient``): the folder."""
 
     def __init__(self, folder: Path, poll_interval: float) -> None:
         self.folder = folder
         self.endpoint = f"file://{folder}"
         self._poll_interval = poll_interval
 
-    def watch_x509_contexts(self, on_error: Callable[[Exception], None]) -> AsyncIterator[X509Context]:
-        return credential_folder.watch(self.folder, on_error, self._poll_interval)
+    def watch(
+        self, spec: StreamSpec[Any], on_error: Callable[[Exception], None] | None = None
+    ) -> AsyncIterator[X509Context]:
+        """The folder's contexts: the one stream an X.509 source asks for (``X509_CONTEXTS``)."""
+        if spec is not X509_CONTEXTS:
+            raise NotImplementedError(f"a credential folder serves X.509 contexts, not {spec.what}")
+        return credential_folder.watch(self.folder, on_error or (lambda exc: None), self._poll_interval)
+
+    async def fetch_jwt_svid(self, audience: str, *extra: str, **kwargs: Any) -> Any:
+        raise NotImplementedError("a credential folder holds no JWT-SVIDs")
 
     async def close(self) -> None:
         """Nothing to release: the watch ends with its task."""

@@ -11,8 +11,8 @@ bundle, so validating the same token again costs only the claim checks.
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -53,14 +53,20 @@ _VERIFIED_CACHE_SIZE = 4096
 # Seconds an ``nbf``/``iat`` may lie ahead of our clock (agent and workload clocks differ a little);
 # go-jose uses the same minute. ``exp`` gets none: a token is never accepted after it expires.
 CLOCK_SKEW = 60.0
+#: One ECDSA parameter object per algorithm, made once rather than per token.
+_ECDSA: dict[str, ec.ECDSA] = {alg: ec.ECDSA(h()) for alg, (h, family, _) in _ALGS.items() if family == "ES"}
+
+
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url_decode(data: str) -> bytes:
     """Decode unpadded base64url; raise ValueError on bad input."""
     if not isinstance(data, str):
         raise ValueError("not a string")
-    try:
-        return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    try:  # what base64.urlsafe_b64decode does, without its per-call conversions
+        raw = data.encode("ascii").translate(_URLSAFE)
+        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
     except (binascii.Error, ValueError) as exc:
         raise ValueError("invalid base64url") from exc
 
@@ -187,7 +193,7 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str, bytes]:
         raise JwtSvidError("token is not a JWS in compact serialization")
     head_b64, body_b64, sig_b64 = token.split(".")
     try:
-        header = json.loads(b64url_decode(head_b64))
+        header = _header(head_b64)
         claims = json.loads(b64url_decode(body_b64))
         signature = b64url_decode(sig_b64)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
@@ -207,6 +213,12 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     if isinstance(value, float) and not math.isfinite(value):
         raise JwtSvidError(f"token {name!r} claim is not a finite number")
     return float(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _header(head_b64: str) -> Any:
+    """A decoded JOSE header; tokens of one issuer share it, so it is decoded once (read-only)."""
+    return json.loads(b64url_decode(head_b64))
 
 
 def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...], int]:
@@ -259,7 +271,7 @@ def _verify_signature(key: PublicKey, alg: str, signed: bytes, signature: bytes)
             der = encode_dss_signature(
                 int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
             )
-            key.verify(der, signed, ec.ECDSA(hash_cls()))
+            key.verify(der, signed, _ECDSA[alg])
             return True
         if not isinstance(key, rsa.RSAPublicKey):
             return False

@@ -18,16 +18,44 @@ from functools import cached_property
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from spiffe_bridge._der import split_der
 from spiffe_bridge.errors import SpiffeIdError, ValidationError
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
-#: Tolerated clock skew for a certificate's notBefore.
-CLOCK_SKEW = dt.timedelta(seconds=60)
+# The checks live in x509check; they are named here too, as this module's API (tls uses them), and
+# so that every cache involved in decoding is reachable from this module (benchmarks empty them).
+from spiffe_bridge.x509check import (
+    CACHE_SIZE,
+    CLOCK_SKEW,
+    PARSE_ERRORS,
+    check_leaf,
+    check_times,
+    is_ca,
+    issued_by,
+    load_certs,
+    parsed,
+    verify_chain,
+)
+
+__all__ = [
+    "CLOCK_SKEW",
+    "X509Bundle",
+    "X509BundleSet",
+    "X509Context",
+    "X509Svid",
+    "bundles_from_message",
+    "check_leaf",
+    "check_times",
+    "context_from_message",
+    "is_ca",
+    "issued_by",
+    "parse_svid",
+    "parsed",
+    "pem_block",
+    "verify_chain",
+]
 
 
 def pem_block(label: str, der: bytes) -> bytes:
@@ -35,44 +63,6 @@ def pem_block(label: str, der: bytes) -> bytes:
     b64 = base64.b64encode(der)
     lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return b"-----BEGIN " + label.encode() + b"-----\n" + lines + b"\n-----END " + label.encode() + b"-----\n"
-
-
-#: What cryptography raises for certificates and keys it cannot parse or does not support.
-_PARSE_ERRORS = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-    x509.InvalidVersion,
-)
-
-
-#: Parsed certificates, bundles and signature checks are memoised by their exact DER
-#: bytes: a rotation changes only the leaf, so roots, intermediates and federated
-#: bundles are parsed and verified once, not on every update. Bounded, so hostile
-#: input cannot grow memory.
-_CACHE_SIZE = 1024
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
-def _cert_from_der(der: bytes) -> x509.Certificate:
-    cert = x509.load_der_x509_certificate(der)
-    # Extensions, names and the key are parsed lazily: surface their errors here,
-    # so the checks below never meet a half-parsable certificate.
-    _ = cert.extensions, cert.subject, cert.issuer, cert.public_key()
-    return cert
-
-
-def _load_certs(blob: bytes, what: str) -> tuple[tuple[x509.Certificate, ...], tuple[bytes, ...]]:
-    ders = split_der(blob, what)
-    certs = []
-    for i, der in enumerate(ders):
-        try:
-            certs.append(_cert_from_der(der))
-        except _PARSE_ERRORS as exc:
-            raise ValidationError(f"{what}: certificate {i} is not valid DER: {exc}") from None
-    return tuple(certs), tuple(ders)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,7 +172,20 @@ def parse_svid(
     hint: str = "",
     now: dt.datetime | None = None,
 ) -> X509Svid:
-    """Build and fully validate an X509Svid against ``bundle`` (the SVID's own trust domain)."""
+    """Build and fully validate an X509Svid against ``bundle`` (the SVID's own trust domain).
+
+    Everything but the validity windows depends only on the bytes and the bundle, so it
+    is remembered by them (``_validated``): an SVID that did not change since the last
+    update -- the other SVIDs of a many-SVID update, or all of them after an agent
+    restart -- costs a lookup and the time check, not a parse and a signature check.
+    """
+    svid = _validated(spiffe_id, bytes(chain_blob), bytes(key_blob), bundle, hint)
+    check_times(svid.spiffe_id, svid.cert_chain, now or dt.datetime.now(dt.UTC))
+    return svid
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _validated(spiffe_id: str, chain_blob: bytes, key_blob: bytes, bundle: X509Bundle, hint: str) -> X509Svid:
     try:
         sid = SpiffeId.parse(spiffe_id)
     except SpiffeIdError as exc:
@@ -193,121 +196,33 @@ def parse_svid(
         raise ValidationError(f"SVID {sid}: empty certificate chain")
     if not key_blob:
         raise ValidationError(f"SVID {sid}: empty private key")
-    chain, ders = _load_certs(chain_blob, f"SVID {sid} chain")
+    chain, ders = load_certs(chain_blob, f"SVID {sid} chain")
     try:
         key = serialization.load_der_private_key(key_blob, password=None)
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         raise ValidationError(
             f"SVID {sid}: private key is not unencrypted PKCS#8 DER ({type(exc).__name__})"
         ) from None
-    check_leaf(sid, chain[0])
-    for i, cert in enumerate(chain[1:], start=1):
-        if not is_ca(cert):
+    _, leaf_key, leaf_ext = parsed(ders[0])
+    check_leaf(sid, chain[0], leaf_ext)
+    for i, der in enumerate(ders[1:], start=1):
+        if not is_ca(chain[i], parsed(der)[2]):
             raise ValidationError(f"SVID {sid}: chain certificate {i} is not a CA")
-    if key.public_key() != chain[0].public_key():  # compared inside OpenSSL, no re-encoding
+    if key.public_key() != leaf_key:  # compared inside OpenSSL, no re-encoding
         raise ValidationError(f"SVID {sid}: private key does not match the leaf certificate")
-    check_times(sid, chain, now or dt.datetime.now(dt.UTC))
     if bundle.trust_domain != sid.trust_domain:
         raise ValidationError(f"SVID {sid}: bundle is for another trust domain ({bundle.trust_domain})")
     verify_chain(sid, chain, bundle, ders)
     return X509Svid(sid, chain, ders, key, key_blob, hint)
 
 
-def is_ca(cert: x509.Certificate) -> bool:
-    """True for a signing certificate: basicConstraints cA=true and, if keyUsage is present, keyCertSign."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not bc.ca:
-        return False
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return bool(ku.key_cert_sign)
-
-
-def check_leaf(sid: SpiffeId, leaf: x509.Certificate) -> None:
-    """X509-SVID leaf rules: one URI SAN equal to ``sid``, not a CA, digitalSignature, no cert/CRL signing."""
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ValidationError(f"SVID {sid}: leaf has no subjectAltName") from None
-    except ValueError as exc:
-        raise ValidationError(f"SVID {sid}: leaf extensions are malformed: {exc}") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        raise ValidationError(f"SVID {sid}: leaf must have exactly one URI SAN, found {len(uris)}")
-    if uris[0] != str(sid):
-        raise ValidationError(f"SVID {sid}: leaf URI SAN {uris[0]!r} differs from the SPIFFE ID")
-    try:
-        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            raise ValidationError(f"SVID {sid}: leaf is a CA certificate")
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        raise ValidationError(f"SVID {sid}: leaf has no keyUsage (digitalSignature required)") from None
-    if not ku.digital_signature:
-        raise ValidationError(f"SVID {sid}: leaf keyUsage lacks digitalSignature")
-    if ku.key_cert_sign or ku.crl_sign:
-        raise ValidationError(f"SVID {sid}: leaf keyUsage must not allow keyCertSign or cRLSign")
-
-
-def check_times(sid: SpiffeId, chain: Iterable[x509.Certificate], now: dt.datetime) -> None:
-    """Every certificate is inside its validity window (notBefore with ``CLOCK_SKEW`` tolerance)."""
-    for i, cert in enumerate(chain):
-        if cert.not_valid_after_utc <= now:
-            raise ValidationError(
-                f"SVID {sid}: certificate {i} expired at {cert.not_valid_after_utc.isoformat()}"
-            )
-        if cert.not_valid_before_utc > now + CLOCK_SKEW:
-            raise ValidationError(
-                f"SVID {sid}: certificate {i} not valid before {cert.not_valid_before_utc.isoformat()}"
-            )
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _parse_bundle(trust_domain: TrustDomain, blob: bytes) -> X509Bundle:
-    certs, ders = _load_certs(blob, f"bundle for {trust_domain}")
+    certs, ders = load_certs(blob, f"bundle for {trust_domain}")
     for i, cert in enumerate(certs):
         if not is_ca(cert):
             raise ValidationError(f"bundle for {trust_domain}: authority {i} is not a CA certificate")
     return X509Bundle(trust_domain, certs, ders)
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
-def _issued_by_der(cert_der: bytes, issuer_der: bytes) -> bool:
-    try:
-        cert, issuer = _cert_from_der(cert_der), _cert_from_der(issuer_der)
-        # Checks the issuer name against the issuer's subject too (ValueError if they differ).
-        cert.verify_directly_issued_by(issuer)
-    except (*_PARSE_ERRORS, InvalidSignature):
-        return False
-    return True
-
-
-def verify_chain(
-    sid: SpiffeId,
-    chain: tuple[x509.Certificate, ...],
-    bundle: X509Bundle,
-    chain_der: tuple[bytes, ...] | None = None,
-) -> None:
-    """Each certificate is signed by the next, and the last by an authority of ``bundle``.
-
-    ``chain_der``: the chain's DER when the caller has it (saves re-encoding each certificate).
-    """
-    ders = chain_der or tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
-    for i in range(len(ders) - 1):
-        if not _issued_by_der(ders[i], ders[i + 1]):
-            raise ValidationError(f"SVID {sid}: certificate {i} is not signed by certificate {i + 1}")
-    last = ders[-1]
-    if any(_issued_by_der(last, root) for root in bundle.authorities_der):
-        return
-    raise ValidationError(f"SVID {sid}: chain does not verify against the bundle of {bundle.trust_domain}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -378,7 +293,7 @@ def _check_crls(crls: Iterable[bytes]) -> tuple[bytes, ...]:
     for i, der in enumerate(crls):
         try:
             x509.load_der_x509_crl(der)
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             raise ValidationError(f"CRL {i} is not valid DER") from None
         out.append(bytes(der))
     return tuple(out)
@@ -400,23 +315,24 @@ def context_from_message(message: Any, now: dt.datetime | None = None) -> X509Co
     own: dict[TrustDomain, X509Bundle] = {}
     svids: list[X509Svid] = []
     digest_parts: list[bytes] = []
-    for item in message.svids:
-        try:
-            td = SpiffeId.parse(item.spiffe_id).trust_domain
-        except SpiffeIdError as exc:
-            raise ValidationError(f"SVID has an invalid SPIFFE ID: {exc}") from None
-        if not item.bundle:
-            raise ValidationError(f"SVID {item.spiffe_id}: empty trust bundle")
-        bundle = X509Bundle.parse_der(td, item.bundle)
-        svids.append(parse_svid(item.spiffe_id, item.x509_svid, item.x509_svid_key, bundle, item.hint, now))
-        own.setdefault(td, bundle)
-        digest_parts += [
-            item.spiffe_id.encode(),
-            item.hint.encode(),
+    for item in message.svids:  # one pass: each field read once, unchanged SVIDs come from the cache
+        sid, hint, chain, key, blob = (
+            item.spiffe_id,
+            item.hint,
             item.x509_svid,
             item.x509_svid_key,
             item.bundle,
-        ]
+        )
+        try:
+            td = SpiffeId.parse(sid).trust_domain
+        except SpiffeIdError as exc:
+            raise ValidationError(f"SVID has an invalid SPIFFE ID: {exc}") from None
+        if not blob:
+            raise ValidationError(f"SVID {sid}: empty trust bundle")
+        bundle = X509Bundle.parse_der(td, blob)
+        svids.append(parse_svid(sid, chain, key, bundle, hint, now))
+        own.setdefault(td, bundle)
+        digest_parts += [sid.encode(), hint.encode(), chain, key, blob]
     federated: dict[TrustDomain, X509Bundle] = {}
     for key in sorted(message.federated_bundles):
         td = _parse_td_key(key, "federated bundle")

@@ -19,8 +19,8 @@ from spiffe_bridge.broker.tunnel import TlsTunnel
 from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
 from spiffe_bridge.client.aio import AsyncStreamingClient
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
-from spiffe_bridge.tls._follow import X509SourceLike
 
 T = TypeVar("T")
 

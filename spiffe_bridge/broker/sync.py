@@ -16,8 +16,8 @@ from spiffe_bridge.broker.tunnel import LoopThread, TlsTunnel
 from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
 from spiffe_bridge.client.sync import StreamingClient
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
-from spiffe_bridge.tls._follow import X509SourceLike
 from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context
 
 T = TypeVar("T")
@@ -158,13 +158,13 @@ class BrokerClient(StreamingClient):
     ) -> Iterator[T]:
         """Watch; for a PID the watch ends with WorkloadExitedError when the process exits."""
         if not isinstance(ref, WorkloadPIDReference):
-            yield from self._watch(spec(ref), on_error)
+            yield from self.watch(spec(ref), on_error)
             return
         stop = StopSignal()
         exited = ProcessExit(ref.pid, self._loop.loop, stop)
         exited.start()
         try:
-            yield from self._watch(spec(ref), on_error, stop)
+            yield from self.watch(spec(ref), on_error, stop)
         finally:
             exited.close()
 

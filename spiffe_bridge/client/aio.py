@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -25,7 +24,7 @@ from spiffe_bridge.client._core import (
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
-from spiffe_bridge.retry import Backoff
+from spiffe_bridge.retry import Backoff, async_retrying
 from spiffe_bridge.spiffeid import SpiffeId
 
 T = TypeVar("T")
@@ -117,52 +116,78 @@ class AsyncStreamingClient:
     async def _watch(
         self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
     ) -> AsyncIterator[T]:
-        attempts = ReconnectCounter()
-        while not self._closed.is_set():
+        """The reconnect supervisor: tenacity decides whether and when to reconnect, ``_once`` decodes.
+
+        The attempt number follows ``ReconnectCounter`` (it starts over after a healthy
+        stream), so the wait before each reconnect is ``Backoff.delay`` of that number.
+        A ``stop`` signal ends the watch with its reason (e.g. the referenced workload exited).
+        """
+        counter = ReconnectCounter()
+        supervisor = async_retrying(
+            self._core.backoff,
+            wake=self._closed,
+            before_sleep=lambda exc, _: self._core.report(exc, on_error),
+        )
+        async for attempt in supervisor:
+            if self._closed.is_set():
+                return
             if stop is not None and stop.reason is not None:
                 raise stop.reason
-            call = (await self._stream(spec))(spec.request, metadata=self._core.metadata, wait_for_ready=True)
-            self._calls.add(call)
-            if stop is not None:
-                stop.attach(call.cancel)
-            error: WorkloadApiError
+            failure: WorkloadApiError | None = None
             try:
-                async for message in call:
-                    try:
-                        item = self._core.decode(spec, message)
-                    except ValidationError as exc:
-                        self._core.report(exc, on_error)
-                        continue
-                    attempts.delivered()
-                    yield item
-                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
-            except grpc.RpcError as exc:
-                if self._closed.is_set():
-                    return
-                if stop is not None and stop.reason is not None:
-                    raise stop.reason from None
-                error = self._core.error_from_rpc(exc, spec.what)
-            except asyncio.CancelledError:
-                # grpc.aio reports a cancelled call as CancelledError; ours (the stop signal) ends
-                # the watch with its reason, a cancellation of the consuming task propagates
-                task = asyncio.current_task()
-                if (
-                    stop is not None
-                    and stop.reason is not None
-                    and task is not None
-                    and not task.cancelling()
-                ):
-                    raise stop.reason from None
-                raise
-            finally:
-                call.cancel()
-                self._calls.discard(call)
-            if not error.retryable:
-                raise error
-            attempt = attempts.ended(isinstance(error, StreamEndedError))
-            self._core.report(error, on_error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._core.backoff.delay(attempt))
+                async for item in self._once(spec, on_error, counter, stop):
+                    yield item  # outside the attempt: a closing consumer is never taken for a failure
+            except WorkloadApiError as exc:
+                failure = exc
+            if failure is None or self._closed.is_set():
+                return
+            with attempt:
+                attempt.retry_state.attempt_number = counter.ended(isinstance(failure, StreamEndedError))
+                raise failure
+
+    async def _once(
+        self,
+        spec: StreamSpec[T],
+        on_error: ErrorCallback | None,
+        counter: ReconnectCounter,
+        stop: StopSignal | None,
+    ) -> AsyncIterator[T]:
+        """One stream: yield each message that decodes, then raise why it ended (return when closed)."""
+        call = (await self._stream(spec))(spec.request, metadata=self._core.metadata, wait_for_ready=True)
+        self._calls.add(call)
+        if stop is not None:
+            stop.attach(call.cancel)
+        failure: WorkloadApiError
+        try:
+            async for message in call:
+                try:
+                    item = self._core.decode(spec, message)
+                except ValidationError as exc:
+                    self._core.report(exc, on_error)
+                    continue
+                counter.delivered()
+                yield item
+            failure = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+        except grpc.RpcError as exc:
+            if self._closed.is_set():
+                return
+            if stop is not None and stop.reason is not None:
+                raise stop.reason from None
+            failure = self._core.error_from_rpc(exc, spec.what)
+        except asyncio.CancelledError:
+            # grpc.aio reports a cancelled call as CancelledError; ours (the stop signal) ends
+            # the watch with its reason, a cancellation of the consuming task propagates
+            task = asyncio.current_task()
+            if stop is not None and stop.reason is not None and task is not None and not task.cancelling():
+                raise stop.reason from None
+            raise
+        finally:
+            call.cancel()
+            self._calls.discard(call)
+        # Raised here, not in the handler, and without the call in scope: tenacity keeps the
+        # failure until the next one, and it must not keep the gRPC call (and its fds) alive.
+        del call
+        raise failure
 
 
 class AsyncWorkloadClient(AsyncStreamingClient):

@@ -23,7 +23,7 @@ from spiffe_bridge.client._core import (
     StreamSpec,
 )
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
-from spiffe_bridge.retry import Backoff
+from spiffe_bridge.retry import Backoff, retrying
 from spiffe_bridge.spiffeid import SpiffeId
 
 T = TypeVar("T")
@@ -43,6 +43,7 @@ class StreamingClient:
         self._stub = stub
         self._closed = threading.Event()
         self._calls: set[Any] = set()
+        self._watches: set[Watch[Any]] = set()
         self._lock = threading.Lock()
 
     @property
@@ -56,7 +57,9 @@ class StreamingClient:
         """Cancel open streams and close the channel; iterators end quietly."""
         self._closed.set()
         with self._lock:
-            calls = list(self._calls)
+            calls, watches = list(self._calls), list(self._watches)
+        for handle in watches:
+            handle.cancel()
         for call in calls:
             call.cancel()
         self._channel.close()
@@ -79,6 +82,23 @@ class StreamingClient:
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise SpiffeBridgeError("client is closed")
+
+    def watch(
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None = None, stop: StopSignal | None = None
+    ) -> Watch[T]:
+        """A supervised stream of any spec; ``cancel()`` it to stop (closing the client stops all).
+
+        A ``stop`` signal ends the watch with its reason (e.g. the referenced workload exited).
+        """
+        self._check_open()
+        handle = Watch(self, spec, on_error, stop)
+        with self._lock:
+            self._watches.add(handle)
+        return handle
+
+    def _forget(self, handle: Watch[Any]) -> None:
+        with self._lock:
+            self._watches.discard(handle)
 
     def _track(self, call: Any, add: bool) -> None:
         with self._lock:
@@ -121,44 +141,70 @@ class StreamingClient:
         )
 
     def _watch(
-        self, spec: StreamSpec[T], on_error: ErrorCallback | None, stop: StopSignal | None = None
+        self, spec: StreamSpec[T], on_error: ErrorCallback | None, handle: Watch[T], stop: StopSignal | None
     ) -> Iterator[T]:
-        attempts = ReconnectCounter()
-        while not self._closed.is_set():
+        """The reconnect supervisor (tenacity), as in the asyncio client; ``_once`` decodes."""
+        counter = ReconnectCounter()
+        supervisor = retrying(
+            self._core.backoff,
+            wake=handle.stopped,
+            before_sleep=lambda exc, _: self._core.report(exc, on_error),
+        )
+        for attempt in supervisor:
+            if handle.stopped.is_set():
+                return
             if stop is not None and stop.reason is not None:
                 raise stop.reason
-            call = spec.callable(self._channel)(
-                spec.request, metadata=self._core.metadata, wait_for_ready=True
-            )
-            self._track(call, True)
-            if stop is not None:
-                stop.attach(call.cancel)
-            error: WorkloadApiError
+            failure: WorkloadApiError | None = None
             try:
-                for message in call:
-                    try:
-                        item = self._core.decode(spec, message)
-                    except ValidationError as exc:
-                        self._core.report(exc, on_error)
-                        continue
-                    attempts.delivered()
-                    yield item
-                error = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
-            except grpc.RpcError as exc:
-                if self._closed.is_set():
-                    return
-                if stop is not None and stop.reason is not None:
-                    raise stop.reason from None
-                error = self._core.error_from_rpc(exc, spec.what)
-            finally:
-                call.cancel()
-                self._track(call, False)
-            if not error.retryable:
-                raise error
-            attempt = attempts.ended(isinstance(error, StreamEndedError))
-            self._core.report(error, on_error)
-            if self._closed.wait(self._core.backoff.delay(attempt)):
+                yield from self._once(spec, on_error, counter, handle, stop)
+            except WorkloadApiError as exc:
+                failure = exc
+            if failure is None or handle.stopped.is_set():
                 return
+            with attempt:
+                attempt.retry_state.attempt_number = counter.ended(isinstance(failure, StreamEndedError))
+                raise failure
+
+    def _once(
+        self,
+        spec: StreamSpec[T],
+        on_error: ErrorCallback | None,
+        counter: ReconnectCounter,
+        handle: Watch[T],
+        stop: StopSignal | None,
+    ) -> Iterator[T]:
+        """One stream: yield each message that decodes, then raise why it ended (return when stopped)."""
+        call = spec.callable(self._channel)(spec.request, metadata=self._core.metadata, wait_for_ready=True)
+        self._track(call, True)
+        handle.current = call
+        if stop is not None:
+            stop.attach(call.cancel)
+        if handle.stopped.is_set():
+            call.cancel()
+        failure: WorkloadApiError
+        try:
+            for message in call:
+                try:
+                    item = self._core.decode(spec, message)
+                except ValidationError as exc:
+                    self._core.report(exc, on_error)
+                    continue
+                counter.delivered()
+                yield item
+            failure = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+        except grpc.RpcError as exc:
+            if handle.stopped.is_set():
+                return
+            if stop is not None and stop.reason is not None:
+                raise stop.reason from None
+            failure = self._core.error_from_rpc(exc, spec.what)
+        finally:
+            handle.current = None
+            call.cancel()
+            self._track(call, False)
+        del call  # tenacity keeps the failure: it must not keep the call alive (see the asyncio client)
+        raise failure
 
 
 class WorkloadClient(StreamingClient):
@@ -226,14 +272,44 @@ class WorkloadClient(StreamingClient):
 
     # -- streams ------------------------------------------------------------------------
 
-    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> Iterator[model.X509Context]:
+    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> Watch[model.X509Context]:
         """Yield each valid X.509 context; reconnects forever until closed or a non-retryable error."""
-        return self._watch(X509_CONTEXTS, on_error)
+        return self.watch(X509_CONTEXTS, on_error)
 
-    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> Iterator[model.X509BundleSet]:
+    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> Watch[model.X509BundleSet]:
         """Yield each valid X.509 bundle set; reconnects like ``watch_x509_contexts``."""
-        return self._watch(X509_BUNDLES, on_error)
+        return self.watch(X509_BUNDLES, on_error)
 
-    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Iterator[jwt.JwtBundleSet]:
+    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Watch[jwt.JwtBundleSet]:
         """Yield each valid JWT bundle set; reconnects like ``watch_x509_contexts``."""
-        return self._watch(JWT_BUNDLES, on_error)
+        return self.watch(JWT_BUNDLES, on_error)
+
+
+class Watch(Iterator[T]):
+    """One supervised stream of a client: iterate it; ``cancel()`` ends it from any thread.
+
+    Cancelling ends this stream only; the client stays open for other calls.
+    """
+
+    def __init__(
+        self,
+        client: StreamingClient,
+        spec: StreamSpec[T],
+        on_error: ErrorCallback | None,
+        stop: StopSignal | None = None,
+    ) -> None:
+        self.stopped = threading.Event()
+        self.current: Any = None
+        self._client = client
+        self._items = client._watch(spec, on_error, self, stop)
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def cancel(self) -> None:
+        """End the stream; a blocked ``next`` returns StopIteration soon after."""
+        self.stopped.set()
+        call = self.current
+        if call is not None:
+            call.cancel()
+        self._client._forget(self)

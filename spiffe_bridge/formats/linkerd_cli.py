@@ -212,7 +212,7 @@ def _watch(args: argparse.Namespace) -> int:
     from spiffe_bridge.address import resolve
     from spiffe_bridge.errors import SpiffeBridgeError
     from spiffe_bridge.sdnotify import notify
-    from spiffe_bridge.source_state import SourceStatus
+    from spiffe_bridge.sources.state import SourceStatus
 
     stop = threading.Event()
     failure: list[Exception | None] = []

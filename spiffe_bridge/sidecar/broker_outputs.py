@@ -28,8 +28,8 @@ from spiffe_bridge.broker.aio import AsyncBrokerClient
 from spiffe_bridge.errors import NoIdentityError, SpiffeBridgeError, WorkloadApiError
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar.config import BrokerConfig, Config, OutputConfig
+from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
-from spiffe_bridge.tls._follow import X509SourceLike
 from spiffe_bridge.tls.authorize import Authorizer, authorize_if
 
 log = logging.getLogger("spiffe_bridge.sidecar.broker")

@@ -14,23 +14,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from spiffe_bridge.errors import NotReadyError
 from spiffe_bridge.model import X509Context
+from spiffe_bridge.sources.protocols import X509SourceLike
 
 log = logging.getLogger("spiffe_bridge.tls")
 
 A = TypeVar("A")
-
-
-class X509SourceLike(Protocol):
-    """What the TLS helpers need from a source: ``X509Source`` and ``AsyncX509Source`` both fit."""
-
-    @property
-    def context(self) -> X509Context: ...
-
-    def subscribe(self, callback: Callable[[X509Context], Any]) -> Callable[[], None]: ...
 
 
 class Follower(Generic[A]):

@@ -181,3 +181,37 @@ def test_pyspiffe_conversion(make_response: Callable[..., Any]) -> None:
     ctx = model.context_from_message(make_response())
     py = ctx.to_pyspiffe()
     assert str(py.default_svid.spiffe_id) == str(ctx.default_svid.spiffe_id)
+
+
+def test_unchanged_svids_are_not_validated_again(ca: TrustDomainCA) -> None:
+    """A many-SVID update where one SVID rotated re-checks that one only; the rest come from the cache."""
+    items = [svid_message(ca, f"spiffe://example.org/w{i}") for i in range(5)]
+    first = model.context_from_message(pb.X509SVIDResponse(svids=items))
+    before = model._validated.cache_info()
+    items[2] = svid_message(ca, "spiffe://example.org/w2")  # rotated: new leaf and key
+    second = model.context_from_message(pb.X509SVIDResponse(svids=items))
+    after = model._validated.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (4, 1)
+    assert [s is t for s, t in zip(first.svids, second.svids, strict=True)] == [True, True, False, True, True]
+    assert second.digest != first.digest
+
+
+def test_cached_svid_still_expires(ca: TrustDomainCA) -> None:
+    """The cache holds what depends on the bytes only: validity windows are checked on every update."""
+    msg = pb.X509SVIDResponse(svids=[svid_message(ca)])
+    model.context_from_message(msg)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    with pytest.raises(ValidationError, match="expired"):
+        model.context_from_message(msg, now=later)
+
+
+def test_cached_chain_check_is_per_bundle(ca: TrustDomainCA) -> None:
+    """The same SVID bytes with another bundle of the same trust domain are verified against that bundle."""
+    item = svid_message(ca)
+    model.context_from_message(pb.X509SVIDResponse(svids=[item]))
+    impostor = TrustDomainCA("example.org")  # same trust domain, different key
+    swapped = pb.X509SVID()
+    swapped.CopyFrom(item)
+    swapped.bundle = impostor.bundle_der()
+    with pytest.raises(ValidationError, match="does not verify against the bundle"):
+        model.context_from_message(pb.X509SVIDResponse(svids=[swapped]))

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from interop_support import der_of, pem_certs, public_der, split_der
@@ -22,7 +23,17 @@ from spiffe import TrustDomain as PyTrustDomain
 from spiffe import WorkloadApiClient
 from spire import SpireDeployment
 
-from spiffe_bridge import AsyncWorkloadClient, JwtBundleSet, WorkloadClient, X509BundleSet, X509Context
+from spiffe_bridge import (
+    AsyncJWTSource,
+    AsyncWorkloadClient,
+    AsyncX509BundleSource,
+    JwtBundleSet,
+    SourceClosedError,
+    WorkloadClient,
+    X509BundleSet,
+    X509BundleSource,
+    X509Context,
+)
 
 pytest_plugins = ("interop_support",)
 
@@ -246,3 +257,25 @@ def test_upstream_chain_with_intermediate_reaches_both_clients(spire_upstream: S
         assert len(svid.chain_der) == 2
         assert svid.intermediates[0].issuer == own.authorities[0].subject
     assert [tuple(der_of(c) for c in s.cert_chain) for s in py.x509_svids] == [s.chain_der for s in ctx.svids]
+
+
+async def test_bundle_and_jwt_sources_over_one_lent_client(spire: SpireDeployment) -> None:
+    """AsyncX509BundleSource and AsyncJWTSource on SPIRE, streaming over a client they do not own."""
+    async with AsyncWorkloadClient(spire.workload_api_address, timeout=15) as aclient:
+        ctx = await aclient.fetch_x509_context()
+        async with (
+            AsyncX509BundleSource(client=aclient, timeout=15) as bundle_source,
+            AsyncJWTSource(client=aclient, timeout=15) as jwt_source,
+        ):
+            check_x509_bundles(spire, bundle_source.bundles, ctx)
+            check_jwt_bundles(spire, jwt_source.bundles)
+            svid = await jwt_source.fetch_svid(AUDIENCE)
+            assert await jwt_source.fetch_svid(AUDIENCE) is svid
+            assert jwt_source.validate(svid.token, AUDIENCE).spiffe_id == svid.spiffe_id
+            agent_view = await aclient.validate_jwt_svid(svid.token, AUDIENCE)  # SPIRE agrees
+            assert agent_view.spiffe_id == svid.spiffe_id
+        with pytest.raises(SourceClosedError):
+            jwt_source.validate(svid.token, AUDIENCE)
+        assert (await aclient.fetch_x509_bundles()).digest == bundle_source.state.item.digest  # type: ignore[union-attr]
+    with X509BundleSource(spire.workload_api_address, timeout=15) as sync_source:
+        check_x509_bundles(spire, sync_source.bundles, ctx)

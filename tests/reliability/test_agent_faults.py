@@ -19,7 +19,7 @@ from spiffe_bridge import SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import DeadlineError, NoIdentityError, NotReadyError
 from spiffe_bridge.model import X509Context
-from spiffe_bridge.source_state import SourceState
+from spiffe_bridge.sources.state import SourceState
 
 X509 = "FetchX509SVID"
 

@@ -18,7 +18,7 @@ from spiffe_bridge.client._core import X509_CONTEXTS
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.model import X509Context
-from spiffe_bridge.source_state import SourceState
+from spiffe_bridge.sources.state import SourceState
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -27,7 +27,7 @@ from sidecar_support import PEM_FILES, FileWatcher, Published, read_or_none, run
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.fileset import read_current
 from spiffe_bridge.sidecar.runner import Daemon
-from spiffe_bridge.source_state import SourceStatus
+from spiffe_bridge.sources.state import SourceStatus
 
 NAMES = ["svid.pem", "svid_key.pem", "svid_bundle.pem"]
 RELOAD = 'reload_command = ["/bin/true"]\n'

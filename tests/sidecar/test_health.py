@@ -16,7 +16,7 @@ from spiffe_bridge.errors import AgentUnavailableError, NoIdentityError
 from spiffe_bridge.health import HealthServer
 from spiffe_bridge.sidecar.metrics import renderer
 from spiffe_bridge.sidecar.status import SidecarStatus
-from spiffe_bridge.source_state import SourceState, SourceStatus
+from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 
 class Clock:

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from tls_peers import CLIENT_ID, SERVER_ID
 
+from spiffe_bridge import X509Source
 from spiffe_bridge.devagent import DevAgent, Identity
 from spiffe_bridge.devagent.pytest_plugin import DevAgentFactory
-from spiffe_bridge.source import X509Source
 
 IDENTITIES = [
     Identity(SERVER_ID, hint="server", dns_names=("localhost",)),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from tls_peers import CLIENT_ID, IO_TIMEOUT, SERVER_ID
 
-from spiffe_bridge.source import X509Source
+from spiffe_bridge import X509Source
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls import (
     PeerNotAuthorizedError,

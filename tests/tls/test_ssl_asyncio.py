@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tls_peers import CLIENT_ID, SERVER_ID, forge, plain_context, roots_pem, serial_of
 
+from spiffe_bridge import AsyncX509Source
 from spiffe_bridge.devagent import DevAgent
-from spiffe_bridge.source_aio import AsyncX509Source
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls import (
     PeerNotAuthorizedError,

@@ -25,8 +25,8 @@ from tls_peers import (
     serial_of,
 )
 
+from spiffe_bridge import X509Source
 from spiffe_bridge.devagent import DevAgent, TrustDomainCA
-from spiffe_bridge.source import X509Source
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls import (
     PeerNotAuthorizedError,
