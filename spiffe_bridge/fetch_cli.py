@@ -17,6 +17,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from spiffe_bridge.argtypes import duration, mode
+
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import WriteResult
     from spiffe_bridge.formats import X509Options
@@ -26,28 +28,12 @@ if TYPE_CHECKING:
 X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd", "spiffe-fs", "bundle-map")
 
 
-def _duration(text: str) -> float:
-    from spiffe_bridge.devagent._duration import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _mode(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}") from None
-
-
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every fetch-like command shares: address, timeout, output directory and layout."""
     p.add_argument("--address", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
     p.add_argument(
         "--timeout",
-        type=_duration,
+        type=duration,
         default=30.0,
         metavar="DURATION",
         help="how long to wait for the agent (30s)",
@@ -70,8 +56,8 @@ def add_x509_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-federated-domains", action="store_true")
     p.add_argument("--federated-layout", choices=("per-trust-domain", "merged"), default="per-trust-domain")
     p.add_argument("--omit-expired", action="store_true", help="drop expired certificates from the files")
-    p.add_argument("--cert-file-mode", type=_mode, default=0o644, metavar="MODE")
-    p.add_argument("--key-file-mode", type=_mode, default=0o600, metavar="MODE")
+    p.add_argument("--cert-file-mode", type=mode, default=0o644, metavar="MODE")
+    p.add_argument("--key-file-mode", type=mode, default=0o600, metavar="MODE")
     p.add_argument(
         "--allow-shared-key-file-mode",
         action="store_true",

@@ -14,25 +14,12 @@ import sys
 from types import FrameType
 from typing import Any
 
-from ._duration import parse_duration
+from spiffe_bridge.argtypes import duration, mode
+
 from .ca import KEY_TYPES
 from .identity import Identity, trust_domain_name
 
 DEFAULT_TD = "example.org"
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _mode(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,16 +50,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--dns-name", action="append", default=[], help="DNS SAN added to every X509-SVID (repeatable)"
     )
-    p.add_argument("--ttl", type=_duration, default=3600.0, help="X509-SVID lifetime (1h)")
-    p.add_argument("--jwt-ttl", type=_duration, default=300.0, help="JWT-SVID lifetime (5m)")
-    p.add_argument("--rotate-every", type=_duration, default=None, help="rotate SVIDs periodically")
+    p.add_argument("--ttl", type=duration, default=3600.0, help="X509-SVID lifetime (1h)")
+    p.add_argument("--jwt-ttl", type=duration, default=300.0, help="JWT-SVID lifetime (5m)")
+    p.add_argument("--rotate-every", type=duration, default=None, help="rotate SVIDs periodically")
     p.add_argument("--intermediate", action="store_true", help="sign SVIDs with an intermediate CA")
     p.add_argument(
         "--federate-with", action="append", default=[], metavar="TD", help="federated trust domain"
     )
     p.add_argument(
         "--permission-denied-for",
-        type=_duration,
+        type=duration,
         default=None,
         metavar="DURATION",
         help="answer PermissionDenied for this long after start",
@@ -80,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="SVID key type")
     p.add_argument(
         "--socket-mode",
-        type=_mode,
+        type=mode,
         default=0o600,
         help="socket file mode, whatever the umask (0600: it hands out private keys; widen it, e.g. "
         "0660, for clients of other users)",

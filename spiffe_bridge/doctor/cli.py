@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from spiffe_bridge.argtypes import duration
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``doctor`` subcommand."""
@@ -21,7 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     source.add_argument("--address", help="check only this Workload API (default: $SPIFFE_ENDPOINT_SOCKET)")
     p.add_argument("--hint", default="", help="with --address: the SVID hint that must exist")
     p.add_argument("--spiffe-id", default="", help="with --address: the SPIFFE ID that must be served")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds for each network check (10)")
+    p.add_argument(
+        "--timeout", type=duration, default=10.0, metavar="DURATION", help="for each network check (10s)"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 

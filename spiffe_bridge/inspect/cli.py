@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from spiffe_bridge.argtypes import duration
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``inspect`` subcommand."""
@@ -21,7 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories any format wrote")
     p.add_argument("--address", help="inspect the Workload API at this address instead of files")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (30)")
+    p.add_argument(
+        "--timeout", type=duration, default=30.0, metavar="DURATION", help="to wait for the agent (30s)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (keys: svids, bundles, jwt_bundles)")
     secret = p.add_mutually_exclusive_group()
     secret.add_argument("--pkcs12-password-file", metavar="FILE", help="read the PKCS#12 password from FILE")

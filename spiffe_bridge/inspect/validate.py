@@ -14,6 +14,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from spiffe_bridge.argtypes import duration
+
 if TYPE_CHECKING:
     from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 
@@ -30,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--address", help="validate through this Workload API (default: $SPIFFE_ENDPOINT_SOCKET)"
     )
     source.add_argument("--bundle", metavar="FILE", help="validate locally against this JWT bundle file")
-    j.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (30)")
+    j.add_argument(
+        "--timeout", type=duration, default=30.0, metavar="DURATION", help="to wait for the agent (30s)"
+    )
     j.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -13,11 +13,12 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from spiffe_bridge.argtypes import duration, mode
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.listener import Listener
-from spiffe_bridge.relay.sockets import Owner, parse_mode
+from spiffe_bridge.relay.sockets import Owner
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 
@@ -25,28 +26,11 @@ if TYPE_CHECKING:
     from spiffe_bridge.health import HealthServer
 
 
-def _mode(text: str) -> int:
-    try:
-        return parse_mode(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _owner(text: str) -> Owner:
     try:
         return Owner.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("seconds must be >= 0")
-    return value
 
 
 def _health_addr(text: str) -> tuple[str, int]:
@@ -105,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--socket-mode",
-        type=_mode,
+        type=mode,
         default=None,
         metavar="MODE",
         help="socket file mode, whatever the umask (default 0660: owner and group only; "
@@ -120,23 +104,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--hold",
-        type=_seconds,
+        type=duration,
         default=DEFAULT_HOLD,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="keep serving the last state this long after losing upstream (%(default)s; 0 = never)",
     )
     p.add_argument(
         "--startup-wait",
-        type=_seconds,
+        type=duration,
         default=DEFAULT_STARTUP_WAIT,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="how long a client that connects before upstream's first answer waits for it (%(default)s)",
     )
     p.add_argument(
         "--max-backoff",
-        type=_seconds,
+        type=duration,
         default=5.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="longest wait between upstream reconnects (%(default)s)",
     )
     p.add_argument(

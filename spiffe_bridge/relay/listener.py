@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from spiffe_bridge.argtypes import parse_mode
 from spiffe_bridge.relay import sockets
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.sockets import DEFAULT_MODE, Owner
@@ -69,7 +70,7 @@ class Listener:
             elif key == "hint":
                 hints.append(value)
             elif key == "mode":
-                mode = sockets.parse_mode(value)
+                mode = parse_mode(value)
             elif key == "owner":
                 owner = value
             else:

@@ -27,17 +27,6 @@ def listen_path(address: str) -> str:
     return endpoint.path
 
 
-def parse_mode(text: str) -> int:
-    """``0660`` / ``660`` -> 0o660 (octal permission bits only)."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise ValueError(f"socket mode {text!r} is not an octal number like 0660") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"socket mode {text!r} must be permission bits (0000-0777)")
-    return mode
-
-
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Numeric owner and group for the socket file; -1 leaves one unchanged (as os.chown does)."""

@@ -99,3 +99,25 @@ def test_address_everywhere_with_the_old_names_as_aliases() -> None:
         for flag in ("--address", old):
             args = parser.parse_args([name, flag, "unix:///tmp/a.sock", *listen])
             assert getattr(args, dest) == "unix:///tmp/a.sock"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "dest", "seconds"),
+    [
+        ("relay", ["--listen", "unix:///tmp/x.sock", "--hold", "1m30s"], "hold", 90.0),
+        ("relay", ["--listen", "unix:///tmp/x.sock", "--startup-wait", "250ms"], "startup_wait", 0.25),
+        ("doctor", ["--timeout", "5s"], "timeout", 5.0),
+        ("inspect", ["--timeout", "2m"], "timeout", 120.0),
+        ("dev-agent", ["--ttl", "1h"], "ttl", 3600.0),
+    ],
+)
+def test_durations_take_units_everywhere(command: str, argv: list[str], dest: str, seconds: float) -> None:
+    import argparse
+    import importlib
+
+    from spiffe_bridge.cli import COMMANDS
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    importlib.import_module(COMMANDS[command][0]).add_parser(sub)
+    assert getattr(parser.parse_args([command, *argv]), dest) == seconds

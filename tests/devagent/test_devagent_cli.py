@@ -16,8 +16,8 @@ from spiffe import TrustDomain, WorkloadApiClient
 from spiffe.workloadapi.errors import FetchX509SvidError
 from spiffe.workloadapi.x509_context import X509Context
 
-from spiffe_bridge.devagent._duration import parse_duration
 from spiffe_bridge.devagent.identity import Identity
+from spiffe_bridge.duration import parse_duration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

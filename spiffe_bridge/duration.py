@@ -1,4 +1,4 @@
-"""Parse human durations ("30s", "5m", "1h30m", "250ms") into seconds for the CLI."""
+"""Human durations ("30s", "5m", "1h30m", "250ms") in seconds, as every command-line option takes them."""
 
 from __future__ import annotations
 
