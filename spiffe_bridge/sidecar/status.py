@@ -55,6 +55,7 @@ class SidecarStatus:
     reloads: int = 0
     reload_failures: int = 0
     streams: dict[str, StreamInfo] = field(default_factory=dict)
+    outputs: dict[str, str | None] = field(default_factory=dict)  # directory -> last error (None: fine)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,21 @@ class SidecarStatus:
                 self.x509_write_status = FAILED
             for path in jwt_paths:
                 self.jwt_write_status[path] = FAILED
+
+    def output_ok(self, directory: str) -> None:
+        """One output directory was written (or was already up to date)."""
+        with self._lock:
+            self.outputs[directory] = None
+
+    def output_failed(self, directory: str, error: str) -> None:
+        """One output directory could not be rendered or written; the others go on."""
+        with self._lock:
+            self.outputs[directory] = error
+
+    def action_failed(self) -> None:
+        """A reload action failed after it had been counted (a ``cmd`` that crashed)."""
+        with self._lock:
+            self.reload_failures += 1
 
     def rotated(self, kind: str) -> None:
         """New material of ``kind`` (x509 or jwt) reached disk."""
@@ -195,6 +211,7 @@ class SidecarStatus:
                 "write_failures": self.write_failures,
                 "reloads": self.reloads,
                 "reload_failures": self.reload_failures,
+                "outputs": {d: ("failed: " + e if e else "written") for d, e in self.outputs.items()},
             }
         return {
             "file_write_statuses": files,
