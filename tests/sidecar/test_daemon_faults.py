@@ -8,6 +8,7 @@ small file-descriptor limit (the last one as a real ``spiffe-bridge run`` subpro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -182,6 +183,23 @@ def test_one_output_that_cannot_render_does_not_stop_the_others(
         assert not p12.exists() or not any(p12.iterdir())
 
 
+def held(pid: int, port: int) -> int:
+    """TCP connections accepted on ``port`` that process ``pid`` holds open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
 def test_idle_health_connections_under_a_small_fd_limit_do_not_stop_rotation(
     dev_agent: DevAgent, tmp_path: Path
 ) -> None:
@@ -203,10 +221,16 @@ def test_idle_health_connections_under_a_small_fd_limit_do_not_stop_rotation(
     idle: list[socket.socket] = []
     try:
         wait_until(lambda: http_get(f"http://127.0.0.1:{port}/ready")[0] == 200, "ready")
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        for _ in range(200):  # non-blocking: those beyond the listen backlog keep retrying their SYN
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            idle.append(sock)
+        wait_until(lambda: held(proc.pid, port) == 16, "the daemon to hold its 16 idle clients")
         new = dev_agent.rotate()[0].serial_number
         wait_until(lambda: serial(certs / "svid.pem") == new, "rotation written while 200 clients idle")
-        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < 100
+        assert held(proc.pid, port) == 16
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < 64  # far from the limit of 128
         for sock in idle:
             sock.close()
         wait_until(lambda: http_get(f"http://127.0.0.1:{port}/live")[0] == 200, "probes answered again")
