@@ -269,6 +269,8 @@ class FileSetWriter:
         self._resolved: str | None = None
         #: Names (relative to the directory) a ``write(durable=False)`` left for ``sync()``.
         self._unsynced: list[str] = []
+        #: Versions to keep when ``sync()`` prunes after a ``write(durable=False)``.
+        self._unpruned: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"FileSetWriter({str(self.directory)!r}, layout={self.layout!r})"
@@ -279,8 +281,8 @@ class FileSetWriter:
         """Make the directory hold exactly ``files``; raise WriteError (old set intact) on failure.
 
         ``durable=False`` skips every fsync (renames stay atomic, so readers still never
-        see a torn set) and leaves them to :meth:`sync`: the daemon swaps first and makes
-        the set durable off its event loop afterwards.
+        see a torn set) and the pruning of old versions, and leaves both to :meth:`sync`:
+        the daemon swaps first and makes the set durable off its event loop afterwards.
         """
         specs = _check_specs(files)
         with self._lock:
@@ -304,10 +306,11 @@ class FileSetWriter:
                 os.close(dfd)
 
     def sync(self) -> None:
-        """Fsync the files and directories the last ``write(durable=False)`` left, deepest first."""
+        """Fsync what the last ``write(durable=False)`` left (deepest first), then prune old versions."""
         with self._lock:
             names, self._unsynced = self._unsynced, []
-            if not names:
+            keep, self._unpruned = self._unpruned, None
+            if not names and keep is None:
                 return
             dfd = self._open_dir(create=False)
             try:
@@ -328,13 +331,15 @@ class FileSetWriter:
                             os.fsync(fd)
                         finally:
                             os.close(fd)
-                for sub in sorted(dirs, key=len, reverse=True):
+                for sub in sorted(dirs, key=len, reverse=True) if names else []:
                     with contextlib.suppress(FileNotFoundError):
                         pfd = _open_subdir(dfd, sub.split("/") if sub else [], create=False)
                         try:
                             _fsync_dir(pfd)
                         finally:
                             os.close(pfd)
+                if keep is not None:
+                    self._prune(dfd, keep)
             except OSError as exc:
                 raise _oserror(str(self.directory), exc, "syncing the file set: ") from None
             finally:
@@ -480,7 +485,11 @@ class FileSetWriter:
             self._link_and_clean(dfd, tops)
         except OSError as exc:
             raise _oserror(str(self.directory), exc, "creating visible links: ") from None
-        self._prune(dfd, keep={new} | ({current} if current and self.keep_versions > 1 else set()))
+        keep = {new} | ({current} if current and self.keep_versions > 1 else set())
+        if _DEFER_SYNC.get():
+            self._unpruned = keep  # unlinking old versions is slow too: sync() does it
+        else:
+            self._prune(dfd, keep)
         return WriteResult(True, tuple(self._path(s.name) for s in changed))
 
     def _same_in(self, dfd: int, version: str, spec: FileSpec) -> bool:

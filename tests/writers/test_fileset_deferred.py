@@ -74,3 +74,15 @@ def test_durable_write_is_the_default(tmp_path: Path, monkeypatch: pytest.Monkey
     log.inodes.clear()
     writer.sync()
     assert log.inodes == []
+
+
+def test_deferred_write_leaves_pruning_to_sync(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    writer = FileSetWriter(out, keep_versions=1)
+    writer.write(creds(1))
+    writer.write(creds(2), durable=False)
+    versions = [e for e in os.listdir(out) if e.startswith("..2")]
+    assert len(versions) == 2  # the old version is still there: unlinking is slow, so it waits
+    writer.sync()
+    assert [e for e in os.listdir(out) if e.startswith("..2")] == [os.readlink(out / "..data")]
+    assert (out / "svid.pem").read_bytes() == b"cert 2\n"
