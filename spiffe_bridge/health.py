@@ -266,12 +266,13 @@ class HealthServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._begin())
+        # Started from inside run_forever, so a stop() right after start() is not lost.
+        self._loop.call_soon(self._begin)
         self._loop.run_forever()
         self._loop.run_until_complete(self._server.stop())
         self._loop.close()
 
-    async def _begin(self) -> None:
+    def _begin(self) -> None:
         self._server.start()
         self._started.set()
 

@@ -167,8 +167,9 @@ class Daemon:
             await self._done.wait()
         finally:
             await self._shutdown()
-            for signum in installed:
+            for signum, previous in installed.items():
                 self.loop.remove_signal_handler(signum)
+                signal.signal(signum, previous)  # an embedder's own handler, not just the default
         return EXIT_OK if self.exit_code is None else self.exit_code
 
     def _exit(self, code: int) -> None:
@@ -208,13 +209,15 @@ class Daemon:
             health_socket=self.health.socket if self.health is not None else None,
         ).start()
 
-    def _install_signals(self) -> list[int]:
+    def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread() or self.loop is None:
-            return []
+            return {}
         wanted = FORWARDED if self.wrapper else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous: dict[int, Any] = {}
         for signum in wanted:
+            previous[signum] = signal.getsignal(signum) or signal.SIG_DFL  # None: not set from Python
             self.loop.add_signal_handler(signum, self._on_signal, signum)
-        return list(wanted)
+        return previous
 
     def _start_sources(self) -> None:
         address = self.config.agent_address
