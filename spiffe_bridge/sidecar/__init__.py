@@ -9,6 +9,7 @@ Modules, in the order data flows:
   containers), ``jwt_refresh`` (the JWT tasks: bundle stream, tokens renewed at half-life);
 * ``actions`` -- what runs after a write: signal a PID file, ``cmd``, a wrapped
   program, or a reload command; ``process`` watches their children;
+* ``outputs`` -- every output directory written on the loop, fsynced off it;
 * ``status``, ``metrics``, ``logs`` -- what the sidecar reports (served by
   ``spiffe_bridge.health``); ``watchdog`` notices a stalled loop;
 * ``cli`` -- argument wiring only.

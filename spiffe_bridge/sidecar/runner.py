@@ -8,12 +8,8 @@ handles them in order; a write is plain synchronous code between two awaits, so
 a signal is handled after the write in progress, two writes never overlap, and
 the reload action runs only once every file of an update is in place.
 
-The hot path is: render, write (without fsync: the renames are atomic, so no
-reader ever sees a torn set), reload, and only then fsync the files and
-directories in one worker thread, off the loop; the next write waits for that
-fsync, so durability lags the reload signal by one fsync. A heartbeat on the
-loop and a watchdog thread beside it (see :mod:`.watchdog`) make a stalled loop
-fail ``/live`` and stop systemd's ``WATCHDOG=1``.
+Writing, fsync off the loop and per-output failures are :mod:`.outputs`; a
+stalled loop is noticed by :mod:`.watchdog` (``/live`` fails, ``WATCHDOG=1`` stops).
 
 Exit codes: 0 after SIGTERM/SIGINT, the child's code in wrapper mode, 1 when
 a stream fails for good (InvalidArgument/Unimplemented) or the health server
@@ -23,7 +19,6 @@ cannot start.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -34,7 +29,6 @@ from typing import Any
 
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import NotReadyError
-from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.health import AsyncHealthServer
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
@@ -44,6 +38,7 @@ from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar import jwt_refresh
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
+from spiffe_bridge.sidecar.outputs import Outputs
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog, systemd_interval
@@ -97,7 +92,7 @@ class Daemon:
             max_disconnected=config.health.max_disconnected,
             policy=config.on_identity_lost,
         )
-        self.writers: list[tuple[DirPlan, FileSetWriter]] = [(p, p.writer()) for p in plans]
+        self.outputs = Outputs(plans, self.status)
         self.wrapper = (
             act.WrapperChild(wrapper_argv, config.renew_signal, self._exit) if wrapper_argv else None
         )
@@ -129,8 +124,6 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = WRITE_RETRY_FIRST
-        self._fsync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spiffe-bridge-fsync")
-        self._syncing: asyncio.Future[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -266,16 +259,13 @@ class Daemon:
         if self.client is not None:
             await self.client.close()
         await self.actions.stop()
-        if self._syncing is not None:  # one-shot or not, what was written is durable at exit
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._syncing
+        await self.outputs.close()  # what was written is durable at exit
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.health is not None:
             await self.health.stop()
-        self._fsync_pool.shutdown(wait=True)
 
     # -- events (all on the loop) ---------------------------------------------------------
 
@@ -374,50 +364,15 @@ class Daemon:
             return False
         return all(j.file_name in self.tokens for j in self.config.jwt_svids)
 
-    def _expiries(self) -> tuple[float | None, dict[str, float]]:
-        svid_expiry: float | None = None
-        if self.ctx is not None:
-            times = []
-            for plan, _ in self.writers:
-                for out in plan.x509:
-                    try:
-                        times.append(self.ctx.svid(hint=out.options.hint or None).expires_at.timestamp())
-                    except LookupError:
-                        continue
-            svid_expiry = min(times) if times else None
-        jwt = {self._jwt_path(name): float(svid.expiry) for name, svid in self.tokens.items()}
-        return svid_expiry, jwt
-
-    def _write_all(self) -> tuple[bool, list[str]]:
-        """Render and write every directory (no fsync); (anything changed, failed directories).
-
-        Each directory is its own output: one that cannot be rendered or written is
-        logged and reported, and the others are written all the same (#14.10).
-        """
-        changed, failed = False, []
-        for plan, writer in self.writers:
-            try:
-                files = plan.render(self.ctx, self.tokens, self.bundles)
-                if files:
-                    changed = writer.write(files, durable=False).changed or changed
-            except Exception as exc:  # any render or write failure is this output's alone
-                failed.append(plan.directory)
-                self.status.output_failed(plan.directory, str(exc))
-                log.error("writing %s failed (previous files kept): %s", plan.directory, exc)
-            else:
-                self.status.output_ok(plan.directory)
-        return changed, failed
-
     async def _publish(self, kind: str, paths: list[str]) -> None:
         """Write every directory, run the reload action once all is in place, then fsync off the loop."""
         if self.lost and self.config.on_identity_lost == "delete":
             log.info("identity lost: not writing until it is back")
             return
-        if self._syncing is not None:  # the previous set is durable before this one replaces it
-            await asyncio.shield(self._syncing)
-        changed, failed = self._write_all()
+        await self.outputs.settled()  # the previous set is durable before this one replaces it
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles)
         if changed:
-            self._syncing = asyncio.get_running_loop().run_in_executor(self._fsync_pool, self._sync_all)
+            self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
         if failed:
             log.error("retrying in %gs", self._retry_delay)
@@ -428,9 +383,12 @@ class Daemon:
             written = [self._jwt_path(n) for n in self.tokens]
             if self.bundles is not None and self.config.jwt_bundle_file_name:
                 written.append(self._jwt_path(self.config.jwt_bundle_file_name))
-            svid_expiry, jwt_expiry = self._expiries()
+            jwt_expiry = {self._jwt_path(name): float(svid.expiry) for name, svid in self.tokens.items()}
             self.status.wrote(
-                x509=self.ctx is not None, jwt_paths=written, svid_expiry=svid_expiry, jwt_expiry=jwt_expiry
+                x509=self.ctx is not None,
+                jwt_paths=written,
+                svid_expiry=self.outputs.svid_expiry(self.ctx),
+                jwt_expiry=jwt_expiry,
             )
         if changed:
             self.status.rotated(kind)
@@ -446,16 +404,6 @@ class Daemon:
         self.completed_once = True
         self.pending_change = False
 
-    def _sync_all(self) -> None:
-        """Make every directory's last write durable (runs on the fsync worker thread)."""
-        for plan, writer in self.writers:
-            try:
-                writer.sync()
-            except OSError as exc:
-                log.error(
-                    "could not fsync %s (files are in place, maybe not on disk): %s", plan.directory, exc
-                )
-
     def _schedule_retry(self, kind: str) -> None:
         """Write again later even if the agent sends nothing new: the disk may free up first."""
         if self._retry is not None or self._stopping or self.loop is None:
@@ -469,12 +417,6 @@ class Daemon:
         self._retry_delay = min(self._retry_delay * 2, WRITE_RETRY_MAX)
 
     async def _remove_files(self) -> None:
-        if self._syncing is not None:  # the fsync worker holds the writers' locks meanwhile
-            await asyncio.shield(self._syncing)
-        for plan, writer in self.writers:
-            try:
-                writer.remove()
-            except OSError as exc:
-                log.error("could not remove the files in %s: %s", plan.directory, exc)
+        await self.outputs.remove_all()
         self.status.files_removed()
         log.warning("removed every output file (on_identity_lost = delete)")
