@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -221,11 +222,13 @@ def test_idle_health_connections_under_a_small_fd_limit_do_not_stop_rotation(
     idle: list[socket.socket] = []
     try:
         wait_until(lambda: http_get(f"http://127.0.0.1:{port}/ready")[0] == 200, "ready")
-        for _ in range(200):  # non-blocking: those beyond the listen backlog keep retrying their SYN
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port))
-            idle.append(sock)
+        for _ in range(20):  # 200 clients in batches of 10, each batch given up to 0.5 s to connect
+            batch = [socket.socket() for _ in range(10)]
+            for sock in batch:
+                sock.setblocking(False)  # those beyond the listen backlog keep retrying their SYN
+                sock.connect_ex(("127.0.0.1", port))
+            select.select([], batch, [], 0.5)
+            idle += batch
         wait_until(lambda: held(proc.pid, port) == 16, "the daemon to hold its 16 idle clients")
         new = dev_agent.rotate()[0].serial_number
         wait_until(lambda: serial(certs / "svid.pem") == new, "rotation written while 200 clients idle")
