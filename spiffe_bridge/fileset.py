@@ -39,6 +39,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,8 @@ _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_@+=,-][A-Za-z0-9_@+=,. -]*$")  # spaces
 _DIR_MODE = 0o755
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: True inside ``write(durable=False)``: fsyncs are skipped and left to ``sync()``.
+_DEFER_SYNC: ContextVar[bool] = ContextVar("spiffe_bridge_defer_sync", default=False)
 
 
 class WriteError(SpiffeBridgeError, OSError):
@@ -143,7 +146,8 @@ def _write_new(dir_fd: int, name: str, spec: FileSpec, uid: int | None, gid: int
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         os.fchmod(fd, spec.mode)
-        os.fsync(fd)
+        if not _DEFER_SYNC.get():
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quiet(dir_fd, name)
@@ -260,6 +264,8 @@ def _remove_under(dir_fd: int, name: str) -> None:
 
 
 def _fsync_dir(fd: int) -> None:
+    if _DEFER_SYNC.get():
+        return
     try:
         os.fsync(fd)
     except OSError as exc:  # some filesystems refuse fsync on directories
@@ -308,24 +314,81 @@ class FileSetWriter:
         self._flat_names: frozenset[str] = frozenset()
         #: Where the configured path led on first use (it may be a symlink then, by design).
         self._resolved: str | None = None
+        #: Names (relative to the directory) a ``write(durable=False)`` left for ``sync()``.
+        self._unsynced: list[str] = []
+        #: Versions to keep when ``sync()`` prunes after a ``write(durable=False)``.
+        self._unpruned: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"FileSetWriter({str(self.directory)!r}, layout={self.layout!r})"
 
     # -- public ---------------------------------------------------------------------------
 
-    def write(self, files: Sequence[FileSpec]) -> WriteResult:
-        """Make the directory hold exactly ``files``; raise WriteError (old set intact) on failure."""
+    def write(self, files: Sequence[FileSpec], *, durable: bool = True) -> WriteResult:
+        """Make the directory hold exactly ``files``; raise WriteError (old set intact) on failure.
+
+        ``durable=False`` skips every fsync (renames stay atomic, so readers still never
+        see a torn set) and the pruning of old versions, and leaves both to :meth:`sync`:
+        the daemon swaps first and makes the set durable off its event loop afterwards.
+        """
         specs = _check_specs(files)
         with self._lock:
             dfd = self._open_dir(create=True)
+            token = _DEFER_SYNC.set(not durable)
             try:
                 if not self._swept:
                     self._sweep_temps(dfd)
                     self._swept = True
                 if self.layout == "symlink":
-                    return self._write_symlink(dfd, specs)
-                return self._write_flat(dfd, specs)
+                    result = self._write_symlink(dfd, specs)
+                    base = (self._current_version(dfd) or "") + "/" if result.changed else ""
+                else:
+                    result = self._write_flat(dfd, specs)
+                    base = ""
+                if result.changed and not durable:
+                    self._unsynced = [base + s.name for s in specs] + ([MANIFEST] if not base else [])
+                return result
+            finally:
+                _DEFER_SYNC.reset(token)
+                os.close(dfd)
+
+    def sync(self) -> None:
+        """Fsync what the last ``write(durable=False)`` left (deepest first), then prune old versions."""
+        with self._lock:
+            names, self._unsynced = self._unsynced, []
+            keep, self._unpruned = self._unpruned, None
+            if not names and keep is None:
+                return
+            dfd = self._open_dir(create=False)
+            try:
+                dirs: set[str] = {""}
+                for name in names:
+                    parent, _, base = name.rpartition("/")
+                    parts = parent.split("/") if parent else []
+                    dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+                    with contextlib.suppress(FileNotFoundError):  # pruned or replaced meanwhile
+                        pfd = _open_subdir(dfd, parts, create=False)
+                        try:
+                            fd = os.open(
+                                base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd
+                            )
+                        finally:
+                            os.close(pfd)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                for sub in sorted(dirs, key=len, reverse=True) if names else []:
+                    with contextlib.suppress(FileNotFoundError):
+                        pfd = _open_subdir(dfd, sub.split("/") if sub else [], create=False)
+                        try:
+                            _fsync_dir(pfd)
+                        finally:
+                            os.close(pfd)
+                if keep is not None:
+                    self._prune(dfd, keep)
+            except OSError as exc:
+                raise _oserror(str(self.directory), exc, "syncing the file set: ") from None
             finally:
                 os.close(dfd)
 
@@ -483,7 +546,11 @@ class FileSetWriter:
             self._link_and_clean(dfd, tops, stale)
         except OSError as exc:
             raise _oserror(str(self.directory), exc, "creating visible links: ") from None
-        self._prune(dfd, keep={new} | ({current} if current and self.keep_versions > 1 else set()))
+        keep = {new} | ({current} if current and self.keep_versions > 1 else set())
+        if _DEFER_SYNC.get():
+            self._unpruned = keep  # unlinking old versions is slow too: sync() does it
+        else:
+            self._prune(dfd, keep)
         return WriteResult(True, tuple(self._path(s.name) for s in changed))
 
     def _same_at(self, dfd: int, name: str, spec: FileSpec) -> bool:

@@ -1,54 +1,82 @@
-"""Reload actions: what happens after new credentials are fully on disk.
+"""Reload actions: what happens after new credentials are fully on disk, on the daemon's event loop.
 
-The runner calls ``after_write(first, changed)`` once every output of an
+The runner awaits ``after_write(first, changed)`` once every output of an
 update is in place: ``first`` on the first complete write of this run,
 ``changed`` when any file's content or mode actually changed (identical
-re-deliveries never reload). Actions:
+re-deliveries never reload). Nothing here blocks the loop, and every action
+ends within a bound. Actions:
 
 * :class:`SignalPidFile` -- spiffe-helper's ``pid_file_name`` + ``renew_signal``;
-  the PID is re-read every time and briefly retried while the process restarts.
+  the PID is re-read every time (non-blocking, never through a symlink, only
+  from a regular file) and briefly retried while the process restarts.
 * :class:`ManagedChild` -- spiffe-helper's ``cmd``/``cmd_args``: started after
   the first write, sent ``renew_signal`` on rotation, started again on the
-  next rotation if it had exited.
+  next rotation if it had exited. It is reaped the moment it exits, and a
+  crash is reported through ``on_exit`` (the runner counts it as a failed reload).
 * :class:`WrapperChild` -- ``spiffe-bridge run -- prog args``: started after the
   first write, sent ``renew_signal`` on rotation, receives forwarded signals;
   its exit ends the sidecar with its exit code.
 * :class:`RunCommand` -- ``reload_command``: an argv (no shell) run to
-  completion after each change.
+  completion after each change, killed after its timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import signal
+import stat
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+from spiffe_bridge.sidecar.process import exit_code, stop, wait_exit
+
+__all__ = ["Action", "Actions", "ManagedChild", "RunCommand", "SignalPidFile", "WrapperChild", "exit_code"]
 
 log = logging.getLogger("spiffe_bridge.sidecar.actions")
 
 #: How long a stopped child gets between SIGTERM and SIGKILL.
 STOP_GRACE = 10.0
+#: The longest a reload_command may run, also when its timeout is 0 ("no limit" before #14.2).
+MAX_COMMAND_SECONDS = 600.0
+_OPEN_PID = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+
+#: Called on the loop with a child's shell-style exit code.
+OnExit = Callable[[int], None]
 
 
 class Action(Protocol):
     """Something to do once new files are in place."""
 
-    def after_write(self, first: bool, changed: bool) -> bool:
+    async def after_write(self, first: bool, changed: bool) -> bool:
         """React to a complete write; return False when the action failed."""
         ...
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Release resources at shutdown (stop children)."""
         ...
 
 
-def exit_code(returncode: int) -> int:
-    """A shell-style exit code: negative (killed by signal n) becomes 128 + n."""
-    return 128 - returncode if returncode < 0 else returncode
+def read_pid(path: str) -> int:
+    """The PID in ``path``: opened without blocking or following a link, and only a regular file.
+
+    A FIFO, device or socket planted there would otherwise block or feed the reader
+    forever (#14.2); it is refused with ValueError like any unparsable content.
+    """
+    fd = os.open(path, _OPEN_PID)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        text = os.read(fd, 64).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit() or not 0 < int(text) < 2**31:  # pid_t: os.kill overflows beyond it
+        raise ValueError(f"{text[:24]!r} is not a process ID")
+    return int(text)
 
 
 class SignalPidFile:
@@ -64,212 +92,225 @@ class SignalPidFile:
         self.path = path
         self.sig = sig
         self.retry_for = retry_for
-        self._stop = threading.Event()
 
-    def _read_pid(self) -> int:
-        with open(self.path, encoding="ascii", errors="replace") as fh:
-            text = fh.read(64).strip()
-        if not text.isdigit() or not 0 < int(text) < 2**31:  # pid_t: os.kill overflows beyond it
-            raise ValueError(f"{text[:24]!r} is not a process ID")
-        return int(text)
-
-    def after_write(self, first: bool, changed: bool) -> bool:
+    async def after_write(self, first: bool, changed: bool) -> bool:
         if not changed:
             return True
         deadline = time.monotonic() + (0.0 if first else self.retry_for)
         delay = 0.05
         while True:
             try:
-                pid = self._read_pid()
+                pid = read_pid(self.path)
                 os.kill(pid, self.sig)
             except (OSError, ValueError) as exc:
                 if isinstance(exc, PermissionError):
                     log.error("not allowed to signal the PID in %s: %s", self.path, exc)
                     return False
-                if time.monotonic() + delay > deadline or self._stop.is_set():
+                if time.monotonic() + delay > deadline:
                     level = logging.INFO if first else logging.ERROR
                     log.log(level, "could not signal the process in %s: %s", self.path, exc)
                     return first
-                self._stop.wait(delay)
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             log.info("sent %s to PID %d (from %s)", self.sig.name, pid, self.path)
             return True
 
-    def stop(self) -> None:
-        self._stop.set()
+    async def stop(self) -> None:
+        return None
 
 
 class _Child:
-    """A child process started on the first write and signalled on later changes."""
+    """A child process started on the first write, signalled on later changes, reaped on exit."""
 
-    def __init__(self, argv: Sequence[str], sig: signal.Signals | None) -> None:
+    def __init__(self, argv: Sequence[str], sig: signal.Signals | None, on_exit: OnExit | None) -> None:
         if not argv:
             raise ValueError("a child command needs at least the program")
         self.argv = list(argv)
         self.sig = sig
+        self.on_exit = on_exit
         self.proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self.returncode: int | None = None
+        self._waiter: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.argv)  # inherits stdin/stdout/stderr, as spiffe-helper does
-        log.info("started %s (pid %d)", self.argv[0], proc.pid)
-        return proc
+    @property
+    def running(self) -> bool:
+        """True while the child has not exited."""
+        return self.proc is not None and self.returncode is None and self.proc.poll() is None
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)  # inherits stdin/stdout/stderr, as spiffe-helper does
+        self.returncode = None
+        log.info("started %s (pid %d)", self.argv[0], self.proc.pid)
+        self._waiter = asyncio.create_task(self._wait(self.proc), name=f"spiffe-bridge-child-{self.proc.pid}")
+
+    async def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        code = await wait_exit(proc)
+        self.returncode = code
+        if not self._stopping:
+            log.log(
+                logging.INFO if code == 0 else logging.ERROR, "%s exited with code %d", self.argv[0], code
+            )
+            if self.on_exit is not None:
+                self.on_exit(code)
 
     def _signal(self) -> bool:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if not self.running or self.proc is None:
             return False
         if self.sig is None:
             log.info("%s is running; no renew_signal configured, not signalling", self.argv[0])
             return True
         try:
-            proc.send_signal(self.sig)
+            self.proc.send_signal(self.sig)
         except ProcessLookupError:
             return False
-        log.info("sent %s to %s (pid %d)", self.sig.name, self.argv[0], proc.pid)
+        log.info("sent %s to %s (pid %d)", self.sig.name, self.argv[0], self.proc.pid)
         return True
 
     def forward(self, sig: int) -> bool:
         """Send ``sig`` to the child if it runs; False if there is none."""
-        with self._lock:
-            proc = self.proc
-            if proc is None or proc.poll() is not None:
-                return False
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                return False
-            return True
-
-    def stop(self) -> None:
-        """SIGTERM the child, SIGKILL it after STOP_GRACE seconds."""
-        with self._lock:
-            self._stopping = True
-            proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
+        if not self.running or self.proc is None:
+            return False
         try:
-            proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not exit after SIGTERM; killing it", self.argv[0])
-            proc.kill()
-            proc.wait()
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """SIGTERM the child, SIGKILL it after STOP_GRACE seconds, and reap it."""
+        self._stopping = True
+        if self.proc is not None:
+            await stop(self.proc, STOP_GRACE, self.argv[0])
+        if self._waiter is not None:
+            await self._waiter
 
 
 class ManagedChild(_Child):
     """spiffe-helper's ``cmd``: start once files exist, signal on rotation, restart if it exited."""
 
-    def after_write(self, first: bool, changed: bool) -> bool:
-        with self._lock:
-            if self._stopping:
-                return True
-            if self.proc is not None and self.proc.poll() is None:
-                return self._signal() if changed else True
-            if self.proc is not None:
-                if not changed:
-                    return True
-                code = exit_code(self.proc.returncode)
-                log.info("%s had exited (code %d); starting it again", self.argv[0], code)
-            try:
-                self.proc = self._start()
-            except OSError as exc:
-                log.error("cannot start %s: %s", self.argv[0], exc)
-                return False
+    def __init__(
+        self, argv: Sequence[str], sig: signal.Signals | None, on_exit: OnExit | None = None
+    ) -> None:
+        super().__init__(argv, sig, on_exit)
+
+    async def after_write(self, first: bool, changed: bool) -> bool:
+        if self._stopping:
             return True
+        if self.running:
+            return self._signal() if changed else True
+        if self.proc is not None:
+            if not changed:
+                return True
+            code = exit_code(self.proc.returncode) if self.returncode is None else self.returncode
+            log.info("%s had exited (code %d); starting it again", self.argv[0], code)
+        try:
+            self._start()
+        except OSError as exc:
+            log.error("cannot start %s: %s", self.argv[0], exc)
+            return False
+        return True
 
 
 class WrapperChild(_Child):
     """``run -- prog args``: started once, signalled on rotation; its exit is the sidecar's exit.
 
-    ``on_exit(code)`` is called from a waiter thread when the child ends (or
-    with 127/126 when it cannot be started, as shells do).
+    ``on_exit(code)`` is called on the loop when the child ends (or with 127/126
+    when it cannot be started, as shells do).
     """
 
-    def __init__(
-        self, argv: Sequence[str], sig: signal.Signals | None, on_exit: Callable[[int], None]
-    ) -> None:
-        super().__init__(argv, sig)
-        self.on_exit = on_exit
-        self.started = threading.Event()
+    def __init__(self, argv: Sequence[str], sig: signal.Signals | None, on_exit: OnExit) -> None:
+        super().__init__(argv, sig, on_exit)
+        self.started = asyncio.Event()
 
-    def after_write(self, first: bool, changed: bool) -> bool:
-        with self._lock:
-            if self._stopping:
-                return True
-            if self.proc is None:
-                try:
-                    self.proc = self._start()
-                except OSError as exc:
-                    log.error("cannot start %s: %s", self.argv[0], exc)
-                    code = 127 if isinstance(exc, FileNotFoundError) else 126
-                    threading.Thread(target=self.on_exit, args=(code,), daemon=True).start()
-                    return False
-                self.started.set()
-                threading.Thread(target=self._wait, name="spiffe-bridge-wrapper", daemon=True).start()
-                return True
-            return self._signal() if changed else True
+    async def after_write(self, first: bool, changed: bool) -> bool:
+        if self._stopping:
+            return True
+        if self.proc is None:
+            try:
+                self._start()
+            except OSError as exc:
+                log.error("cannot start %s: %s", self.argv[0], exc)
+                code = 127 if isinstance(exc, FileNotFoundError) else 126
+                asyncio.get_running_loop().call_soon(self._exited, code)
+                return False
+            self.started.set()
+            return True
+        return self._signal() if changed else True
 
-    def _wait(self) -> None:
-        proc = self.proc
-        assert proc is not None
-        code = exit_code(proc.wait())
-        log.info("%s exited with code %d", self.argv[0], code)
-        self.on_exit(code)
+    def _exited(self, code: int) -> None:
+        if self.on_exit is not None:
+            self.on_exit(code)
 
 
 class RunCommand:
-    """``reload_command``: run an argv to completion after each change (no shell)."""
+    """``reload_command``: an argv run to completion after each change (no shell), killed after ``timeout``.
+
+    Starting it (fork/exec, via vfork) is the only synchronous part; its exit is awaited.
+    """
 
     def __init__(self, argv: Sequence[str], timeout: float = 30.0) -> None:
         if not argv:
             raise ValueError("reload_command needs at least the program")
         self.argv = list(argv)
-        self.timeout = timeout
+        self.timeout = min(timeout, MAX_COMMAND_SECONDS) if timeout > 0 else MAX_COMMAND_SECONDS
 
-    def after_write(self, first: bool, changed: bool) -> bool:
+    async def after_write(self, first: bool, changed: bool) -> bool:
         if not changed:
             return True
         try:
-            result = subprocess.run(self.argv, timeout=self.timeout or None, check=False)
-        except subprocess.TimeoutExpired:
-            log.error("reload command %s timed out after %.0fs (killed)", self.argv[0], self.timeout)
-            return False
+            proc = subprocess.Popen(self.argv)  # noqa: ASYNC220 - only the spawn; the wait is awaited
         except OSError as exc:
             log.error("cannot run reload command %s: %s", self.argv[0], exc)
             return False
-        if result.returncode != 0:
-            log.error("reload command %s exited with code %d", self.argv[0], exit_code(result.returncode))
+        try:
+            async with asyncio.timeout(self.timeout):
+                code = await wait_exit(proc)
+        except TimeoutError:
+            await stop(proc, 0.0, self.argv[0])
+            log.error("reload command %s timed out after %gs (killed)", self.argv[0], self.timeout)
+            return False
+        except asyncio.CancelledError:  # shutting down: do not leave it running
+            await stop(proc, 0.0, self.argv[0])
+            raise
+        if code != 0:
+            log.error("reload command %s exited with code %d", self.argv[0], code)
             return False
         log.info("reload command %s succeeded", self.argv[0])
         return True
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         return None
 
 
-class Actions:
-    """Several actions run in order; the result is False if any failed."""
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
-    def __init__(self, actions: Sequence[Action]) -> None:
+
+class Actions:
+    """Several actions run in order; the result is False if any failed.
+
+    An action's methods may also be plain functions (embedders' probes).
+    """
+
+    def __init__(self, actions: Sequence[Any]) -> None:
         self.actions = list(actions)
 
-    def after_write(self, first: bool, changed: bool) -> bool:
+    async def after_write(self, first: bool, changed: bool) -> bool:
         ok = True
         for action in self.actions:
             try:
-                ok = action.after_write(first, changed) and ok
+                ok = bool(await _maybe_await(action.after_write(first, changed))) and ok
             except Exception:
                 log.exception("reload action %r failed", action)
                 ok = False
         return ok
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         for action in self.actions:
             try:
-                action.stop()
+                await _maybe_await(action.stop())
             except Exception:
                 log.exception("stopping %r failed", action)
 

@@ -69,6 +69,7 @@ class HealthConfig:
     readiness_path: str = "/ready"
     bind_address: str = "127.0.0.1"
     max_disconnected: float = 600.0
+    max_stall: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,8 @@ def _validate(
     port = hc["bind_port"] or 8081
     if not 0 <= port <= 65535:
         raise ConfigError(f"'health_checks.bind_port' {port} is not a TCP port")
+    if v["health_max_stall"] <= 0:
+        raise ConfigError(f"{where('health_max_stall', line('health_max_stall'))} must be longer than 0s")
     metrics = MetricsConfig(v["metrics"]["enabled"], v["metrics"]["path"] or "/metrics")
     health = HealthConfig(
         hc["listener_enabled"],
@@ -395,6 +398,7 @@ def _validate(
         hc["readiness_path"] or "/ready",
         v["health_bind_address"] or "127.0.0.1",
         v["health_max_disconnected"],
+        v["health_max_stall"],
     )
     paths = [health.liveness_path, health.readiness_path] + ([metrics.path] if metrics.enabled else [])
     if len(set(paths)) != len(paths) or not all(p.startswith("/") for p in paths):

@@ -1,28 +1,33 @@
-"""Keep one configured JWT-SVID fresh: fetch, hand over, sleep until half its lifetime, repeat.
+"""The JWT side of the daemon as tasks on its event loop: the bundle stream and one refresher per token.
 
-The token is fetched through :class:`~spiffe_bridge.source.JWTSource`, whose
-cache holds it until half its lifetime has passed; this thread wakes at that
-point, so the file on disk is replaced well before the token expires (as
-spiffe-helper does: refresh at half the remaining lifetime). Failures retry
-after 1 s, doubling up to 60 s.
+Each configured JWT-SVID is fetched with the shared
+:class:`~spiffe_bridge.client.aio.AsyncWorkloadClient`, handed over, and fetched
+again once half its lifetime has passed, so the file on disk is replaced well
+before the token expires (as spiffe-helper does). Failures retry after 1 s,
+doubling up to 60 s. The JWT bundle stream feeds a
+:class:`~spiffe_bridge.sources.state.SourceState`, so health, metrics and the
+identity-lost policy see it exactly like the X.509 stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 
-from spiffe_bridge.errors import SpiffeBridgeError
-from spiffe_bridge.jwt import JwtSvid
+from spiffe_bridge.client.aio import AsyncWorkloadClient
+from spiffe_bridge.errors import SpiffeBridgeError, WorkloadApiError
+from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.sidecar.config import JwtSvidConfig
-from spiffe_bridge.source import JWTSource
+from spiffe_bridge.sources.state import SourceState
 
 log = logging.getLogger("spiffe_bridge.sidecar.jwt")
 
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
+#: Seconds one FetchJWTSVID call may take before it counts as failed and is retried.
+FETCH_TIMEOUT = 30.0
 
 
 def refresh_delay(svid: JwtSvid, now: float | None = None) -> float:
@@ -32,49 +37,39 @@ def refresh_delay(svid: JwtSvid, now: float | None = None) -> float:
     return max(issued + (svid.expiry - issued) / 2 - now, 0.0) + 0.05
 
 
-class JwtRefresher:
-    """A daemon thread that delivers a fresh token for one ``jwt_svids`` entry."""
+async def watch_bundles(
+    client: AsyncWorkloadClient, state: SourceState[JwtBundleSet], deliver: Callable[[JwtBundleSet], None]
+) -> None:
+    """Offer every JWT bundle set to ``state``; ``deliver`` the changed ones (runs until cancelled)."""
+    try:
+        async for bundles in client.watch_jwt_bundles(on_error=state.on_error):
+            if state.offer(bundles):
+                deliver(bundles)
+    except WorkloadApiError as exc:
+        state.fail(exc)
 
-    def __init__(
-        self,
-        source: JWTSource,
-        spec: JwtSvidConfig,
-        hint: str | None,
-        deliver: Callable[[JwtSvidConfig, JwtSvid], None],
-        stop: threading.Event,
-    ) -> None:
-        self.source = source
-        self.spec = spec
-        self.hint = hint
-        self.deliver = deliver
-        self.stop = stop
-        self.last_error: Exception | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"spiffe-bridge-jwt-{spec.file_name}", daemon=True
-        )
 
-    def start(self) -> JwtRefresher:
-        """Start the refresh loop."""
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
+async def refresh_token(
+    client: AsyncWorkloadClient,
+    spec: JwtSvidConfig,
+    hint: str | None,
+    deliver: Callable[[JwtSvidConfig, JwtSvid], None],
+) -> None:
+    """Keep the token of one ``jwt_svids`` entry fresh (runs until cancelled)."""
+    retry = RETRY_INITIAL
+    last_token = ""
+    while True:
+        try:
+            svid = await client.fetch_jwt_svid(
+                spec.audience, *spec.extra_audiences, hint=hint, timeout=FETCH_TIMEOUT
+            )
+        except (SpiffeBridgeError, LookupError, ValueError) as exc:
+            log.warning("JWT-SVID for audience %r: %s (retry in %.0fs)", spec.audience, exc, retry)
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, RETRY_MAX)
+            continue
         retry = RETRY_INITIAL
-        last_token = ""
-        while not self.stop.is_set():
-            try:
-                svid = self.source.fetch_svid(self.spec.audience, *self.spec.extra_audiences, hint=self.hint)
-            except (SpiffeBridgeError, LookupError, ValueError) as exc:
-                if self.stop.is_set():
-                    return
-                self.last_error = exc
-                log.warning("JWT-SVID for audience %r: %s (retry in %.0fs)", self.spec.audience, exc, retry)
-                self.stop.wait(retry)
-                retry = min(retry * 2, RETRY_MAX)
-                continue
-            retry = RETRY_INITIAL
-            self.last_error = None
-            if svid.token != last_token:
-                last_token = svid.token
-                self.deliver(self.spec, svid)
-            self.stop.wait(refresh_delay(svid))
+        if svid.token != last_token:
+            last_token = svid.token
+            deliver(spec, svid)
+        await asyncio.sleep(refresh_delay(svid))

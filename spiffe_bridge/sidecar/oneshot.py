@@ -35,8 +35,8 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_NO_IDENTITY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_WRITE
 from spiffe_bridge.sidecar.plan import DirPlan
-from spiffe_bridge.source import JWTSource, X509Source
-from spiffe_bridge.source_state import SourceState, SourceStatus
+from spiffe_bridge.sources import JWTSource, X509Source
+from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
@@ -157,7 +157,7 @@ class OneShot:
         import asyncio
 
         from spiffe_bridge.sidecar.broker_outputs import fetch_once
-        from spiffe_bridge.source_aio import AsyncX509Source
+        from spiffe_bridge.sources import AsyncX509Source
 
         async def fetch() -> dict[int, X509Context]:
             async with AsyncX509Source(self.config.agent_address, timeout=self.remaining()) as own:

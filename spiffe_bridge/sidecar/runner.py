@@ -1,11 +1,15 @@
-"""Daemon mode: stream identities, write every output, then run the reload action.
+"""Daemon mode: stream identities, write every output, then run the reload action, on one event loop.
 
-All work happens on one thread (the caller's, normally the main thread): the
-X.509 and JWT sources, the JWT refreshers, the status listeners, the wrapper
-child's waiter and the signal handlers only put events on a queue, and the
-loop handles them in order. So a write is never interrupted by a signal (a
-SIGTERM is handled after the write in progress), two writes never overlap,
-and the reload action runs only once every file of an update is in place.
+Everything runs on one asyncio loop: the X.509 source and the JWT tasks
+(sharing one Workload API channel), signal handlers (``add_signal_handler``),
+the reload actions and children (watched through pidfds), the health server and
+the timers. Updates only mark what changed and wake one publisher task, which
+handles them in order; a write is plain synchronous code between two awaits, so
+a signal is handled after the write in progress, two writes never overlap, and
+the reload action runs only once every file of an update is in place.
+
+Writing, fsync off the loop and per-output failures are :mod:`.outputs`; a
+stalled loop is noticed by :mod:`.watchdog` (``/live`` fails, ``WATCHDOG=1`` stops).
 
 Exit codes: 0 after SIGTERM/SIGINT, the child's code in wrapper mode, 1 when
 a stream fails for good (InvalidArgument/Unimplemented) or the health server
@@ -14,31 +18,33 @@ cannot start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-import queue
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from spiffe_bridge.fileset import FileSetWriter, WriteError
-from spiffe_bridge.formats import FormatError
-from spiffe_bridge.health import HealthServer
+from spiffe_bridge.client.aio import AsyncWorkloadClient
+from spiffe_bridge.errors import NotReadyError
+from spiffe_bridge.health import AsyncHealthServer
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.loglist import capped
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
-from spiffe_bridge.sidecar.config import Config
+from spiffe_bridge.sidecar import jwt_refresh
+from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
-from spiffe_bridge.sidecar.hot_updates import HotUpdater
-from spiffe_bridge.sidecar.jwt_refresh import JwtRefresher
+from spiffe_bridge.sidecar.outputs import Outputs
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
-from spiffe_bridge.source import JWTSource, X509Source
-from spiffe_bridge.source_state import SourceStatus
+from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog, systemd_interval
+from spiffe_bridge.sources import AsyncX509Source
+from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
@@ -60,13 +66,15 @@ def jwt_paths(config: Config) -> list[str]:
     return [os.path.join(config.cert_dir, n) for n in names]
 
 
-def build_actions(config: Config, wrapper: act.WrapperChild | None) -> act.Actions:
+def build_actions(
+    config: Config, wrapper: act.WrapperChild | None, on_cmd_exit: act.OnExit | None = None
+) -> act.Actions:
     """The configured reload actions, in the order spiffe-helper runs them."""
     steps: list[act.Action] = []
     if wrapper is not None:
         steps.append(wrapper)
     if config.cmd:
-        steps.append(act.ManagedChild([config.cmd, *config.cmd_args], config.renew_signal))
+        steps.append(act.ManagedChild([config.cmd, *config.cmd_args], config.renew_signal, on_cmd_exit))
     if config.pid_file_name and config.renew_signal is not None:
         steps.append(act.SignalPidFile(config.pid_file_name, config.renew_signal))
     if config.reload_command:
@@ -77,81 +85,98 @@ def build_actions(config: Config, wrapper: act.WrapperChild | None) -> act.Actio
 class Daemon:
     """The long-running sidecar; ``run()`` returns the process exit code."""
 
-    def __init__(
-        self,
-        config: Config,
-        plans: Sequence[DirPlan],
-        *,
-        wrapper_argv: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, config: Config, plans: Sequence[DirPlan], *, wrapper_argv: Sequence[str] = ()) -> None:
         self.config = config
-        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.status = SidecarStatus(
             x509_configured=config.needs_x509,
             jwt_paths=jwt_paths(config),
             max_disconnected=config.health.max_disconnected,
             policy=config.on_identity_lost,
         )
-        self.writers: list[tuple[DirPlan, FileSetWriter]] = [(p, p.writer()) for p in plans]
+        self.outputs = Outputs(plans, self.status)
         self.wrapper = (
-            act.WrapperChild(wrapper_argv, config.renew_signal, lambda code: self.events.put(("exit", code)))
-            if wrapper_argv
-            else None
+            act.WrapperChild(wrapper_argv, config.renew_signal, self._exit) if wrapper_argv else None
         )
-        self.actions = build_actions(config, self.wrapper)
-        self.hot = HotUpdater([u for p in plans for u in p.updates], self.status.hot_updated)
+        self.actions = build_actions(config, self.wrapper, self._cmd_exited)
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
         if config.metrics.enabled:
             from spiffe_bridge.sidecar.metrics import renderer
 
-            self.metrics = renderer(self.status, lambda: sum(w.links_replaced for _, w in self.writers))
-        self.stop_event = threading.Event()
+            self.metrics = renderer(self.status, self.outputs.links_replaced)
         self.ctx: X509Context | None = None
         self.bundles: JwtBundleSet | None = None
         self.tokens: dict[str, JwtSvid] = {}
         self.lost: set[str] = set()
         self.completed_once = False
         self.pending_change = False
-        self.x509_source: X509Source | None = None
-        self.jwt_source: JWTSource | None = None
-        self.health: HealthServer | None = None
+        self.client: AsyncWorkloadClient | None = None
+        self.x509_source: AsyncX509Source | None = None
+        self.jwt_state: SourceState[JwtBundleSet] | None = None
+        self.health: AsyncHealthServer | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.watchdog: Watchdog | None = None
         self.exit_code: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self._retry_timer: threading.Timer | None = None
+        self._requested: int | None = None
+        self._done: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._pending: dict[str, list[str]] = {}  # kind -> JWT paths, in arrival order
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = WRITE_RETRY_FIRST
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def request_stop(self, code: int = EXIT_OK) -> None:
-        """Ask the loop to shut down (thread-safe; used by tests and embedders)."""
-        self.events.put(("exit", code))
+        """Ask the daemon to shut down (thread-safe; used by tests and embedders)."""
+        self._requested = code
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(self._exit, code)
 
     def run(self) -> int:
-        """Start everything, handle events until asked to stop, clean up; return the exit code."""
+        """Run the daemon's event loop until asked to stop; return the exit code."""
+        return asyncio.run(self.main())
+
+    async def main(self) -> int:
+        """Start everything, serve until asked to stop, clean up; return the exit code."""
+        self.loop = asyncio.get_running_loop()
+        self._done, self._wake = asyncio.Event(), asyncio.Event()
+        if self._requested is not None:
+            return self._requested
         try:
             self._start_health()
         except OSError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
-        previous = self._install_signals()
+        installed = self._install_signals()
         try:
+            self._start_watchdog()
+            self._tasks.append(asyncio.create_task(self._publisher(), name="spiffe-bridge-publisher"))
             self._start_sources()
-            while self.exit_code is None:
-                # No timeout: an idle sidecar should not wake up. Signals still get through:
-                # SimpleQueue.get is interrupted to run the handler, which puts an event here.
-                kind, payload = self.events.get()
-                self._handle(kind, payload)
+            if self._requested is not None:
+                self._exit(self._requested)
+            await self._done.wait()
         finally:
-            self._shutdown()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            await self._shutdown()
+            for signum, previous in installed.items():
+                self.loop.remove_signal_handler(signum)
+                signal.signal(signum, previous)  # an embedder's own handler, not just the default
         return EXIT_OK if self.exit_code is None else self.exit_code
+
+    def _exit(self, code: int) -> None:
+        if self.exit_code is None:
+            self.exit_code = int(code)
+        if self._done is not None:
+            self._done.set()
 
     def _start_health(self) -> None:
         hc = self.config.health
         if not (hc.listener_enabled or self.config.metrics.enabled):
             return
-        self.health = HealthServer(
+        self.health = AsyncHealthServer(
             self.status,
             host=hc.bind_address,
             port=hc.bind_port,
@@ -161,92 +186,119 @@ class Daemon:
             metrics=self.metrics,
         ).start()
 
+    def _start_watchdog(self) -> None:
+        """Heartbeat and watchdog thread, when someone can observe them (health port, systemd)."""
+        ping = systemd_interval()
+        if self.health is None and ping is None:
+            return
+        stall = self.config.health.max_stall
+        interval = min(stall / 4, ping) if ping is not None else stall / 4
+        self.heartbeat = Heartbeat(interval)
+        self.heartbeat.start()
+        self.watchdog = Watchdog(
+            self.heartbeat,
+            stall,
+            interval=interval,
+            systemd=ping is not None,
+            health_socket=self.health.socket if self.health is not None else None,
+        ).start()
+
     def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or self.loop is None:
             return {}
         wanted = FORWARDED if self.wrapper else (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous: dict[int, Any] = {}
         for signum in wanted:
-            previous[signum] = signal.signal(signum, lambda n, _f: self.events.put(("signal", n)))
+            previous[signum] = signal.getsignal(signum) or signal.SIG_DFL  # None: not set from Python
+            self.loop.add_signal_handler(signum, self._on_signal, signum)
         return previous
 
     def _start_sources(self) -> None:
         address = self.config.agent_address
+        self.client = AsyncWorkloadClient(address, backoff=RECONNECT)
         if self.config.needs_x509:
-            self.x509_source = X509Source(address, timeout=0, backoff=RECONNECT)
-            self._watch("x509", self.x509_source)
-            self.x509_source.subscribe(lambda ctx: self.events.put(("x509", ctx)))
+            self.x509_source = AsyncX509Source(client=self.client, timeout=None)
+            self._watch("x509", self.x509_source.state)
+            self.x509_source.subscribe(self._on_x509)
+            self._spawn(self._run_x509(self.x509_source), "x509")
         if self.config.jwt_enabled:
-            self.jwt_source = JWTSource(address, timeout=0, backoff=RECONNECT)
-            self._watch("jwt", self.jwt_source)
-            if self.config.jwt_bundle_file_name:
-                self.jwt_source.subscribe(lambda b: self.events.put(("jwt_bundles", b)))
+            state: SourceState[JwtBundleSet] = SourceState(f"jwt-bundles ({self.client.endpoint})")
+            self.jwt_state = state
+            self._watch("jwt", state)
+            self._spawn(jwt_refresh.watch_bundles(self.client, state, self._on_bundles), "jwt-bundles")
             for spec in self.config.jwt_svids:
-                JwtRefresher(
-                    self.jwt_source,
-                    spec,
-                    self.config.hint or None,
-                    lambda s, svid: self.events.put(("jwt_svid", (s, svid))),
-                    self.stop_event,
-                ).start()
+                refresher = jwt_refresh.refresh_token(
+                    self.client, spec, self.config.hint or None, self._on_token
+                )
+                self._spawn(refresher, f"jwt-{spec.file_name}")
         log.info("watching the Workload API at %s", address)
 
-    def _watch(self, name: str, source: X509Source | JWTSource) -> None:
-        self.status.watch(name, source.state)
-        source.state.add_status_listener(lambda st, _exc: self.events.put(("status", (name, st))))
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"spiffe-bridge-{name}"))
 
-    def _shutdown(self) -> None:
+    def _watch(self, name: str, state: SourceState[Any]) -> None:
+        self.status.watch(name, state)
+        state.add_status_listener(lambda st, _exc: self._on_status(name, st))
+
+    @staticmethod
+    async def _run_x509(source: AsyncX509Source) -> None:
+        with contextlib.suppress(NotReadyError):  # a stream failing for good is seen by _on_status
+            await source.start()
+
+    async def _shutdown(self) -> None:
         notify("STOPPING=1")
-        self.stop_event.set()
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-        for source in (self.x509_source, self.jwt_source):
-            if source is not None:
-                source.close()
-        self.actions.stop()
-        self.hot.stop()
+        self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.x509_source is not None:
+            await self.x509_source.close()
+        if self.client is not None:
+            await self.client.close()
+        await self.actions.stop()
+        await self.outputs.close()  # what was written is durable at exit; hot updates stop
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.health is not None:
-            self.health.stop()
+            await self.health.stop()
 
-    # -- events ---------------------------------------------------------------------------
+    # -- events (all on the loop) ---------------------------------------------------------
 
-    def _handle(self, kind: str, payload: Any) -> None:
-        if kind == "exit":
-            self.exit_code = int(payload)
-        elif kind == "signal":
-            self._on_signal(int(payload))
-        elif kind == "status":
-            self._on_status(*payload)
-        elif self._stopping:
-            return
-        elif kind == "retry":
-            self._retry_timer = None
-            self._publish(str(payload), [])
-        elif kind == "x509":
-            self.ctx = payload
-            log.info("received X.509 update for %s", capped(s.spiffe_id for s in payload.svids))
-            self._publish("x509", [])
-        elif kind == "jwt_bundles":
-            self.bundles = payload
-            self._publish("jwt", [self._jwt_path(self.config.jwt_bundle_file_name)])
-        elif kind == "jwt_svid":
-            spec, svid = payload
-            self.tokens[spec.file_name] = svid
-            log.info("received JWT-SVID for %s (audience %s)", svid.spiffe_id, spec.audience)
-            self._publish("jwt", [self._jwt_path(spec.file_name)])
+    def _on_x509(self, ctx: X509Context) -> None:
+        self.ctx = ctx
+        log.info("received X.509 update for %s", capped(s.spiffe_id for s in ctx.svids))
+        self._queue("x509", [])
+
+    def _on_bundles(self, bundles: JwtBundleSet) -> None:
+        self.bundles = bundles
+        if self.config.jwt_bundle_file_name:
+            self._queue("jwt", [self._jwt_path(self.config.jwt_bundle_file_name)])
+
+    def _on_token(self, spec: JwtSvidConfig, svid: JwtSvid) -> None:
+        self.tokens[spec.file_name] = svid
+        log.info("received JWT-SVID for %s (audience %s)", svid.spiffe_id, spec.audience)
+        self._queue("jwt", [self._jwt_path(spec.file_name)])
+
+    def _cmd_exited(self, code: int) -> None:
+        if code != 0 and not self._stopping:
+            self.status.action_failed()  # a crashed cmd is a failed reload, not a silent zombie
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self.wrapper is not None:
-            forwarded = self.wrapper.forward(signum)
-            if forwarded:
-                log.info("forwarded %s to %s", name, self.wrapper.argv[0])
-                if signum in _STOPPING:
-                    self._stopping = True  # exit when the child does, with its code
-                return
+        if self.wrapper is not None and self.wrapper.forward(signum):
+            log.info("forwarded %s to %s", name, self.wrapper.argv[0])
+            if signum in _STOPPING:
+                self._stopping = True  # exit when the child does, with its code
+            return
         if signum in _STOPPING:
             log.info("%s received; shutting down", name)
-            self.exit_code = EXIT_OK
+            self._exit(EXIT_OK)
         else:
             log.info("%s received; ignored", name)
 
@@ -257,7 +309,7 @@ class Daemon:
             self.status.set_identity_lost(True)
             log.warning("the agent withdrew this workload's identity (%s stream); policy: %s", name, policy)
             if policy == "delete":
-                self._remove_files()
+                self._queue("delete", [])
         elif status is SourceStatus.READY and name in self.lost:
             self.lost.discard(name)
             if not self.lost:
@@ -266,14 +318,40 @@ class Daemon:
                 if policy == "delete":
                     if self.x509_source is not None:
                         self.ctx = self.x509_source.state.item or self.ctx
-                    if self.jwt_source is not None:
-                        self.bundles = self.jwt_source.state.item or self.bundles
-                    self._publish("x509" if self.ctx is not None else "jwt", [])
+                    if self.jwt_state is not None:
+                        self.bundles = self.jwt_state.item or self.bundles
+                    self._queue("x509" if self.ctx is not None else "jwt", [])
         elif status is SourceStatus.FAILED:
-            source = self.x509_source if name == "x509" else self.jwt_source
-            err = source.last_error if source is not None else None
+            state = self.x509_source.state if name == "x509" and self.x509_source else self.jwt_state
+            err = state.last_error if state is not None else None
             log.error("the %s stream stopped for good: %s", name, err)
-            self.exit_code = EXIT_FAILURE
+            self._exit(EXIT_FAILURE)
+
+    def _queue(self, kind: str, paths: list[str]) -> None:
+        """Note what changed and wake the publisher (which handles kinds in arrival order)."""
+        if self._stopping:
+            return
+        self._pending.setdefault(kind, []).extend(p for p in paths if p not in self._pending.get(kind, []))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _publisher(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and not self._stopping:
+                kind = next(iter(self._pending))
+                paths = self._pending.pop(kind)
+                try:
+                    if kind == "delete":
+                        await self._remove_files()
+                    else:
+                        await self._publish(kind, paths)
+                except Exception:  # a bug here must not end the daemon: report, retry later
+                    log.exception("publishing the %s files failed", kind)
+                    self.status.write_failed(x509=kind == "x509", jwt_paths=paths)
+                    self._schedule_retry(kind)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -287,61 +365,41 @@ class Daemon:
             return False
         return all(j.file_name in self.tokens for j in self.config.jwt_svids)
 
-    def _expiries(self) -> tuple[float | None, dict[str, float]]:
-        svid_expiry: float | None = None
-        if self.ctx is not None:
-            times = []
-            for plan, _ in self.writers:
-                for out in plan.x509:
-                    try:
-                        times.append(self.ctx.svid(hint=out.options.hint or None).expires_at.timestamp())
-                    except LookupError:
-                        continue
-            svid_expiry = min(times) if times else None
-        jwt = {self._jwt_path(name): float(svid.expiry) for name, svid in self.tokens.items()}
-        return svid_expiry, jwt
-
-    def _publish(self, kind: str, paths: list[str]) -> None:
-        """Render and write every directory, then run the reload action once all is in place."""
+    async def _publish(self, kind: str, paths: list[str]) -> None:
+        """Write every directory, run the reload action once all is in place, then fsync off the loop."""
         if self.lost and self.config.on_identity_lost == "delete":
             log.info("identity lost: not writing until it is back")
             return
-        changed = False
-        try:
-            for plan, writer in self.writers:
-                files = plan.render(self.ctx, self.tokens, self.bundles)
-                if files and writer.write(files).changed:
-                    changed = True
-                    if self.hot:  # servers that take new files without a reload (never blocks)
-                        self.hot.after_write(plan.directory, files)
-        except (FormatError, WriteError, OSError, ValueError) as exc:
-            log.error(
-                "writing the %s files failed (previous files kept; retrying in %gs): %s",
-                kind,
-                self._retry_delay,
-                exc,
-            )
+        await self.outputs.settled()  # the previous set is durable before this one replaces it
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles)
+        if changed:
+            self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
+        self.pending_change = self.pending_change or changed
+        if failed:
+            log.error("retrying in %gs", self._retry_delay)
             self.status.write_failed(x509=kind == "x509", jwt_paths=paths)
-            self.pending_change = self.pending_change or changed
             self._schedule_retry(kind)
-            return
-        self._retry_delay = WRITE_RETRY_FIRST
-        written = [self._jwt_path(n) for n in self.tokens]
-        if self.bundles is not None and self.config.jwt_bundle_file_name:
-            written.append(self._jwt_path(self.config.jwt_bundle_file_name))
-        svid_expiry, jwt_expiry = self._expiries()
-        self.status.wrote(
-            x509=self.ctx is not None, jwt_paths=written, svid_expiry=svid_expiry, jwt_expiry=jwt_expiry
-        )
+        else:
+            self._retry_delay = WRITE_RETRY_FIRST
+            written = [self._jwt_path(n) for n in self.tokens]
+            if self.bundles is not None and self.config.jwt_bundle_file_name:
+                written.append(self._jwt_path(self.config.jwt_bundle_file_name))
+            jwt_expiry = {self._jwt_path(name): float(svid.expiry) for name, svid in self.tokens.items()}
+            self.status.wrote(
+                x509=self.ctx is not None,
+                jwt_paths=written,
+                svid_expiry=self.outputs.svid_expiry(self.ctx),
+                jwt_expiry=jwt_expiry,
+            )
         if changed:
             self.status.rotated(kind)
             log.info("%s files updated", "X.509" if kind == "x509" else "JWT")
-        self.pending_change = self.pending_change or changed
-        if not self._complete():
+        # The first reload (and READY=1) waits for every output; later ones go ahead for those written.
+        if not self._complete() or (failed and not self.completed_once):
             return
         first = not self.completed_once
         if (first or self.pending_change) and self.actions:
-            self.status.reloaded(self.actions.after_write(first, self.pending_change))
+            self.status.reloaded(await self.actions.after_write(first, self.pending_change))
         if first:
             notify("READY=1")  # systemd Type=notify: units ordered after us find the files
         self.completed_once = True
@@ -349,19 +407,17 @@ class Daemon:
 
     def _schedule_retry(self, kind: str) -> None:
         """Write again later even if the agent sends nothing new: the disk may free up first."""
-        if self._retry_timer is not None or self.stop_event.is_set():
+        if self._retry is not None or self._stopping or self.loop is None:
             return
-        timer = threading.Timer(self._retry_delay, self.events.put, args=(("retry", kind),))
-        timer.daemon = True
-        self._retry_timer = timer
-        self._retry_delay = min(self._retry_delay * 2, WRITE_RETRY_MAX)
-        timer.start()
 
-    def _remove_files(self) -> None:
-        for plan, writer in self.writers:
-            try:
-                writer.remove()
-            except (WriteError, OSError) as exc:
-                log.error("could not remove the files in %s: %s", plan.directory, exc)
+        def retry() -> None:
+            self._retry = None
+            self._queue(kind, [])
+
+        self._retry = self.loop.call_later(self._retry_delay, retry)
+        self._retry_delay = min(self._retry_delay * 2, WRITE_RETRY_MAX)
+
+    async def _remove_files(self) -> None:
+        await self.outputs.remove_all()
         self.status.files_removed()
         log.warning("removed every output file (on_identity_lost = delete)")

@@ -200,6 +200,13 @@ TOP_KEYS: tuple[Key, ...] = (
         "liveness fails after the Workload API stream is down this long",
         ours=True,
     ),
+    Key(
+        "health_max_stall",
+        "duration",
+        10.0,
+        "liveness fails (and systemd's watchdog is no longer fed) once the event loop is stuck this long",
+        ours=True,
+    ),
     Key("metrics", "object", None, "Prometheus metrics on the health server", ours=True, fields=METRICS_KEYS),
     Key(
         "broker",

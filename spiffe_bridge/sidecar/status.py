@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spiffe_bridge.errors import WorkloadApiError
-from spiffe_bridge.source_state import SourceState, SourceStatus
+from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 UNWRITTEN, WRITTEN, FAILED = "unwritten", "written", "failed"
 
@@ -57,6 +57,7 @@ class SidecarStatus:
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     #: per hot update (``action target``): runs, failures, last error
     hot_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, str | None] = field(default_factory=dict)  # directory -> last error (None: fine)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,21 @@ class SidecarStatus:
                 self.x509_write_status = FAILED
             for path in jwt_paths:
                 self.jwt_write_status[path] = FAILED
+
+    def output_ok(self, directory: str) -> None:
+        """One output directory was written (or was already up to date)."""
+        with self._lock:
+            self.outputs[directory] = None
+
+    def output_failed(self, directory: str, error: str) -> None:
+        """One output directory could not be rendered or written; the others go on."""
+        with self._lock:
+            self.outputs[directory] = error
+
+    def action_failed(self) -> None:
+        """A reload action failed after it had been counted (a ``cmd`` that crashed)."""
+        with self._lock:
+            self.reload_failures += 1
 
     def rotated(self, kind: str) -> None:
         """New material of ``kind`` (x509 or jwt) reached disk."""
@@ -206,6 +222,7 @@ class SidecarStatus:
                 "reloads": self.reloads,
                 "reload_failures": self.reload_failures,
                 "hot_updates": {k: dict(v) for k, v in self.hot_updates.items()},
+                "outputs": {d: ("failed: " + e if e else "written") for d, e in self.outputs.items()},
             }
         return {
             "file_write_statuses": files,

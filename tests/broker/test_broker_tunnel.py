@@ -23,7 +23,7 @@ from spiffe_bridge.broker.sync import BrokerClient, broker_ssl_context
 from spiffe_bridge.devagent import DevAgent, Identity
 from spiffe_bridge.devagent.pytest_plugin import DevAgentFactory
 from spiffe_bridge.errors import AddressError, BrokerTlsError
-from spiffe_bridge.source import X509Source
+from spiffe_bridge.sources import X509Source
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls import PeerNotAuthorizedError, authorize_any, server_ssl_context
 from spiffe_bridge.tls.authorize import AuthorizeMemberOf, AuthorizeOneOf

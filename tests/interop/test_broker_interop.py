@@ -35,8 +35,7 @@ from spiffe_bridge.errors import (
 )
 from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate, fetch_once, workload_updates
 from spiffe_bridge.sidecar.config import Config, build, parse_text
-from spiffe_bridge.source import X509Source
-from spiffe_bridge.source_aio import AsyncX509Source
+from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import PeerNotAuthorizedError
 
 __all__ = ["broker_spire"]  # the module-scoped deployment fixture

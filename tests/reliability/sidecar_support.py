@@ -39,8 +39,8 @@ class Published:
         self.count = 0
         original = daemon._publish
 
-        def publish(kind: str, paths: list[str]) -> None:
-            original(kind, paths)
+        async def publish(kind: str, paths: list[str]) -> None:
+            await original(kind, paths)
             with self.cond:
                 self.count += 1
                 self.cond.notify_all()

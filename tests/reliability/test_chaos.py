@@ -57,7 +57,7 @@ class Chaos:
         self.jwt_source.wait_for(lambda b: b.digest == jwt_want, 20)
         sidecar = self.daemon.x509_source
         assert sidecar is not None
-        sidecar.wait_for(lambda c: c.digest == want and sidecar.status is SourceStatus.READY, 30)
+        sidecar.state.wait(lambda c: c.digest == want and sidecar.status is SourceStatus.READY, 30)
         serial = agent.svids[0].serial_number
         # the daemon writes after its source took the update: wait for that write (if one was due)
         self.published.wait(

@@ -58,7 +58,7 @@ def test_agent_restarted_many_times_under_the_sidecar(
                 dev_agent.wait_for_streams_opened("FetchX509SVID", opened + 1, timeout=15)
                 dev_agent.wait_for_messages("FetchX509SVID", i + 2, timeout=15)
                 assert daemon.x509_source is not None
-                daemon.x509_source.wait_for(lambda c, n=i + 1: _ready_after_reconnect(daemon, n), timeout=15)
+                daemon.x509_source.state.wait(lambda c, n=i + 1: _ready_after_reconnect(daemon, n), 15)
                 watcher.wait_reads(1)  # a read after this recovery
             # identical re-deliveries: nothing rewritten, nothing reloaded
             snapshot = daemon.status.snapshot()

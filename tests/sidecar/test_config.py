@@ -76,6 +76,7 @@ log_level = "debug"
 log_format = "json"
 health_bind_address = "0.0.0.0"
 health_max_disconnected = "2m"
+health_max_stall = "3s"
 metrics { enabled = true, path = "/prom" }
 on_identity_lost = "delete"
 one_shot_timeout = "1m30s"
@@ -120,7 +121,7 @@ def test_every_key_is_read() -> None:
         "/healthz",
         "/readyz",
     )
-    assert (h.bind_address, h.max_disconnected) == ("0.0.0.0", 120.0)
+    assert (h.bind_address, h.max_disconnected, h.max_stall) == ("0.0.0.0", 120.0, 3.0)
     out = c.outputs[0]
     assert (out.format, out.dir, out.layout, out.uid, out.gid) == ("combined", "/haproxy", "flat", 99, 98)
     assert c.broker is not None and c.broker.address == "unix:///run/spire/broker.sock"

@@ -25,8 +25,7 @@ from spiffe_bridge.file_source import AsyncFileX509Source, FileX509Source, async
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import X509Options, render_x509
 from spiffe_bridge.model import X509Context, context_from_message, pem_block
-from spiffe_bridge.source import X509Source
-from spiffe_bridge.source_aio import AsyncX509Source
+from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import authorize_id, client_ssl_context, server_ssl_context
 
 DEADLINE = 20.0

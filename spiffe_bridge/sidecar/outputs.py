@@ -1,0 +1,110 @@
+"""The daemon's output directories: write them all on the loop, make them durable off it.
+
+Each directory (a :class:`~spiffe_bridge.sidecar.plan.DirPlan` with its
+:class:`~spiffe_bridge.fileset.FileSetWriter`) is its own output: one that
+cannot be rendered or written is logged and reported, and the others are
+written all the same (#14.10). Writes skip fsync so the reload signal is not
+held up by the disk; :meth:`Outputs.make_durable` then fsyncs (and prunes) in
+one worker thread, and every later write or removal waits for that first, so
+durability lags the signal by one fsync and the writers' locks are never
+contended on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+
+from spiffe_bridge.fileset import FileSetWriter
+from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.model import X509Context
+from spiffe_bridge.sidecar.hot_updates import HotUpdater
+from spiffe_bridge.sidecar.plan import DirPlan
+from spiffe_bridge.sidecar.status import SidecarStatus
+
+log = logging.getLogger("spiffe_bridge.sidecar")
+
+
+class Outputs:
+    """Every output directory of one daemon, with the single fsync worker they share."""
+
+    def __init__(self, plans: Sequence[DirPlan], status: SidecarStatus) -> None:
+        self.writers: list[tuple[DirPlan, FileSetWriter]] = [(p, p.writer()) for p in plans]
+        self.status = status
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spiffe-bridge-fsync")
+        self._syncing: asyncio.Future[None] | None = None
+        #: servers told to take a directory's new files without a reload (reload_haproxy, ...)
+        self.hot = HotUpdater([u for p in plans for u in p.updates], status.hot_updated)
+
+    def links_replaced(self) -> int:
+        """Links planted at an output file name that writes replaced (never followed), all outputs."""
+        return sum(writer.links_replaced for _, writer in self.writers)
+
+    async def settled(self) -> None:
+        """Wait until the last write is durable (before the next swap replaces it)."""
+        if self._syncing is not None:
+            await asyncio.shield(self._syncing)  # a cancelled waiter must not cancel the fsync
+
+    def write_all(
+        self, ctx: X509Context | None, tokens: Mapping[str, JwtSvid], bundles: JwtBundleSet | None
+    ) -> tuple[bool, list[str]]:
+        """Render and write every directory (no fsync); (anything changed, failed directories)."""
+        changed, failed = False, []
+        for plan, writer in self.writers:
+            try:
+                files = plan.render(ctx, tokens, bundles)
+                if files and writer.write(files, durable=False).changed:
+                    changed = True
+                    if self.hot:  # returns at once: the updates run off the loop
+                        self.hot.after_write(plan.directory, files)
+            except Exception as exc:  # any render or write failure is this output's alone
+                failed.append(plan.directory)
+                self.status.output_failed(plan.directory, str(exc))
+                log.error("writing %s failed (previous files kept): %s", plan.directory, exc)
+            else:
+                self.status.output_ok(plan.directory)
+        return changed, failed
+
+    def make_durable(self) -> None:
+        """Start fsyncing (and pruning) what ``write_all`` left, on the worker thread."""
+        self._syncing = asyncio.get_running_loop().run_in_executor(self._pool, self._sync_all)
+
+    def _sync_all(self) -> None:
+        for plan, writer in self.writers:
+            try:
+                writer.sync()
+            except OSError as exc:
+                log.error("could not fsync %s (files in place, maybe not on disk): %s", plan.directory, exc)
+
+    async def remove_all(self) -> None:
+        """Delete every output's files (the ``delete`` identity-lost policy)."""
+        await self.settled()
+        for plan, writer in self.writers:
+            try:
+                writer.remove()
+            except OSError as exc:
+                log.error("could not remove the files in %s: %s", plan.directory, exc)
+
+    def svid_expiry(self, ctx: X509Context | None) -> float | None:
+        """When the first X.509-SVID written to any output expires (epoch seconds)."""
+        if ctx is None:
+            return None
+        times = []
+        for plan, _ in self.writers:
+            for out in plan.x509:
+                try:
+                    times.append(ctx.svid(hint=out.options.hint or None).expires_at.timestamp())
+                except LookupError:
+                    continue
+        return min(times) if times else None
+
+    async def close(self) -> None:
+        """Wait for the last fsync (what was written is durable at exit) and stop the worker."""
+        self.hot.stop()
+        if self._syncing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._syncing
+        self._pool.shutdown(wait=True)

@@ -1,7 +1,0 @@
-"""Old home of the sync sources, kept for importers: see ``spiffe_bridge.sources``."""
-
-from __future__ import annotations
-
-from spiffe_bridge.sources.sync import JWTSource, X509BundleSource, X509Source
-
-__all__ = ["JWTSource", "X509BundleSource", "X509Source"]
