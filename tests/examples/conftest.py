@@ -94,7 +94,15 @@ def system_users(unit_host: None) -> Iterator[list[str]]:
     for user in wanted:
         if subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
             subprocess.run(
-                ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    user,
+                ],
                 check=True,
             )
             created.append(user)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import grp
 import json
-import os
 import pwd
 import stat
 import subprocess
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from unit_runner import Unit, UnitProcess, moved, run_as, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +62,15 @@ def load_units(root: Path, bin_dir: Path) -> dict[str, Unit]:
         ("/run/", f"{root}/run/"),
     ]
     return {
-        p.name: Unit.parse(p.name, moved(p.read_text(), mapping)) for p in sorted((EXAMPLE / "systemd").glob("*.service"))
+        p.name: Unit.parse(p.name, moved(p.read_text(), mapping))
+        for p in sorted((EXAMPLE / "systemd").glob("*.service"))
     }
 
 
 @pytest.fixture
-def vm(scratch: Path, installed_bin: Path, system_users: list[str], request: pytest.FixtureRequest) -> Iterator[VM]:
+def vm(
+    scratch: Path, installed_bin: Path, system_users: list[str], request: pytest.FixtureRequest
+) -> Iterator[VM]:
     root = scratch / f"vm-{request.node.name[:20]}"
     (root / "run").mkdir(parents=True, mode=0o755)
     root.chmod(0o755)
@@ -111,6 +112,7 @@ def running(vm: VM) -> Iterator[tuple[VM, dict[str, UnitProcess]]]:
 
 def _wait_served(path: Path, proc: UnitProcess) -> None:
     """The dev agent has no READY=1: poll, with a deadline, until its socket accepts connections."""
+
     def served() -> bool:
         assert proc.proc.poll() is None, proc.output()
         return subprocess.run([sys.executable, "-c", CONNECT, str(path)], check=False).returncode == 0
@@ -145,15 +147,20 @@ def test_a_user_outside_the_socket_group_cannot_connect(running: tuple[VM, dict[
     done = run_as(outsider, [str(vm.bin / "python"), "-c", CONNECT, str(vm.relay_socket)])
     assert done.returncode == 13, done.stdout + done.stderr
     # the proxy's credentials connect through the same path: the refusal is the socket's group
-    done = run_as(vm.units["linkerd-proxy.service"], [str(vm.bin / "python"), "-c", CONNECT, str(vm.relay_socket)])
+    done = run_as(
+        vm.units["linkerd-proxy.service"], [str(vm.bin / "python"), "-c", CONNECT, str(vm.relay_socket)]
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_identity_env_file_points_the_proxy_at_the_relay(running: tuple[VM, dict[str, UnitProcess]]) -> None:
     vm, _ = running
     env_file = vm.root / "run" / "linkerd-identity" / "linkerd.env"
-    script = 'set -a; . "$1"; printf "%s\\n" "$LINKERD2_PROXY_IDENTITY_SERVER_ID" "$LINKERD2_PROXY_IDENTITY_SPIRE_SOCKET"'
-    values = subprocess.run(["bash", "-c", script, "_", str(env_file)], capture_output=True, text=True, check=True)
+    names = ("LINKERD2_PROXY_IDENTITY_SERVER_ID", "LINKERD2_PROXY_IDENTITY_SPIRE_SOCKET")
+    script = 'set -a; . "$1"; printf "%s\\n"' + "".join(f' "${n}"' for n in names)
+    values = subprocess.run(
+        ["bash", "-c", script, "_", str(env_file)], capture_output=True, text=True, check=True
+    )
     assert values.stdout.splitlines() == [WORKLOAD, f"unix://{vm.relay_socket}"]
 
 

@@ -114,7 +114,9 @@ def agent(installed: Installed) -> Iterator[subprocess.Popen[bytes]]:
 def master(installed: Installed) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     hups = installed.root / "hups"
     cert = installed.cert_dir / "svid.pem"
-    proc = subprocess.Popen([sys.executable, "-c", MASTER, str(hups), str(cert)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MASTER, str(hups), str(cert)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     (installed.root / "run" / "nginx.pid").write_text(f"{proc.pid}\n")
     yield proc, hups

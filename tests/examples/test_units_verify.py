@@ -31,11 +31,17 @@ def _stand_ins(root: Path) -> None:
     """What install.sh puts in place, or a do-nothing executable for binaries fetched separately."""
     spire_bin = root / "opt" / "spire" / "bin"
     spire_bin.mkdir(parents=True, exist_ok=True)
-    (spire_bin / "agent-start.sh").write_bytes((REPO / "examples/linkerd-vm/spire/agent-start.sh").read_bytes())
+    (spire_bin / "agent-start.sh").write_bytes(
+        (REPO / "examples/linkerd-vm/spire/agent-start.sh").read_bytes()
+    )
     for stub in (spire_bin / "spire-server", root / "opt" / "linkerd-proxy" / "linkerd2-proxy"):
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
-    for exe in (spire_bin / "agent-start.sh", spire_bin / "spire-server", root / "opt/linkerd-proxy/linkerd2-proxy"):
+    for exe in (
+        spire_bin / "agent-start.sh",
+        spire_bin / "spire-server",
+        root / "opt/linkerd-proxy/linkerd2-proxy",
+    ):
         exe.chmod(0o755)
 
 
@@ -59,10 +65,16 @@ def _verify(root: Path, bin_dir: Path, texts: dict[str, str]) -> list[str]:
 
 
 def test_examples_have_units() -> None:
-    assert {p.name for p in UNITS} >= {"spiffe-relay.service", "spiffe-bridge.service", "linkerd-proxy.service"}
+    assert {p.name for p in UNITS} >= {
+        "spiffe-relay.service",
+        "spiffe-bridge.service",
+        "linkerd-proxy.service",
+    }
 
 
-def test_every_example_unit_verifies_clean(scratch: Path, installed_bin: Path, system_users: list[str]) -> None:
+def test_every_example_unit_verifies_clean(
+    scratch: Path, installed_bin: Path, system_users: list[str]
+) -> None:
     root = scratch / "verify"
     _stand_ins(root)
     problems = _verify(root, installed_bin, {p.name: p.read_text() for p in UNITS})
@@ -71,7 +83,10 @@ def test_every_example_unit_verifies_clean(scratch: Path, installed_bin: Path, s
 
 @pytest.mark.parametrize(
     ("edit", "expect"),
-    [(("RestartSec=1", "RestartSec=soon"), "RestartSec"), (("[Install]", "[Install]\nWantedBye=x"), "WantedBye")],
+    [
+        (("RestartSec=1", "RestartSec=soon"), "RestartSec"),
+        (("[Install]", "[Install]\nWantedBye=x"), "WantedBye"),
+    ],
 )
 def test_verify_problems_are_caught(
     scratch: Path, installed_bin: Path, system_users: list[str], edit: tuple[str, str], expect: str

@@ -113,10 +113,20 @@ def make_runtime_directories(unit: Unit, run_dir: Path) -> list[Path]:
 
 def setpriv_argv(unit: Unit) -> list[str]:
     """``setpriv`` options giving a process the unit's credentials and privileges."""
-    argv = ["setpriv", f"--reuid={pwd.getpwnam(unit.user).pw_uid}", f"--regid={grp.getgrnam(unit.group).gr_gid}"]
+    argv = [
+        "setpriv",
+        f"--reuid={pwd.getpwnam(unit.user).pw_uid}",
+        f"--regid={grp.getgrnam(unit.group).gr_gid}",
+    ]
     groups = unit.supplementary_groups()
-    argv += [f"--groups={','.join(str(grp.getgrnam(g).gr_gid) for g in groups)}"] if groups else ["--clear-groups"]
-    caps = [c.removeprefix("CAP_").lower() for value in unit.all("AmbientCapabilities") for c in value.split()]
+    argv += (
+        [f"--groups={','.join(str(grp.getgrnam(g).gr_gid) for g in groups)}"]
+        if groups
+        else ["--clear-groups"]
+    )
+    caps = [
+        c.removeprefix("CAP_").lower() for value in unit.all("AmbientCapabilities") for c in value.split()
+    ]
     if caps:
         wanted = ",".join(f"+{c}" for c in caps)
         argv += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
