@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the consumer tests use: nginx (nginx-light where
-# the release still ships it), haproxy, openssl and a Java runtime (keytool).
+# the release still ships it), haproxy, openssl and a Java runtime (keytool); and
+# what tests/examples needs to run the example units as their users: systemd
+# (systemd-analyze verify) and python3-venv (a venv of /usr/bin/python3 that other
+# users can execute; setpriv and useradd come with every Debian install).
 # Non-interactive and idempotent: nothing is done when the binaries are
 # already present, and `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
@@ -17,9 +20,12 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v keytool >/dev/null 2>&1 || missing+=(keytool)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd-analyze)
+system_venv() { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
+system_venv || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy, openssl and keytool already present"
+  log "nginx, haproxy, openssl, keytool, systemd-analyze and python3-venv already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -59,6 +65,7 @@ for m in "${missing[@]}"; do
   case "$m" in
     nginx) pkgs+=("$(pick_nginx)") ;;
     keytool) pkgs+=(default-jre-headless) ;;  # Java's keytool reads the PKCS#12 stores
+    systemd-analyze) pkgs+=(systemd) ;;
     *) pkgs+=("$m") ;;
   esac
 done
@@ -84,7 +91,8 @@ if command -v service >/dev/null 2>&1; then
   done
 fi
 
-for b in nginx haproxy openssl keytool; do
+for b in nginx haproxy openssl keytool systemd-analyze; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
+system_venv || { log "python3-venv still missing after install"; exit 1; }
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"
