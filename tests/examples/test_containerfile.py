@@ -1,0 +1,158 @@
+"""The Containerfile and the image the Kubernetes example names, checked without a container engine.
+
+CI cannot build the image (no registry to pull the base from), so this checks what can
+be checked: the Containerfile copies the wheel ``make dist`` builds and sources that
+exist; its final stage is non-root and starts the installed entry point; the manifest
+and README name the same tag; and the installed wheel runs the sidecar with the
+filesystem it is installed on mounted read-only, as under readOnlyRootFilesystem.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import spiffe_bridge
+
+REPO = Path(__file__).resolve().parents[2]
+CONTAINERFILE = REPO / "Containerfile"
+MANIFEST = REPO / "examples" / "sidecar" / "kubernetes-nginx.yaml"
+TAG = f"spiffe-bridge:{spiffe_bridge.__version__}"
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        line, logical = logical + line, ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for ins in instructions(CONTAINERFILE.read_text()):
+        if ins[0] == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
+def test_multi_stage_on_one_base() -> None:
+    found = stages()
+    assert len(found) >= 2
+    bases = {stage[0][1].split()[0] for stage in found}
+    # the venv copied into the last stage links to the first stage's interpreter
+    assert bases == {"${PYTHON_IMAGE}"}
+    args = [rest for word, rest in instructions(CONTAINERFILE.read_text()) if word == "ARG"]
+    assert any(a.startswith("PYTHON_IMAGE=") and "python:3.11" in a for a in args), args
+
+
+def test_copies_the_wheel_make_dist_builds(tmp_path: Path) -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^dist:.*\n(\t.*\n)*\t\$\(PY\) -m build -o dist \.", makefile, re.MULTILINE)
+    # the same build backend make dist runs, without the isolated env (no index needed)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (p.name for p in tmp_path.glob("*.whl"))
+    build = stages()[0]
+    copies = [rest.split() for word, rest in build if word == "COPY"]
+    assert ["dist/", "/tmp/dist/"] in copies
+    run = " ".join(rest for word, rest in build if word == "RUN")
+    pattern = re.search(r"/tmp/dist/(\S+\.whl)", run)
+    assert pattern is not None and fnmatch.fnmatch(wheel, pattern.group(1)), (wheel, run)
+    assert '"$1[metrics]"' in run  # the Kubernetes example enables metrics
+
+
+def test_copy_sources_exist_and_are_in_the_context() -> None:
+    for stage in stages():
+        for word, rest in stage:
+            if word != "COPY" or rest.startswith("--from="):
+                continue
+            *sources, _ = rest.split()
+            for src in sources:
+                assert src == "dist/" or (REPO / src).exists(), src
+    for ignore in (REPO / ".containerignore", REPO / ".dockerignore"):
+        if ignore.exists():
+            patterns = [line.strip() for line in ignore.read_text().splitlines()]
+            assert not {"dist", "dist/", "dist/*", "*"} & set(patterns), ignore
+
+
+def test_final_stage_is_non_root_and_runs_the_installed_entry_point() -> None:
+    final = stages()[-1]
+    words = dict(final)
+    assert words["COPY"].split() == ["--from=build", "/opt/spiffe-bridge", "/opt/spiffe-bridge"]
+    uid, _, gid = words["USER"].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
+    assert json.loads(words["ENTRYPOINT"]) == ["/opt/spiffe-bridge/bin/spiffe-bridge"]
+    assert "PYTHONDONTWRITEBYTECODE=1" in words["ENV"]
+    assert not [w for w, _ in final if w == "RUN"]  # nothing runs in the image itself
+
+
+def test_manifest_and_readme_name_the_tag_the_readme_builds() -> None:
+    images = re.findall(r"^\s*image:\s*(\S+)", MANIFEST.read_text(), re.MULTILINE)
+    assert TAG in images
+    readme = (REPO / "README.md").read_text()
+    assert f"podman build -t {TAG} -f Containerfile ." in readme
+    assert "The image build is untested" in readme
+    assert f"podman build -t {TAG} -f Containerfile ." in CONTAINERFILE.read_text()
+
+
+def test_installed_wheel_runs_the_sidecar_from_a_read_only_filesystem(
+    scratch: Path, installed_bin: Path
+) -> None:
+    """As in the pod: / read-only (a private mount namespace), only cert_dir writable."""
+    base = scratch / "readonly"
+    certs = base / "certs"
+    certs.mkdir(parents=True)
+    socket_path = base / "agent.sock"
+    agent = subprocess.Popen(
+        [str(installed_bin / "spiffe-bridge"), "dev-agent", "--socket", str(socket_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert agent.stdout is not None and "serving" in agent.stdout.readline().decode()
+        config = base / "helper.conf"
+        config.write_text(
+            f'agent_address = "{socket_path}"\ncert_dir = "{certs}"\ndaemon_mode = false\n'
+            'svid_file_name = "svid.pem"\nsvid_key_file_name = "svid_key.pem"\n'
+            'svid_bundle_file_name = "svid_bundle.pem"\n'
+        )
+        script = (
+            f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(certs))} && "
+            "mount -o remount,bind,ro / && "
+            f"! touch {shlex.quote(str(installed_bin / 'probe'))} 2>/dev/null && "
+            f"{shlex.quote(str(installed_bin / 'spiffe-bridge'))} run -config {shlex.quote(str(config))} && "
+            f"ls {shlex.quote(str(certs))}"
+        )
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert set(done.stdout.split()) >= {"svid.pem", "svid_key.pem", "svid_bundle.pem"}, done.stdout
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
