@@ -3,8 +3,10 @@
 CI cannot build the image (no registry to pull the base from), so this checks what can
 be checked: the Containerfile copies the wheel ``make dist`` builds and sources that
 exist; its final stage is non-root and starts the installed entry point; the manifest
-and README name the same tag; and the installed wheel runs the sidecar with the
-filesystem it is installed on mounted read-only, as under readOnlyRootFilesystem.
+and README name the same tag; the build stage's shell steps work on this host's
+Python 3.11 (standing in for the base image) and the image's command runs as its
+user; and the installed wheel runs the sidecar with / mounted read-only, as under
+readOnlyRootFilesystem.
 """
 
 from __future__ import annotations
@@ -156,3 +158,56 @@ def test_installed_wheel_runs_the_sidecar_from_a_read_only_filesystem(
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+
+
+def _stage_one_run(context_dist: Path, prefix: Path, python_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The build stage's RUN, on this host: its paths moved under ``prefix``, ``python`` the system one."""
+    run = " ; ".join(rest for word, rest in stages()[0] if word == "RUN")
+    run = run.replace("/tmp/dist/", f"{context_dist}/").replace(
+        "/opt/spiffe-bridge", f"{prefix}/opt/spiffe-bridge"
+    )
+    return subprocess.run(
+        ["/bin/sh", "-c", run],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": f"{python_dir}:/usr/bin:/bin", "HOME": str(prefix)},
+        cwd="/",
+    )
+
+
+def test_build_stage_steps_install_the_wheel_and_the_image_command_runs_as_its_user(
+    scratch: Path, installed_bin: Path
+) -> None:
+    """Not the image build: its shell steps, run here with Debian's Python 3.11 in place of the base."""
+    base = scratch / "image"
+    context_dist = base / "context" / "dist"
+    context_dist.mkdir(parents=True)
+    python_dir = base / "python"
+    python_dir.mkdir()
+    (python_dir / "python").symlink_to("/usr/bin/python3")
+    base.chmod(0o755)
+
+    empty = _stage_one_run(context_dist, base / "empty", python_dir)
+    assert empty.returncode != 0 and "run 'make dist' first" in empty.stderr, empty.stderr
+
+    (wheel,) = (scratch / "dist").glob("spiffe_bridge-*.whl")  # what installed_bin built
+    (context_dist / wheel.name).write_bytes(wheel.read_bytes())
+    done = _stage_one_run(context_dist, base / "root", python_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"spiffe-bridge {spiffe_bridge.__version__}" in done.stdout
+
+    final = dict(stages()[-1])
+    uid, _, gid = final["USER"].partition(":")
+    entrypoint = json.loads(final["ENTRYPOINT"])[0].replace("/opt/", f"{base}/root/opt/")
+    command = [entrypoint, *json.loads(final["CMD"])]
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    ran = subprocess.run([*as_user, *command], capture_output=True, text=True, timeout=60, cwd="/")
+    assert ran.returncode == 0 and "usage" in ran.stdout.lower(), ran.stdout + ran.stderr
+    metrics = subprocess.run(
+        [*as_user, f"{base}/root/opt/spiffe-bridge/bin/python", "-c", "import prometheus_client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert metrics.returncode == 0, metrics.stderr
