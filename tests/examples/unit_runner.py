@@ -70,7 +70,9 @@ class Unit:
     def exec_start(self) -> list[str]:
         lines = self.all("ExecStart")
         assert len(lines) == 1, f"{self.name}: expected one ExecStart=, got {lines}"
-        return shlex.split(lines[0].lstrip("-@:!+"))
+        # special prefixes (+ ! - @ :) change how systemd runs the command: not emulated here
+        assert lines[0][:1] not in "+!-@:", f"{self.name}: ExecStart= prefix not supported: {lines[0]}"
+        return shlex.split(lines[0])
 
     @property
     def user(self) -> str:
