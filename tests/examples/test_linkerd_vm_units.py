@@ -168,14 +168,6 @@ def test_identity_env_file_points_the_proxy_at_the_relay(running: tuple[VM, dict
     assert values.stdout.splitlines() == [WORKLOAD, f"unix://{vm.relay_socket}"]
 
 
-def test_relay_directory_is_made_as_the_unit_says(running: tuple[VM, dict[str, UnitProcess]]) -> None:
-    vm, _ = running
-    st = vm.relay_socket.parent.stat()
-    assert pwd.getpwuid(st.st_uid).pw_name == "spiffe-relay"
-    unit_mode = vm.units["spiffe-relay.service"].get("RuntimeDirectoryMode")
-    assert unit_mode is not None and stat.S_IMODE(st.st_mode) == int(unit_mode, 8)
-
-
 # --------------------------------------------------------------------------
 # with real SPIRE: spire-server and spire-agent run their own units' ExecStart as user spire
 
