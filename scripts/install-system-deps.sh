@@ -3,8 +3,10 @@
 # release still ships it), haproxy, openssl, a Java runtime (keytool),
 # util-linux (setpriv, findmnt: the doctor tests), postgresql and
 # mariadb-server (the reload tests start their own instances as the packages'
-# postgres and mysql users). Non-interactive and idempotent: nothing is done
-# when the binaries are already present, and `apt-get update` runs only when the
+# postgres and mysql users), systemd (systemd-analyze verify) and python3-venv
+# (a venv of /usr/bin/python3 that other users can execute: tests/examples).
+# Non-interactive and idempotent: nothing is done when the binaries are
+# already present, and `apt-get update` runs only when the
 # package lists are missing or a first install attempt fails.
 # Needs root (CI runs as root) or passwordless sudo.
 set -euo pipefail
@@ -24,9 +26,12 @@ command -v keytool >/dev/null 2>&1 || missing+=(keytool)
 have_postgres() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
 have_postgres || missing+=(postgresql)
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd-analyze)
+system_venv() { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
+system_venv || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  log "nginx, haproxy, openssl, keytool, setpriv, findmnt, postgresql and mariadb-server already present"
+  log "nginx, haproxy, openssl, keytool, setpriv, findmnt, postgresql, mariadb-server, systemd-analyze and python3-venv already present"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -66,6 +71,7 @@ for m in "${missing[@]}"; do
   case "$m" in
     nginx) pkgs+=("$(pick_nginx)") ;;
     keytool) pkgs+=(default-jre-headless) ;;  # Java's keytool reads the PKCS#12 stores
+    systemd-analyze) pkgs+=(systemd) ;;
     *) pkgs+=("$m") ;;
   esac
 done
@@ -91,9 +97,10 @@ if command -v service >/dev/null 2>&1; then
   done
 fi
 
-for b in nginx haproxy openssl keytool setpriv findmnt mariadbd; do
+for b in nginx haproxy openssl keytool setpriv findmnt mariadbd systemd-analyze; do
   command -v "$b" >/dev/null 2>&1 || { log "$b still missing after install"; exit 1; }
 done
 have_postgres || { log "postgresql still missing after install"; exit 1; }
+system_venv || { log "python3-venv still missing after install"; exit 1; }
 log "installed: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(openssl version)"
 log "installed: $(ls -d /usr/lib/postgresql/*/bin | tail -1); $(mariadbd --version 2>&1)"

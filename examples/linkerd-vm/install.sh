@@ -9,8 +9,11 @@
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 
+# Each user gets its own group of the same name; spiffe-relay.service joins the group
+# linkerd-proxy (SupplementaryGroups=) to hand its socket to it (see README.md).
 for user in spire spiffe-relay linkerd-proxy; do
-    id -u "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
+    id -u "$user" >/dev/null 2>&1 ||
+        useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$user"
 done
 
 install -d -o spire -g spire -m 0750 /opt/spire/data/server /opt/spire/data/agent

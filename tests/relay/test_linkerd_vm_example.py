@@ -50,6 +50,8 @@ def test_with_dev_agent_standing_in_for_spire() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("OK (dev-agent)")
     assert "restart command ran once" in done.stdout
+    # run as one user, it must say that the units' users and modes went unchecked
+    assert "NOT checked here: the units' users" in done.stdout
 
 
 @NEEDS

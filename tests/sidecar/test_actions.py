@@ -99,7 +99,7 @@ class TestSignalPidFile:
         pidfile = tmp_path / "pid"
         pidfile.write_text(content + "\n")
         action = SignalPidFile(str(pidfile), signal.SIGHUP, retry_for=0.1)
-        assert asyncio.run(action.after_write(first=True, changed=True)) is True  # first write: quietly tolerated
+        assert asyncio.run(action.after_write(first=True, changed=True)) is True  # first write: tolerated
         assert asyncio.run(action.after_write(first=False, changed=True)) is False
 
     def test_missing_process_on_first_write_is_not_an_error(self, tmp_path: Path) -> None:
