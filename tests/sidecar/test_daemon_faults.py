@@ -134,7 +134,9 @@ def test_sigterm_during_a_write_is_handled_after_it(
 ) -> None:
     """The signal lands between two files of a set; the set is still written whole, then the daemon exits."""
     certs = tmp_path / "certs"
-    original = fileset._write_new
+    from spiffe_bridge.fileset import _safeio  # where every file of a set is created
+
+    original = _safeio.write_new
     calls: list[str] = []
 
     def write_new(dir_fd: int, name: str, *args: Any) -> None:
@@ -143,7 +145,7 @@ def test_sigterm_during_a_write_is_handled_after_it(
             os.kill(os.getpid(), signal.SIGTERM)  # delivered to the daemon in the middle of its write
         original(dir_fd, name, *args)
 
-    monkeypatch.setattr(fileset, "_write_new", write_new)
+    monkeypatch.setattr(_safeio, "write_new", write_new)
     plans, _ = plan.build(config_for(PEM.format(dir=certs), dev_agent), {})
     daemon = Daemon(config_for(PEM.format(dir=certs), dev_agent), plans)
     guard = threading.Timer(30, daemon.request_stop, args=(99,))  # never hang the suite
