@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from spiffe_bridge.sources.sync import JWTSource, X509BundleSource, X509Source
+from spiffe_bridge.sources.sync import JWTSource, JwtSource, X509BundleSource, X509Source
 
-__all__ = ["JWTSource", "X509BundleSource", "X509Source"]
+__all__ = ["JWTSource", "JwtSource", "X509BundleSource", "X509Source"]

@@ -1,6 +1,6 @@
 """Keep one configured JWT-SVID fresh: fetch, hand over, sleep until half its lifetime, repeat.
 
-The token is fetched through :class:`~spiffe_bridge.source.JWTSource`, whose
+The token is fetched through :class:`~spiffe_bridge.source.JwtSource`, whose
 cache holds it until half its lifetime has passed; this thread wakes at that
 point, so the file on disk is replaced well before the token expires (as
 spiffe-helper does: refresh at half the remaining lifetime). Failures retry
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.jwt import JwtSvid
 from spiffe_bridge.sidecar.config import JwtSvidConfig
-from spiffe_bridge.source import JWTSource
+from spiffe_bridge.source import JwtSource
 
 log = logging.getLogger("spiffe_bridge.sidecar.jwt")
 
@@ -37,7 +37,7 @@ class JwtRefresher:
 
     def __init__(
         self,
-        source: JWTSource,
+        source: JwtSource,
         spec: JwtSvidConfig,
         hint: str | None,
         deliver: Callable[[JwtSvidConfig, JwtSvid], None],

@@ -37,7 +37,7 @@ from spiffe_bridge.sidecar.hot_updates import HotUpdater
 from spiffe_bridge.sidecar.jwt_refresh import JwtRefresher
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
-from spiffe_bridge.source import JWTSource, X509Source
+from spiffe_bridge.source import JwtSource, X509Source
 from spiffe_bridge.source_state import SourceStatus
 
 log = logging.getLogger("spiffe_bridge.sidecar")
@@ -113,7 +113,7 @@ class Daemon:
         self.completed_once = False
         self.pending_change = False
         self.x509_source: X509Source | None = None
-        self.jwt_source: JWTSource | None = None
+        self.jwt_source: JwtSource | None = None
         self.health: HealthServer | None = None
         self.exit_code: int | None = None
         self._stopping = False
@@ -177,7 +177,7 @@ class Daemon:
             self._watch("x509", self.x509_source)
             self.x509_source.subscribe(lambda ctx: self.events.put(("x509", ctx)))
         if self.config.jwt_enabled:
-            self.jwt_source = JWTSource(address, timeout=0, backoff=RECONNECT)
+            self.jwt_source = JwtSource(address, timeout=0, backoff=RECONNECT)
             self._watch("jwt", self.jwt_source)
             if self.config.jwt_bundle_file_name:
                 self.jwt_source.subscribe(lambda b: self.events.put(("jwt_bundles", b)))
@@ -191,7 +191,7 @@ class Daemon:
                 ).start()
         log.info("watching the Workload API at %s", address)
 
-    def _watch(self, name: str, source: X509Source | JWTSource) -> None:
+    def _watch(self, name: str, source: X509Source | JwtSource) -> None:
         self.status.watch(name, source.state)
         source.state.add_status_listener(lambda st, _exc: self.events.put(("status", (name, st))))
 
