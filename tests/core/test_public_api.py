@@ -66,6 +66,17 @@ def _declared(package: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
     return all_names, typed, lazy
 
 
+def test_one_lazy_export_helper() -> None:
+    """No package writes its own ``__getattr__``; every one using the helper is checked below."""
+    using = []
+    for init in sorted(ROOT.rglob("__init__.py")):
+        text = init.read_text()
+        assert "def __getattr__" not in text, f"{init}: use spiffe_bridge._lazy.lazy_exports"
+        if "lazy_exports(" in text:
+            using.append(".".join(init.parent.relative_to(ROOT.parent).parts))
+    assert sorted(using) == sorted(LAZY_PACKAGES)
+
+
 @pytest.mark.parametrize("package", LAZY_PACKAGES)
 def test_name_lists_agree(package: str) -> None:
     all_names, typed, lazy = _declared(package)
