@@ -8,7 +8,7 @@ the same JWKS. The calling thread is pinned to one CPU. Two workloads:
 * distinct tokens, each validated once with a freshly parsed bundle -- every
   call pays the full ECDSA verification, the honest worst case.
 
-``JWTSource.validate`` (a live source against the dev agent) is included to
+``JwtSource.validate`` (a live source against the dev agent) is included to
 show what the always-current wrapper adds on top of ``JwtBundleSet.validate``.
 """
 
@@ -85,7 +85,7 @@ def run(quick: bool) -> Result:
     from spiffe import JwtSvid as PyJwtSvid
     from spiffe import TrustDomain as PyTrustDomain
 
-    from spiffe_bridge import JWTSource
+    from spiffe_bridge import JwtSource
     from spiffe_bridge.devagent import DevAgent, TrustDomainCA
     from spiffe_bridge.jwt import JwtBundle, JwtBundleSet
     from spiffe_bridge.spiffeid import TrustDomain
@@ -115,7 +115,7 @@ def run(quick: bool) -> Result:
         one_core() as cpu,
         workdir() as wd,
         DevAgent(f"{wd}/agent.sock") as agent,
-        JWTSource(agent.address) as src,
+        JwtSource(agent.address) as src,
     ):
         live = agent.mint_jwt_svid([AUDIENCE])
         workloads: dict[str, Callable[[], float]] = {
@@ -155,7 +155,7 @@ def run(quick: bool) -> Result:
         ]
     )
     rows.append(
-        ["same token via JWTSource.validate (live source)", fmt_rate(p50["ours_source_same"]), "", ""]
+        ["same token via JwtSource.validate (live source)", fmt_rate(p50["ours_source_same"]), "", ""]
     )
     rows.append(
         ["ceiling: the ES256 signature verification alone", fmt_rate(p50["ecdsa_verify_only"]), "", ""]

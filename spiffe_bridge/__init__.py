@@ -1,71 +1,45 @@
 """spiffe-bridge: make any workload or proxy speak SPIFFE.
 
-The public surface is re-exported here and loaded lazily, so ``import
-spiffe_bridge`` stays cheap (the sidecar's cold start counts): gRPC and
-cryptography load only when a name that needs them is first used.
+The public surface is re-exported here and loaded lazily (``spiffe_bridge._lazy``),
+so ``import spiffe_bridge`` stays cheap (the sidecar's cold start counts): gRPC and
+cryptography load only when a name that needs them is first used. Another agent
+embeds the writers through the same names: ``render_x509`` / ``render_jwt`` turn
+material into ``FileSpec`` lists and ``FileSetWriter`` writes them atomically
+(docs/library.md, "Embedding").
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from spiffe_bridge._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> defining module
-_EXPORTS: dict[str, str] = {
-    "Endpoint": "spiffe_bridge.address",
-    "SpiffeId": "spiffe_bridge.spiffeid",
-    "TrustDomain": "spiffe_bridge.spiffeid",
-    "Backoff": "spiffe_bridge.retry",
-    "X509Svid": "spiffe_bridge.model",
-    "X509Bundle": "spiffe_bridge.model",
-    "X509Context": "spiffe_bridge.model",
-    "X509BundleSet": "spiffe_bridge.model",
-    "JwtSvid": "spiffe_bridge.jwt",
-    "JwtBundle": "spiffe_bridge.jwt",
-    "JwtBundleSet": "spiffe_bridge.jwt",
-    "WorkloadClient": "spiffe_bridge.client.sync",
-    "AsyncWorkloadClient": "spiffe_bridge.client.aio",
-    "X509Source": "spiffe_bridge.sources.sync",
-    "X509BundleSource": "spiffe_bridge.sources.sync",
-    "JWTSource": "spiffe_bridge.sources.sync",
-    "AsyncX509Source": "spiffe_bridge.sources.aio",
-    "AsyncX509BundleSource": "spiffe_bridge.sources.aio",
-    "AsyncJWTSource": "spiffe_bridge.sources.aio",
-    "SourceStatus": "spiffe_bridge.sources.state",
-    "SpiffeBridgeError": "spiffe_bridge.errors",
-    "AddressError": "spiffe_bridge.errors",
-    "SpiffeIdError": "spiffe_bridge.errors",
-    "ValidationError": "spiffe_bridge.errors",
-    "JwtSvidError": "spiffe_bridge.errors",
-    "JwtSvidRejectedError": "spiffe_bridge.errors",
-    "WorkloadApiError": "spiffe_bridge.errors",
-    "AgentUnavailableError": "spiffe_bridge.errors",
-    "NoIdentityError": "spiffe_bridge.errors",
-    "InvalidArgumentError": "spiffe_bridge.errors",
-    "UnimplementedError": "spiffe_bridge.errors",
-    "StreamEndedError": "spiffe_bridge.errors",
-    "SvidNotFoundError": "spiffe_bridge.errors",
-    "DeadlineError": "spiffe_bridge.errors",
-    "NotReadyError": "spiffe_bridge.errors",
-    "SourceClosedError": "spiffe_bridge.errors",
-}
-
 __all__ = [
+    "X509_FORMATS",
     "AddressError",
     "AgentUnavailableError",
     "AsyncJWTSource",
+    "AsyncJwtSource",
     "AsyncWorkloadClient",
     "AsyncX509BundleSource",
     "AsyncX509Source",
     "Backoff",
+    "ConfigError",
     "DeadlineError",
     "Endpoint",
+    "FederatedLayout",
+    "FileSetWriter",
+    "FileSpec",
+    "FormatError",
+    "HclError",
     "InvalidArgumentError",
     "JWTSource",
     "JwtBundle",
     "JwtBundleSet",
+    "JwtOptions",
+    "JwtSource",
     "JwtSvid",
     "JwtSvidError",
     "JwtSvidRejectedError",
@@ -83,12 +57,17 @@ __all__ = [
     "ValidationError",
     "WorkloadApiError",
     "WorkloadClient",
+    "WriteError",
+    "WriteResult",
     "X509Bundle",
     "X509BundleSet",
     "X509BundleSource",
     "X509Context",
+    "X509Options",
     "X509Source",
     "X509Svid",
+    "render_jwt",
+    "render_x509",
 ]
 
 if TYPE_CHECKING:
@@ -98,7 +77,9 @@ if TYPE_CHECKING:
     from spiffe_bridge.errors import (
         AddressError,
         AgentUnavailableError,
+        ConfigError,
         DeadlineError,
+        HclError,
         InvalidArgumentError,
         JwtSvidError,
         JwtSvidRejectedError,
@@ -108,27 +89,76 @@ if TYPE_CHECKING:
         SpiffeBridgeError,
         SpiffeIdError,
         StreamEndedError,
+        SvidNotFoundError,
         UnimplementedError,
         ValidationError,
         WorkloadApiError,
     )
+    from spiffe_bridge.fileset import FileSetWriter, FileSpec, WriteError, WriteResult
+    from spiffe_bridge.formats import (
+        X509_FORMATS,
+        FederatedLayout,
+        FormatError,
+        JwtOptions,
+        X509Options,
+        render_jwt,
+        render_x509,
+    )
     from spiffe_bridge.jwt import JwtBundle, JwtBundleSet, JwtSvid
     from spiffe_bridge.model import X509Bundle, X509BundleSet, X509Context, X509Svid
     from spiffe_bridge.retry import Backoff
-    from spiffe_bridge.sources.aio import AsyncJWTSource, AsyncX509BundleSource, AsyncX509Source
+    from spiffe_bridge.sources.aio import (
+        AsyncJWTSource,
+        AsyncJwtSource,
+        AsyncX509BundleSource,
+        AsyncX509Source,
+    )
     from spiffe_bridge.sources.state import SourceStatus
-    from spiffe_bridge.sources.sync import JWTSource, X509BundleSource, X509Source
+    from spiffe_bridge.sources.sync import JWTSource, JwtSource, X509BundleSource, X509Source
     from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spiffe_bridge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            ".address": ["Endpoint"],
+            ".spiffeid": ["SpiffeId", "TrustDomain"],
+            ".retry": ["Backoff"],
+            ".model": ["X509Svid", "X509Bundle", "X509Context", "X509BundleSet"],
+            ".jwt": ["JwtSvid", "JwtBundle", "JwtBundleSet"],
+            ".client.sync": ["WorkloadClient"],
+            ".client.aio": ["AsyncWorkloadClient"],
+            ".sources.sync": ["X509Source", "X509BundleSource", "JwtSource", "JWTSource"],
+            ".sources.aio": ["AsyncX509Source", "AsyncX509BundleSource", "AsyncJwtSource", "AsyncJWTSource"],
+            ".sources.state": ["SourceStatus"],
+            ".fileset": ["FileSetWriter", "FileSpec", "WriteResult", "WriteError"],
+            ".formats": [
+                "render_x509",
+                "render_jwt",
+                "X509Options",
+                "JwtOptions",
+                "X509_FORMATS",
+                "FederatedLayout",
+                "FormatError",
+            ],
+            ".errors": [
+                "SpiffeBridgeError",
+                "AddressError",
+                "SpiffeIdError",
+                "ValidationError",
+                "JwtSvidError",
+                "JwtSvidRejectedError",
+                "WorkloadApiError",
+                "AgentUnavailableError",
+                "NoIdentityError",
+                "InvalidArgumentError",
+                "UnimplementedError",
+                "StreamEndedError",
+                "SvidNotFoundError",
+                "DeadlineError",
+                "NotReadyError",
+                "SourceClosedError",
+                "ConfigError",
+                "HclError",
+            ],
+        },
+    )

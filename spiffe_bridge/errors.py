@@ -24,6 +24,18 @@ class SpiffeIdError(SpiffeBridgeError, ValueError):
     """A SPIFFE ID or trust domain does not follow the SPIFFE-ID spec."""
 
 
+class ConfigError(SpiffeBridgeError, ValueError):
+    """The configuration is invalid; the message names the key (and line when known)."""
+
+
+class HclError(SpiffeBridgeError, ValueError):
+    """The text is not valid HCL (for the sidecar's reader); the message names the line."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
 class ValidationError(SpiffeBridgeError):
     """Material from the agent (SVID, bundle, JWKS, token) failed validation; it was not used."""
 

@@ -5,19 +5,9 @@ Names load lazily so that ``import spiffe_bridge.broker`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_EXPORTS: dict[str, str] = {
-    "BrokerClient": "sync",
-    "AsyncBrokerClient": "aio",
-    "WorkloadPIDReference": "reference",
-    "KubernetesObjectReference": "reference",
-    "Reference": "reference",
-    "TlsTunnel": "tunnel",
-    "agent_authorizer": "_core",
-    "METADATA": "_core",
-}
+from spiffe_bridge._lazy import lazy_exports
 
 __all__ = [
     "METADATA",
@@ -36,12 +26,14 @@ if TYPE_CHECKING:
     from spiffe_bridge.broker.reference import KubernetesObjectReference, Reference, WorkloadPIDReference
     from spiffe_bridge.broker.sync import BrokerClient
     from spiffe_bridge.broker.tunnel import TlsTunnel
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spiffe_bridge.broker' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"spiffe_bridge.broker.{module}"), name)
-    globals()[name] = value
-    return value
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            ".sync": ["BrokerClient"],
+            ".aio": ["AsyncBrokerClient"],
+            ".reference": ["WorkloadPIDReference", "KubernetesObjectReference", "Reference"],
+            ".tunnel": ["TlsTunnel"],
+            "._core": ["agent_authorizer", "METADATA"],
+        },
+    )

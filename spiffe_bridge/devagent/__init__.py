@@ -7,14 +7,9 @@ and fault injection. Imports are lazy so the pytest plugin loads cheaply.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .ca import TrustDomainCA, X509SVIDMaterial
-    from .faults import Rpc
-    from .identity import Identity
-    from .server import DevAgent
+from spiffe_bridge._lazy import lazy_exports
 
 __all__ = [
     "DevAgent",
@@ -22,18 +17,21 @@ __all__ = [
     "Rpc",
     "TrustDomainCA",
     "X509SVIDMaterial",
+    "X509SvidMaterial",
 ]
 
-_HOMES = {
-    "DevAgent": ".server",
-    "Identity": ".identity",
-    "Rpc": ".faults",
-    "TrustDomainCA": ".ca",
-    "X509SVIDMaterial": ".ca",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if TYPE_CHECKING:
+    from .ca import TrustDomainCA, X509SVIDMaterial, X509SvidMaterial
+    from .faults import Rpc
+    from .identity import Identity
+    from .server import DevAgent
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            ".server": ["DevAgent"],
+            ".identity": ["Identity"],
+            ".faults": ["Rpc"],
+            ".ca": ["TrustDomainCA", "X509SvidMaterial", "X509SVIDMaterial"],
+        },
+    )

@@ -52,7 +52,7 @@ def der_concat(certs: Iterable[x509.Certificate]) -> bytes:
 
 
 @dataclass(frozen=True)
-class X509SVIDMaterial:
+class X509SvidMaterial:
     """One issued X509-SVID: chain (leaf first, then intermediates) and its key."""
 
     spiffe_id: str
@@ -81,6 +81,10 @@ class X509SVIDMaterial:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+
+#: The earlier name, kept as an alias: the same class (docs/library.md, "Names").
+X509SVIDMaterial = X509SvidMaterial
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ class TrustDomainCA:
         hint: str = "",
         dns_names: Iterable[str] = (),
         key_type: KeyType | None = None,
-    ) -> X509SVIDMaterial:
+    ) -> X509SvidMaterial:
         """Issue a leaf X509-SVID with a brand-new key, valid for ``ttl`` seconds.
 
         The lifetime is capped by the issuing CA's, as SPIRE does.
@@ -233,7 +237,7 @@ class TrustDomainCA:
             )
             .sign(issuer.key, _hash_for(issuer.key))
         )
-        return X509SVIDMaterial(spiffe_id, hint, (cert, *self._intermediates), key)
+        return X509SvidMaterial(spiffe_id, hint, (cert, *self._intermediates), key)
 
     def forge_leaf(
         self,

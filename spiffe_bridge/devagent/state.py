@@ -20,7 +20,7 @@ from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.loglist import capped
 
 from ._streams import Outgoing, Signal, StreamCounters, StreamHandle
-from .ca import KeyType, TrustDomainCA, X509SVIDMaterial
+from .ca import KeyType, TrustDomainCA, X509SvidMaterial
 from .faults import STREAMING_RPCS, FaultControls, FaultPlan, InjectedError, RawResponse, Rpc
 from .identity import Identity, as_identity, trust_domain_name
 
@@ -85,7 +85,7 @@ class AgentState(FaultControls, StreamCounters):
             return tuple(self._identities)
 
     @property
-    def svids(self) -> tuple[X509SVIDMaterial, ...]:
+    def svids(self) -> tuple[X509SvidMaterial, ...]:
         """The X509-SVIDs currently served, same order as ``identities``."""
         with self._cond:
             return tuple(self._svids)
@@ -124,7 +124,7 @@ class AgentState(FaultControls, StreamCounters):
         with self._cond:
             self.set_identities([i for i in self._identities if i.spiffe_id != spiffe_id])
 
-    def rotate(self) -> tuple[X509SVIDMaterial, ...]:
+    def rotate(self) -> tuple[X509SvidMaterial, ...]:
         """Re-issue all X509-SVIDs with new keys and push to the X.509 streams."""
         with self._cond:
             self._svids = self._issue(self._identities)
@@ -301,7 +301,7 @@ class AgentState(FaultControls, StreamCounters):
                 raise ValueError(f"{identity.spiffe_id} is not in trust domain {self.trust_domain}")
         return checked
 
-    def _issue(self, identities: list[Identity]) -> list[X509SVIDMaterial]:
+    def _issue(self, identities: list[Identity]) -> list[X509SvidMaterial]:
         return [
             self._ca.issue_x509_svid(i.spiffe_id, ttl=self._ttl, hint=i.hint, dns_names=i.dns_names)
             for i in identities

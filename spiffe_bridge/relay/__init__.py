@@ -8,16 +8,9 @@ only allowed SVIDs. See docs/relay.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from spiffe_bridge.relay.core import AsyncRelay
-    from spiffe_bridge.relay.feed import Kind, Snapshot
-    from spiffe_bridge.relay.filter import SvidFilter
-    from spiffe_bridge.relay.listener import Listener
-    from spiffe_bridge.relay.observe import RelayEvent, RelayStats, Stage
-    from spiffe_bridge.relay.runner import Relay
+from spiffe_bridge._lazy import lazy_exports
 
 __all__ = [
     "AsyncRelay",
@@ -31,25 +24,22 @@ __all__ = [
     "SvidFilter",
 ]
 
-_HOMES = {
-    "AsyncRelay": "spiffe_bridge.relay.core",
-    "Kind": "spiffe_bridge.relay.feed",
-    "Snapshot": "spiffe_bridge.relay.feed",
-    "SvidFilter": "spiffe_bridge.relay.filter",
-    "Listener": "spiffe_bridge.relay.listener",
-    "RelayEvent": "spiffe_bridge.relay.observe",
-    "RelayStats": "spiffe_bridge.relay.observe",
-    "Stage": "spiffe_bridge.relay.observe",
-    "Relay": "spiffe_bridge.relay.runner",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+if TYPE_CHECKING:
+    from spiffe_bridge.relay.core import AsyncRelay
+    from spiffe_bridge.relay.feed import Kind, Snapshot
+    from spiffe_bridge.relay.filter import SvidFilter
+    from spiffe_bridge.relay.listener import Listener
+    from spiffe_bridge.relay.observe import RelayEvent, RelayStats, Stage
+    from spiffe_bridge.relay.runner import Relay
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            ".core": ["AsyncRelay"],
+            ".feed": ["Kind", "Snapshot"],
+            ".filter": ["SvidFilter"],
+            ".listener": ["Listener"],
+            ".observe": ["RelayEvent", "RelayStats", "Stage"],
+            ".runner": ["Relay"],
+        },
+    )

@@ -19,13 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-
-class HclError(ValueError):
-    """The text is not valid HCL (for this reader); the message names the line."""
-
-    def __init__(self, message: str, line: int) -> None:
-        super().__init__(f"line {line}: {message}")
-        self.line = line
+from spiffe_bridge.errors import HclError as HclError  # defined with the other errors; importable here
 
 
 class HclObject(dict[str, Any]):

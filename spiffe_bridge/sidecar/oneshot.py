@@ -35,7 +35,7 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_NO_IDENTITY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_WRITE
 from spiffe_bridge.sidecar.plan import DirPlan
-from spiffe_bridge.sources import JWTSource, X509Source
+from spiffe_bridge.sources import JwtSource, X509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
 
 log = logging.getLogger("spiffe_bridge.sidecar")
@@ -173,7 +173,7 @@ class OneShot:
     def _jwt(self, client: WorkloadClient) -> tuple[JwtBundleSet | None, dict[str, JwtSvid]]:
         bundles = None
         if self.config.jwt_bundle_file_name:
-            source = JWTSource(client=client, timeout=0)
+            source = JwtSource(client=client, timeout=0)
             try:
                 bundles = source.wait_for(None, timeout=self.remaining())
             except NotReadyError:

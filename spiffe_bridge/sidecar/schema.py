@@ -15,11 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spiffe_bridge.errors import ConfigError as ConfigError  # defined with the other errors; importable here
 from spiffe_bridge.sidecar.hcl import HclObject
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key (and line when known)."""
 
 
 @dataclass(frozen=True)

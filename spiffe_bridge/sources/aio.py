@@ -157,7 +157,7 @@ def svid_key(
     return (audience, extra_audiences, str(spiffe_id or ""), hint)
 
 
-class AsyncJWTSource(JwtReads, _AsyncSource[jwt.JwtBundleSet]):
+class AsyncJwtSource(JwtReads, _AsyncSource[jwt.JwtBundleSet]):
     """JWT bundles from FetchJWTBundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
 
     _spec = JWT_BUNDLES
@@ -192,3 +192,7 @@ class AsyncJWTSource(JwtReads, _AsyncSource[jwt.JwtBundleSet]):
             self._state.check_open()
             self.svids.put(key, svid)
         return svid
+
+
+#: The earlier name (go-spiffe's spelling), kept as an alias: the same class (docs/library.md, "Names").
+AsyncJWTSource = AsyncJwtSource

@@ -45,8 +45,8 @@ class X509BundleSetSourceLike(X509BundleSourceLike, Protocol):
     def subscribe(self, callback: Callable[[X509BundleSet], Any]) -> Callable[[], None]: ...
 
 
-class JWTBundleSourceLike(Protocol):
-    """JWT bundles for local validation (``JWTSource``, ``AsyncJWTSource``)."""
+class JwtBundleSourceLike(Protocol):
+    """JWT bundles for local validation (``JwtSource``, ``AsyncJwtSource``)."""
 
     @property
     def status(self) -> SourceStatus: ...
@@ -57,3 +57,7 @@ class JWTBundleSourceLike(Protocol):
     def bundle_for(self, trust_domain: TrustDomain | str) -> JwtBundle | None: ...
 
     def validate(self, token: str, audience: str) -> JwtSvid: ...
+
+
+#: The earlier name, kept as an alias: the same protocol (docs/library.md, "Names").
+JWTBundleSourceLike = JwtBundleSourceLike

@@ -81,7 +81,7 @@ class X509BundleReads(Reads):
 
 
 class JwtReads(Reads):
-    """``JWTSource`` and ``AsyncJWTSource``: the JWT bundles of FetchJWTBundles."""
+    """``JwtSource`` and ``AsyncJwtSource``: the JWT bundles of FetchJWTBundles."""
 
     _state: SourceState[jwt.JwtBundleSet]
 

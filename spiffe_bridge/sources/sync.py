@@ -1,6 +1,6 @@
 """The sync sources: thin facades over the asyncio sources, run on a private event-loop thread.
 
-``X509Source``, ``X509BundleSource`` and ``JWTSource`` block (up to ``timeout``)
+``X509Source``, ``X509BundleSource`` and ``JwtSource`` block (up to ``timeout``)
 for the first valid update, then keep the latest good one while the client
 reconnects underneath, as ``Relay`` wraps ``AsyncRelay``. The stream runs on
 grpc.aio, which sleeps until the agent sends something (grpcio's blocking
@@ -23,7 +23,7 @@ from spiffe_bridge.client._core import StreamSpec
 from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.aio import (
-    AsyncJWTSource,
+    AsyncJwtSource,
     AsyncX509BundleSource,
     AsyncX509Source,
     StreamClient,
@@ -212,10 +212,10 @@ class X509BundleSource(X509BundleReads, _SyncSource[model.X509BundleSet, AsyncX5
         super().__init__(address, client, backoff, timeout)
 
 
-class JWTSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJWTSource]):
+class JwtSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJwtSource]):
     """Current JWT bundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
 
-    _async = AsyncJWTSource
+    _async = AsyncJwtSource
 
     def __init__(
         self,
@@ -240,3 +240,7 @@ class JWTSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJWTSource]):
         if cached is not None:
             return cached
         return self._run(self._source.fetch_svid(audience, *extra_audiences, spiffe_id=spiffe_id, hint=hint))
+
+
+#: The earlier name (go-spiffe's spelling), kept as an alias: the same class (docs/library.md, "Names").
+JWTSource = JwtSource

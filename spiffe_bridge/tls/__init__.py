@@ -10,30 +10,9 @@ Names load lazily so that ``import spiffe_bridge.tls`` does not import gRPC.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_EXPORTS: dict[str, str] = {
-    "Authorizer": "authorize",
-    "PeerRefusedError": "authorize",
-    "PeerNotAuthorizedError": "authorize",
-    "authorize_any": "authorize",
-    "authorize_id": "authorize",
-    "authorize_one_of": "authorize",
-    "authorize_member_of": "authorize",
-    "authorize_if": "authorize",
-    "verify_peer": "_peer",
-    "SpiffeSSLContext": "ssl_context",
-    "server_ssl_context": "ssl_context",
-    "client_ssl_context": "ssl_context",
-    "peer_spiffe_id": "ssl_context",
-    "grpc_server_credentials": "grpc_credentials",
-    "grpc_channel_credentials": "grpc_credentials",
-    "SpiffeServerInterceptor": "grpc_credentials",
-    "SpiffeChannel": "grpc_credentials",
-    "AioSpiffeServerInterceptor": "grpc_credentials",
-    "grpc_peer_spiffe_id": "grpc_credentials",
-}
+from spiffe_bridge._lazy import lazy_exports
 
 __all__ = [
     "AioSpiffeServerInterceptor",
@@ -83,16 +62,34 @@ if TYPE_CHECKING:
         peer_spiffe_id,
         server_ssl_context,
     )
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spiffe_bridge.tls' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"spiffe_bridge.tls.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            ".authorize": [
+                "Authorizer",
+                "PeerRefusedError",
+                "PeerNotAuthorizedError",
+                "authorize_any",
+                "authorize_id",
+                "authorize_one_of",
+                "authorize_member_of",
+                "authorize_if",
+            ],
+            "._peer": ["verify_peer"],
+            ".ssl_context": [
+                "SpiffeSSLContext",
+                "server_ssl_context",
+                "client_ssl_context",
+                "peer_spiffe_id",
+            ],
+            ".grpc_credentials": [
+                "grpc_server_credentials",
+                "grpc_channel_credentials",
+                "SpiffeServerInterceptor",
+                "SpiffeChannel",
+                "AioSpiffeServerInterceptor",
+                "grpc_peer_spiffe_id",
+            ],
+        },
+    )
