@@ -25,7 +25,12 @@ from dataclasses import dataclass
 
 from spiffe_bridge.broker._core import agent_authorizer
 from spiffe_bridge.broker.aio import AsyncBrokerClient
-from spiffe_bridge.errors import NoIdentityError, SpiffeBridgeError, WorkloadApiError
+from spiffe_bridge.errors import (
+    NoIdentityError,
+    SpiffeBridgeError,
+    WorkloadApiError,
+    WorkloadNotFoundError,
+)
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar.config import BrokerConfig, Config, OutputConfig
 from spiffe_bridge.sources.protocols import X509SourceLike
@@ -48,6 +53,20 @@ class WorkloadUpdate:
     pid: int | None
     context: X509Context | None
     error: Exception | None = None
+
+
+def not_ready_reason(update: WorkloadUpdate) -> str:
+    """Why output ``update.index`` holds no identity, for the health status and the log."""
+    err = update.error
+    if isinstance(err, WorkloadNotFoundError):  # also WorkloadExitedError
+        kind = "process exited"
+    elif isinstance(err, NoIdentityError):
+        kind = "NoIdentity"
+    elif isinstance(err, LookupError):
+        kind = "no workload process"
+    else:
+        kind = "unavailable"
+    return f"{kind}: {err}" if err is not None else kind
 
 
 def default_agent(source: X509SourceLike, broker: BrokerConfig) -> Authorizer:
