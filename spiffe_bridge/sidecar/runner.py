@@ -12,10 +12,11 @@ Writing, fsync off the loop and per-output failures are :mod:`.outputs`; a
 stalled loop is noticed by :mod:`.watchdog` (``/live`` fails, ``WATCHDOG=1`` stops).
 
 Broker mode (docs/broker.md): outputs with a workload reference are written from
-that workload's context (:mod:`.broker_outputs`), never the bridge's own; each
-is ready on its own. The first reload and ``READY=1`` wait for the bridge's own
-outputs and for a first verdict on every workload output (written, or not ready
-with the reason), so a workload that starts after the bridge does not hold it up.
+that workload's context (:class:`.broker_outputs.WorkloadFeed`), never the
+bridge's own, and are ready on their own. The first reload and ``READY=1`` wait
+for the bridge's own outputs and a first verdict on every workload output
+(written, or not ready and why), so a workload started after the bridge does not
+hold it up.
 
 Exit codes: 0 after SIGTERM/SIGINT, the child's code in wrapper mode, 1 when
 a stream fails for good (InvalidArgument/Unimplemented) or the health server
@@ -31,7 +32,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import NotReadyError
@@ -43,6 +44,7 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar import jwt_refresh
+from spiffe_bridge.sidecar.broker_outputs import WorkloadFeed
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
 from spiffe_bridge.sidecar.outputs import Outputs
@@ -51,9 +53,6 @@ from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog, systemd_interval
 from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
-
-if TYPE_CHECKING:
-    from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
@@ -113,11 +112,7 @@ class Daemon:
 
             self.metrics = renderer(self.status, self.outputs.links_replaced)
         self.ctx: X509Context | None = None
-        #: broker mode: outputs index -> its directory, and the workload's context (None: not ready)
-        self.workload_dirs = {p.workload: p.directory for p in plans if p.workload is not None}
-        self.workloads: dict[int, X509Context | None] = {}
-        for directory in self.workload_dirs.values():
-            self.status.output_not_ready(directory, "waiting for the workload's identity")
+        self.workloads = WorkloadFeed(config, plans, self.status)  # broker mode's outputs
         self.bundles: JwtBundleSet | None = None
         self.tokens: dict[str, JwtSvid] = {}
         self.lost: set[str] = set()
@@ -246,27 +241,8 @@ class Daemon:
                 )
                 self._spawn(refresher, f"jwt-{spec.file_name}")
         log.info("watching the Workload API at %s", address)
-        if self.workload_dirs and self.x509_source is not None:
-            self._spawn(self._run_workloads(self.x509_source), "broker")
-
-    async def _run_workloads(self, own: AsyncX509Source) -> None:
-        """Broker mode: follow every workload output's context; restart the client if it fails."""
-        from spiffe_bridge.sidecar.broker_outputs import workload_updates
-
-        attempt = 0
-        while True:
-            await own.wait_for(None)  # the bridge's own SVID authenticates it to the agent
-            try:
-                async for update in workload_updates(self.config, own):
-                    attempt = 0
-                    self._on_workload(update)
-            except Exception as exc:  # e.g. a bad broker address: report it, keep the other outputs going
-                log.error("the Broker API client failed: %s", exc)
-                for index in self.workload_dirs:
-                    self.workloads[index] = None
-                    self.status.output_not_ready(self.workload_dirs[index], f"unavailable: {exc}")
-            attempt += 1
-            await asyncio.sleep(RECONNECT.delay(attempt))
+        if self.workloads and self.x509_source is not None:
+            self._spawn(self.workloads.run(self.x509_source, self._on_workload, RECONNECT), "broker")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"spiffe-bridge-{name}"))
@@ -310,21 +286,8 @@ class Daemon:
         log.info("received X.509 update for %s", capped(s.spiffe_id for s in ctx.svids))
         self._queue("x509", [])
 
-    def _on_workload(self, update: WorkloadUpdate) -> None:
-        from spiffe_bridge.sidecar.broker_outputs import not_ready_reason
-
-        directory = self.workload_dirs.get(update.index)
-        if directory is None:
-            return
-        self.workloads[update.index] = update.context
-        if update.context is None:
-            reason = not_ready_reason(update)
-            self.status.output_not_ready(directory, reason)
-            log.warning("output %s is not ready (files kept as they are): %s", directory, reason)
-        else:
-            ids = capped(s.spiffe_id for s in update.context.svids)
-            log.info("received X.509 update for the workload (pid %s) of %s: %s", update.pid, directory, ids)
-        self._queue("x509", [])
+    def _on_workload(self) -> None:
+        self._queue("x509", [])  # a workload output's context changed (held by self.workloads)
 
     def _on_bundles(self, bundles: JwtBundleSet) -> None:
         self.bundles = bundles
@@ -414,8 +377,8 @@ class Daemon:
             return False
         if self.config.jwt_bundle_file_name and self.bundles is None:
             return False
-        if any(index not in self.workloads for index in self.workload_dirs):
-            return False  # no verdict yet (written, or not ready and why) for a workload output
+        if not self.workloads.decided():
+            return False
         return all(j.file_name in self.tokens for j in self.config.jwt_svids)
 
     async def _publish(self, kind: str, paths: list[str]) -> None:
@@ -424,7 +387,7 @@ class Daemon:
             log.info("identity lost: not writing until it is back")
             return
         await self.outputs.settled()  # the previous set is durable before this one replaces it
-        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads)
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.contexts)
         if changed:
             self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
@@ -441,7 +404,7 @@ class Daemon:
             self.status.wrote(
                 x509=self.ctx is not None,
                 jwt_paths=written,
-                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads),
+                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads.contexts),
                 jwt_expiry=jwt_expiry,
             )
         if changed:
