@@ -277,8 +277,9 @@ class WorkloadFeed:
                     on_change()
             except Exception as exc:  # e.g. no SVID matching broker.spiffe_id: the other outputs go on
                 log.error("the Broker API client failed: %s", exc)
+                failed = SpiffeBridgeError(f"the Broker API client failed: {exc}")  # not the workload's
                 for index in self.directories:
-                    self.apply(WorkloadUpdate(index, None, None, exc), quiet=True)
+                    self.apply(WorkloadUpdate(index, None, None, failed), quiet=True)
                 on_change()
             attempt += 1
             await asyncio.sleep(backoff.delay(attempt))
