@@ -10,7 +10,9 @@ Per output: a fixed ``workload_pid``, or a ``workload_pid_file`` that is re-read
 every ``poll_interval`` (a new PID restarts the subscription for it; a missing
 or unreadable file means no workload yet). When the process exits the watch
 ends and the output is not ready until the file names a live process again.
-``fetch_once`` is the one-shot variant (NoIdentityError when any has none).
+``fetch_once`` is the one-shot variant (NoIdentityError when any has none);
+``WorkloadFeed`` is the daemon's: it holds each output's current context and
+records per-output readiness in the sidecar status.
 """
 
 from __future__ import annotations
@@ -20,14 +22,24 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from spiffe_bridge.broker._core import agent_authorizer
 from spiffe_bridge.broker.aio import AsyncBrokerClient
-from spiffe_bridge.errors import NoIdentityError, SpiffeBridgeError, WorkloadApiError
+from spiffe_bridge.errors import (
+    NoIdentityError,
+    SpiffeBridgeError,
+    WorkloadApiError,
+    WorkloadNotFoundError,
+)
+from spiffe_bridge.loglist import capped
 from spiffe_bridge.model import X509Context
+from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import BrokerConfig, Config, OutputConfig
+from spiffe_bridge.sidecar.plan import DirPlan
+from spiffe_bridge.sidecar.status import SidecarStatus
+from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls.authorize import Authorizer, authorize_if
@@ -48,6 +60,20 @@ class WorkloadUpdate:
     pid: int | None
     context: X509Context | None
     error: Exception | None = None
+
+
+def not_ready_reason(update: WorkloadUpdate) -> str:
+    """Why output ``update.index`` holds no identity, for the health status and the log."""
+    err = update.error
+    if isinstance(err, WorkloadNotFoundError):  # also WorkloadExitedError
+        kind = "process exited"
+    elif isinstance(err, NoIdentityError):
+        kind = "NoIdentity"
+    elif isinstance(err, LookupError):
+        kind = "no workload process"
+    else:
+        kind = "unavailable"
+    return f"{kind}: {err}" if err is not None else kind
 
 
 def default_agent(source: X509SourceLike, broker: BrokerConfig) -> Authorizer:
@@ -214,3 +240,61 @@ async def fetch_once(config: Config, source: X509SourceLike, timeout: float) -> 
                         raise
                 await asyncio.sleep(min(POLL_INTERVAL, max(left, 0.0)))
     return result
+
+
+class WorkloadFeed:
+    """The daemon's workload outputs: each one's current context, and its readiness in ``status``.
+
+    ``contexts[index]`` is what output ``index`` should hold (None: not ready, files kept);
+    an index is absent until its first verdict. ``on_change`` is called on the loop after
+    every update, to have the outputs written.
+    """
+
+    def __init__(self, config: Config, plans: Sequence[DirPlan], status: SidecarStatus) -> None:
+        self.config = config
+        self.status = status
+        self.directories = {p.workload: p.directory for p in plans if p.workload is not None}
+        self.contexts: dict[int, X509Context | None] = {}
+        for directory in self.directories.values():
+            status.output_not_ready(directory, "waiting for the workload's identity")
+
+    def __bool__(self) -> bool:
+        return bool(self.directories)
+
+    def decided(self) -> bool:
+        """Every workload output has had a first verdict: an identity, or not ready and why."""
+        return all(index in self.contexts for index in self.directories)
+
+    async def run(self, own: AsyncX509Source, on_change: Callable[[], None], backoff: Backoff) -> None:
+        """Follow every workload output until cancelled; a failed client is reported and restarted."""
+        attempt = 0
+        while True:
+            await own.wait_for(None)  # the bridge's own SVID authenticates it to the agent
+            try:
+                async for update in workload_updates(self.config, own):
+                    attempt = 0
+                    self.apply(update)
+                    on_change()
+            except Exception as exc:  # e.g. no SVID matching broker.spiffe_id: the other outputs go on
+                log.error("the Broker API client failed: %s", exc)
+                failed = SpiffeBridgeError(f"the Broker API client failed: {exc}")  # not the workload's
+                for index in self.directories:
+                    self.apply(WorkloadUpdate(index, None, None, failed), quiet=True)
+                on_change()
+            attempt += 1
+            await asyncio.sleep(backoff.delay(attempt))
+
+    def apply(self, update: WorkloadUpdate, *, quiet: bool = False) -> None:
+        """Hold ``update`` for its output and record that output's readiness."""
+        directory = self.directories.get(update.index)
+        if directory is None:
+            return
+        self.contexts[update.index] = update.context
+        if update.context is None:
+            reason = not_ready_reason(update)
+            self.status.output_not_ready(directory, reason)
+            if not quiet:
+                log.warning("output %s is not ready (files kept as they are): %s", directory, reason)
+        else:
+            ids = capped(s.spiffe_id for s in update.context.svids)
+            log.info("received X.509 update for the workload (pid %s) of %s: %s", update.pid, directory, ids)

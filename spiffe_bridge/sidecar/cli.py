@@ -115,14 +115,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    if any(getattr(p, "workload", None) is not None for p in plans):
-        # never write the bridge's own SVID where a workload's belongs
-        log.error(
-            "configuration error: %s: outputs with workload_pid/workload_pid_file need daemon_mode = false "
-            "in this version (broker mode in the daemon: spiffe_bridge.sidecar.broker_outputs)",
-            config.source,
-        )
-        return EXIT_CONFIG
     from spiffe_bridge.sidecar.runner import Daemon
 
     return Daemon(config, plans, wrapper_argv=args.wrapped).run()

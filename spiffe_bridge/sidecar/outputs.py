@@ -49,13 +49,29 @@ class Outputs:
             await asyncio.shield(self._syncing)  # a cancelled waiter must not cancel the fsync
 
     def write_all(
-        self, ctx: X509Context | None, tokens: Mapping[str, JwtSvid], bundles: JwtBundleSet | None
+        self,
+        ctx: X509Context | None,
+        tokens: Mapping[str, JwtSvid],
+        bundles: JwtBundleSet | None,
+        workloads: Mapping[int, X509Context | None] | None = None,
     ) -> tuple[bool, list[str]]:
-        """Render and write every directory (no fsync); (anything changed, failed directories)."""
+        """Render and write every directory (no fsync); (anything changed, failed directories).
+
+        A broker-mode plan (``plan.workload`` set) is rendered from ``workloads[plan.workload]``,
+        never from the bridge's own ``ctx``; without a context there it is left as it is.
+        """
         changed, failed = False, []
         for plan, writer in self.writers:
+            if plan.workload is not None:
+                own = (workloads or {}).get(plan.workload)
+                if own is None:
+                    continue  # not ready: the status says why (the runner recorded it)
+                material: tuple[X509Context | None, Mapping[str, JwtSvid], JwtBundleSet | None]
+                material = (own, {}, None)
+            else:
+                material = (ctx, tokens, bundles)
             try:
-                files = plan.render(ctx, tokens, bundles)
+                files = plan.render(*material)
                 if files and writer.write(files, durable=False).changed:
                     changed = True
                     if self.hot:  # returns at once: the updates run off the loop
@@ -88,15 +104,21 @@ class Outputs:
             except OSError as exc:
                 log.error("could not remove the files in %s: %s", plan.directory, exc)
 
-    def svid_expiry(self, ctx: X509Context | None) -> float | None:
-        """When the first X.509-SVID written to any output expires (epoch seconds)."""
-        if ctx is None:
-            return None
+    def svid_expiry(
+        self, ctx: X509Context | None, workloads: Mapping[int, X509Context | None] | None = None
+    ) -> float | None:
+        """When the first X.509-SVID written to any output expires (epoch seconds).
+
+        A workload output counts with its workload's context while it has one.
+        """
         times = []
         for plan, _ in self.writers:
+            held = ctx if plan.workload is None else (workloads or {}).get(plan.workload)
+            if held is None:
+                continue
             for out in plan.x509:
                 try:
-                    times.append(ctx.svid(hint=out.options.hint or None).expires_at.timestamp())
+                    times.append(held.svid(hint=out.options.hint or None).expires_at.timestamp())
                 except LookupError:
                     continue
         return min(times) if times else None

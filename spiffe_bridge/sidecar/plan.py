@@ -186,7 +186,8 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
             f"{where('format', out.line)}: unknown output format {out.format!r}; "
             f"choose one of {', '.join(X509_FORMATS)}"
         )
-    kwargs: dict[str, Any] = {"hint": config.hint or None}
+    # the top-level hint picks among the bridge's own SVIDs; a workload's are its own (broker mode)
+    kwargs: dict[str, Any] = {"hint": None if out.workload else (config.hint or None)}
     for name, value in out.options.items():
         if name in _PASSWORD_KEYS or name in hot_updates.KEYS:
             continue

@@ -11,6 +11,13 @@ the reload action runs only once every file of an update is in place.
 Writing, fsync off the loop and per-output failures are :mod:`.outputs`; a
 stalled loop is noticed by :mod:`.watchdog` (``/live`` fails, ``WATCHDOG=1`` stops).
 
+Broker mode (docs/broker.md): outputs with a workload reference are written from
+that workload's context (:class:`.broker_outputs.WorkloadFeed`), never the
+bridge's own, and are ready on their own. The first reload and ``READY=1`` wait
+for the bridge's own outputs and a first verdict on every workload output
+(written, or not ready and why), so a workload started after the bridge does not
+hold it up.
+
 Exit codes: 0 after SIGTERM/SIGINT, the child's code in wrapper mode, 1 when
 a stream fails for good (InvalidArgument/Unimplemented) or the health server
 cannot start.
@@ -37,6 +44,7 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar import jwt_refresh
+from spiffe_bridge.sidecar.broker_outputs import WorkloadFeed
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
 from spiffe_bridge.sidecar.outputs import Outputs
@@ -104,6 +112,7 @@ class Daemon:
 
             self.metrics = renderer(self.status, self.outputs.links_replaced)
         self.ctx: X509Context | None = None
+        self.workloads = WorkloadFeed(config, plans, self.status)  # broker mode's outputs
         self.bundles: JwtBundleSet | None = None
         self.tokens: dict[str, JwtSvid] = {}
         self.lost: set[str] = set()
@@ -232,6 +241,8 @@ class Daemon:
                 )
                 self._spawn(refresher, f"jwt-{spec.file_name}")
         log.info("watching the Workload API at %s", address)
+        if self.workloads and self.x509_source is not None:
+            self._spawn(self.workloads.run(self.x509_source, self._on_workload, RECONNECT), "broker")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"spiffe-bridge-{name}"))
@@ -274,6 +285,9 @@ class Daemon:
         self.ctx = ctx
         log.info("received X.509 update for %s", capped(s.spiffe_id for s in ctx.svids))
         self._queue("x509", [])
+
+    def _on_workload(self) -> None:
+        self._queue("x509", [])  # a workload output's context changed (held by self.workloads)
 
     def _on_bundles(self, bundles: JwtBundleSet) -> None:
         self.bundles = bundles
@@ -363,6 +377,8 @@ class Daemon:
             return False
         if self.config.jwt_bundle_file_name and self.bundles is None:
             return False
+        if not self.workloads.decided():
+            return False
         return all(j.file_name in self.tokens for j in self.config.jwt_svids)
 
     async def _publish(self, kind: str, paths: list[str]) -> None:
@@ -371,7 +387,7 @@ class Daemon:
             log.info("identity lost: not writing until it is back")
             return
         await self.outputs.settled()  # the previous set is durable before this one replaces it
-        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles)
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.contexts)
         if changed:
             self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
@@ -388,7 +404,7 @@ class Daemon:
             self.status.wrote(
                 x509=self.ctx is not None,
                 jwt_paths=written,
-                svid_expiry=self.outputs.svid_expiry(self.ctx),
+                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads.contexts),
                 jwt_expiry=jwt_expiry,
             )
         if changed:

@@ -5,8 +5,9 @@ health server and the metrics collector only read it. ``live`` and ``ready``
 are decided in one place so HTTP, metrics and tests agree.
 
 * ready: every configured file was written at least once, the last write did
-  not fail, nothing on disk has expired, and the identity is not lost under
-  the ``unready``/``delete`` policies.
+  not fail, nothing on disk has expired, the identity is not lost under
+  the ``unready``/``delete`` policies, and no output is marked not ready (a
+  broker-mode output whose workload has no identity, or whose process exited).
 * live: no stream stopped for good, no stream has been down longer than
   ``health_max_disconnected``, and the last write did not fail (spiffe-helper's
   rule).
@@ -58,6 +59,8 @@ class SidecarStatus:
     #: per hot update (``action target``): runs, failures, last error
     hot_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, str | None] = field(default_factory=dict)  # directory -> last error (None: fine)
+    #: directory -> why that output holds no current identity (broker mode: NoIdentity, process exited)
+    not_ready: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,12 @@ class SidecarStatus:
         """One output directory was written (or was already up to date)."""
         with self._lock:
             self.outputs[directory] = None
+            self.not_ready.pop(directory, None)
+
+    def output_not_ready(self, directory: str, reason: str) -> None:
+        """One output has no identity to write (its files, if any, are kept); the others go on."""
+        with self._lock:
+            self.not_ready[directory] = reason
 
     def output_failed(self, directory: str, error: str) -> None:
         """One output directory could not be rendered or written; the others go on."""
@@ -165,7 +174,7 @@ class SidecarStatus:
         with self._lock:
             statuses = [self.x509_write_status] if self.x509_configured else []
             statuses += list(self.jwt_write_status.values())
-            if any(s != WRITTEN for s in statuses) or self.last_write_failed:
+            if any(s != WRITTEN for s in statuses) or self.last_write_failed or self.not_ready:
                 return False
             if self.identity_lost and self.policy != "keep":
                 return False
@@ -222,7 +231,10 @@ class SidecarStatus:
                 "reloads": self.reloads,
                 "reload_failures": self.reload_failures,
                 "hot_updates": {k: dict(v) for k, v in self.hot_updates.items()},
-                "outputs": {d: ("failed: " + e if e else "written") for d, e in self.outputs.items()},
+                "outputs": {
+                    **{d: ("failed: " + e if e else "written") for d, e in self.outputs.items()},
+                    **{d: "not ready: " + why for d, why in self.not_ready.items()},
+                },
             }
         return {
             "file_write_statuses": files,

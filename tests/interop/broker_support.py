@@ -45,22 +45,23 @@ def _need(condition: bool, why: str) -> None:
 
 
 class Workload:
-    """A ``sleep`` process running as ``uid``; ``pid`` is what the broker references."""
+    """A ``sleep`` process as ``uid`` (group ``gid``, default ``uid``); the broker references ``pid``."""
 
-    def __init__(self, uid: int) -> None:
+    def __init__(self, uid: int, gid: int | None = None) -> None:
         setpriv = shutil.which("setpriv")
         sleep = shutil.which("sleep")
         _need(bool(setpriv and sleep), "setpriv (util-linux) and sleep (coreutils) are needed")
         _need(os.geteuid() == 0, "workloads under other uids need root (setpriv --reuid)")
         assert setpriv and sleep
         self.uid = uid
+        self.gid = uid if gid is None else gid
         self.popen = subprocess.Popen(
             [
                 setpriv,
                 "--pdeathsig",
                 "KILL",
                 f"--reuid={uid}",
-                f"--regid={uid}",
+                f"--regid={self.gid}",
                 "--clear-groups",
                 sleep,
                 "600",
@@ -84,8 +85,8 @@ class Workload:
 
 
 @contextlib.contextmanager
-def workload(uid: int) -> Iterator[Workload]:
-    w = Workload(uid)
+def workload(uid: int, gid: int | None = None) -> Iterator[Workload]:
+    w = Workload(uid, gid)
     try:
         yield w
     finally:

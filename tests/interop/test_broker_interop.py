@@ -447,11 +447,7 @@ broker {{
             with sidecar(["-config", str(tmp_path / "none.conf")], tmp_path) as proc:
                 assert proc.wait(60) == 4, proc.log
             assert not (tmp_path / "none" / "svid.pem").exists()
-            # daemon mode is refused until the runner follows workloads, rather than writing our own SVID
-            (tmp_path / "daemon.conf").write_text(hcl.replace("daemon_mode = false", "daemon_mode = true"))
-            with sidecar(["-config", str(tmp_path / "daemon.conf")], tmp_path) as proc:
-                assert proc.wait(60) == 2, proc.log
-            assert "workload_pid" in proc.log
+            # daemon mode: tests/interop/test_broker_daemon_interop.py
     finally:
         d.delete_entry(web)
         d.delete_entry(db)

@@ -124,3 +124,19 @@ def test_pid_file_reader_never_blocks_and_takes_only_a_pid(tmp_path: Path) -> No
     os.mkfifo(fifo)
     assert read_pid_file(str(fifo)) is None  # opened non-blocking, refused as not a regular file
     assert read_pid_file(str(tmp_path)) is None
+
+
+def test_the_top_level_hint_is_the_bridges_not_the_workloads() -> None:
+    """``hint`` picks among the bridge's own SVIDs; a workload output takes its workload's default SVID."""
+    from spiffe_bridge.sidecar import plan
+
+    config = build(parse_text('hint = "bridge"\n' + TOML, "toml"), environ={})
+    plans = {p.directory: p for p in plan.build(config, {})[0]}
+    assert plans["/etc/nginx/spiffe"].x509[0].options.hint is None
+    assert plans["/etc/pg/spiffe"].x509[0].options.hint is None
+    assert plans["/etc/bridge"].x509[0].options.hint == "bridge"
+    text = TOML.replace("workload_pid = 1234\n", 'workload_pid = 1234\nhint = "db"\n')
+    pg = {p.directory: p for p in plan.build(build(parse_text(text, "toml"), environ={}), {})[0]}[
+        "/etc/pg/spiffe"
+    ]
+    assert pg.x509[0].options.hint == "db"  # an output's own hint still applies

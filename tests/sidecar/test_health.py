@@ -68,6 +68,21 @@ class TestReadiness:
         clock.now += 101
         assert not status.ready()  # the SVID on disk expired
 
+    def test_an_output_not_ready_is_named_and_keeps_the_rest_written(self, clock: Clock) -> None:
+        status = make_status(clock)
+        status.output_not_ready("/etc/pg/spiffe", "waiting for the workload's identity")
+        written(status, clock)
+        status.output_ok("/etc/nginx/spiffe")
+        assert not status.ready() and status.live()  # not ready is not a liveness problem
+        status.output_not_ready("/etc/pg/spiffe", "NoIdentity: no SVIDs for pid 42")
+        assert status.snapshot()["outputs"] == {
+            "/etc/nginx/spiffe": "written",
+            "/etc/pg/spiffe": "not ready: NoIdentity: no SVIDs for pid 42",
+        }
+        status.output_ok("/etc/pg/spiffe")  # the workload got its identity, the files were written
+        assert status.ready()
+        assert set(status.snapshot()["outputs"].values()) == {"written"}
+
     def test_failed_write_is_unready_and_not_live(self, clock: Clock) -> None:
         status = make_status(clock)
         written(status, clock)

@@ -1,0 +1,77 @@
+"""Why a broker-mode output is not ready, as /ready and the log say it (sidecar.broker_outputs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from sidecar_helpers import DEADLINE, free_port, health, sidecar, write_conf
+
+from spiffe_bridge.devagent.server import DevAgent
+from spiffe_bridge.errors import (
+    AgentUnavailableError,
+    WorkloadExitedError,
+    WorkloadNotEntitledError,
+    WorkloadNotFoundError,
+)
+from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate, not_ready_reason
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (WorkloadNotEntitledError("no SVIDs for pid 7"), "NoIdentity: no SVIDs for pid 7"),
+        (WorkloadExitedError("the referenced process (pid 7) has exited"), "process exited: "),
+        (WorkloadNotFoundError("pid 7 does not exist"), "process exited: "),
+        (LookupError("no PID in /run/nginx.pid"), "no workload process: no PID in /run/nginx.pid"),
+        (AgentUnavailableError("connection refused"), "unavailable: "),
+    ],
+)
+def test_reason_names_the_kind_and_the_detail(error: Exception, reason: str) -> None:
+    text = not_ready_reason(WorkloadUpdate(0, 7, None, error))
+    assert text.startswith(reason) and str(error) in text
+
+
+def test_daemon_with_a_failing_broker_client_keeps_its_own_outputs(
+    dev_agent: DevAgent, tmp_path: Path
+) -> None:
+    """No SVID for ``broker.spiffe_id``: the workload output alone is not ready, and READY=1 still comes."""
+    port = free_port()
+    own, theirs = tmp_path / "own", tmp_path / "nginx"
+    conf = write_conf(
+        tmp_path,
+        f"""
+agent_address = "{dev_agent.address}"
+broker {{
+  address = "unix://{tmp_path / "broker.sock"}"
+  spiffe_id = "spiffe://example.org/not-one-of-ours"
+}}
+health_checks {{
+  listener_enabled = true
+  bind_port = {port}
+}}
+health_bind_address = "127.0.0.1"
+outputs = [
+  {{ format = "pem", dir = "{theirs}", workload_pid = {os.getpid()} }},
+  {{ format = "pem", dir = "{own}" }},
+]
+""",
+    )
+    notify_path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(notify_path)
+        systemd.settimeout(DEADLINE)
+        with sidecar(["-config", str(conf)], tmp_path, env={"NOTIFY_SOCKET": notify_path}) as proc:
+            assert systemd.recv(64) == b"READY=1", proc.log
+            assert (own / "svid.pem").is_file()
+            code, body = health(f"http://127.0.0.1:{port}/ready")
+            assert code == 503, body
+            outputs = body["health"]["outputs"]
+            assert outputs[str(own)] == "written"
+            assert outputs[str(theirs)].startswith("not ready: unavailable: the Broker API client failed")
+            assert "not-one-of-ours" in outputs[str(theirs)]
+            assert health(f"http://127.0.0.1:{port}/live")[0] == 200
+            assert not theirs.exists() or not any(theirs.iterdir())  # never the bridge's own SVID there
+            assert proc.stop() == 0, proc.log
