@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from spiffe_bridge.sidecar import env, exitcodes
-from spiffe_bridge.sidecar.schema import TOP_KEYS, Key
+from spiffe_bridge.sidecar.schema import Key
+from spiffe_bridge.sidecar.settings import TOP_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "sidecar.md").read_text()
