@@ -33,12 +33,16 @@ from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar import hot_updates
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
-from spiffe_bridge.sidecar.schema import ConfigError, Issues, parse_mode, where
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, Key, parse_mode, where
 
 #: X509Options fields that are never set from a config file.
 _NOT_CONFIGURABLE = {"now", "pkcs12_password", "pkcs12_truststore_password"}
 #: Per-output keys of the pkcs12 format handled here rather than passed to X509Options.
-_PASSWORD_KEYS = {"pkcs12_password_file", "pkcs12_password_env"}
+PASSWORD_KEYS = tuple(
+    Key(name, "str", "", f"Per-output `{name}` (format `pkcs12`).", ours=True, shown="the top-level value")
+    for name in ("pkcs12_password_file", "pkcs12_password_env")
+)
+_PASSWORD_KEYS = {key.name for key in PASSWORD_KEYS}
 _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(X509Options) if f.name not in _NOT_CONFIGURABLE}
 
 
