@@ -23,19 +23,17 @@ from spiffe_bridge.address import parse as parse_address
 from spiffe_bridge.errors import AddressError, SpiffeIdError
 from spiffe_bridge.formats.options import FormatError, check_key_file_mode
 from spiffe_bridge.sidecar import env as env_overrides
-from spiffe_bridge.sidecar.decode import parse_text
-from spiffe_bridge.sidecar.hcl import HclObject
-from spiffe_bridge.sidecar.schema import ConfigError, Issues, check_object, declared, defaults, where
-from spiffe_bridge.sidecar.settings import (
-    OUTPUT_KEYS,
-    TOP_KEYS,
+from spiffe_bridge.sidecar.blocks import (
     BrokerConfig,
-    Config,
     HealthConfig,
     JwtSvidConfig,
     MetricsConfig,
     OutputConfig,
 )
+from spiffe_bridge.sidecar.decode import parse_text
+from spiffe_bridge.sidecar.hcl import HclObject
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, check_object, declared, defaults, keys_of, where
+from spiffe_bridge.sidecar.settings import TOP_KEYS, Config
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 #: spiffe-helper's fallback socket when neither agent_address nor SPIFFE_ENDPOINT_SOCKET is set.
@@ -275,7 +273,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         raise ConfigError(f"'format' is required in {name!r}")
     if not item.get("dir"):
         raise ConfigError(f"'dir' is required in {name!r}")
-    fixed = {key.name for key in OUTPUT_KEYS}
+    fixed = {key.name for key in keys_of(OutputConfig)}
     options = {k: val for k, val in item.items() if k not in fixed}
     uid = item.get("uid", -1)
     gid = item.get("gid", -1)
