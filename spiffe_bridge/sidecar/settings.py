@@ -10,6 +10,7 @@ against (``TOP_KEYS`` and the blocks' tables) and the environment overrides
 (:mod:`spiffe_bridge.sidecar.env`) are read back from these fields. A field whose
 key has another name or shape says so (``name=``, ``value=`` for the field's
 own default); the loader (:mod:`spiffe_bridge.sidecar.config`) converts those.
+File modes default to the formats' own (spiffe-helper's) defaults.
 Adding a key is adding a field, then running ``python -m spiffe_bridge.sidecar.keydocs``.
 spiffe-helper's keys come first; keys this project adds are marked ``ours``.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
+from spiffe_bridge.formats.options import JwtOptions, X509Options
 from spiffe_bridge.sidecar.blocks import (
     BrokerConfig,
     HealthConfig,
@@ -115,16 +117,18 @@ class Config:
         "",
         'JWT bundle file in spiffe-helper\'s shape: `{"<trust domain>": "<standard base64 of the JWKS>"}`.',
     )
-    cert_file_mode: int = setting("mode", 0o644, "Mode of the SVID and bundle files.")
+    cert_file_mode: int = setting("mode", X509Options.cert_file_mode, "Mode of the SVID and bundle files.")
     key_file_mode: int = setting(
         "mode",
-        0o600,
+        X509Options.key_file_mode,
         "Mode of the key file (and of every file holding a private key in `outputs`). A mode with group "
         "or other bits (`0640`, `0644`, decimal `999` = `0o747`) is refused with exit 2 unless "
         "`allow_shared_key_file_mode = true`.",
     )
-    jwt_bundle_file_mode: int = setting("mode", 0o600, "Mode of the JWT bundle file.")
-    jwt_svid_file_mode: int = setting("mode", 0o600, "Mode of the JWT-SVID files.")
+    jwt_bundle_file_mode: int = setting(
+        "mode", JwtOptions.jwt_bundle_file_mode, "Mode of the JWT bundle file."
+    )
+    jwt_svid_file_mode: int = setting("mode", JwtOptions.jwt_svid_file_mode, "Mode of the JWT-SVID files.")
     daemon_mode: bool = setting("bool", True, "`false`: one-shot mode.")
     pid_file_name: str = setting(
         "str",
