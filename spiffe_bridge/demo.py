@@ -21,17 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Where each format goes, relative to the output directory.
-FORMAT_DIRS = {
-    "pem": "pem",
-    "combined": "combined",
-    "envoy-sds": "envoy-sds",
-    "pkcs12": "pkcs12",
-    "der": "der",
-    "linkerd": "linkerd",
-    "spiffe-fs": "spiffe-fs",
-    "bundle-map": "bundle-map",
-}
+from spiffe_bridge.formats import X509_FORMATS
+
+#: Where each format goes, relative to the output directory: a directory named after it.
+FORMAT_DIRS = {name: name for name in X509_FORMATS}
 #: Formats holding only trust bundles: an SVID rotation leaves them as they are.
 BUNDLE_ONLY = ("linkerd", "bundle-map")
 SPIFFE_ID = "spiffe://example.org/demo/web"

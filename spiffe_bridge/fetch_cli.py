@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from spiffe_bridge.jwt import JwtSvid
     from spiffe_bridge.model import X509Context
 
-X509_FORMAT_NAMES = ("pem", "combined", "envoy-sds", "pkcs12", "der", "linkerd", "spiffe-fs", "bundle-map")
-
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every fetch-like command shares: address, timeout, output directory and layout."""
@@ -84,7 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_common(x)
     add_x509_selection(x)
-    x.add_argument("--format", choices=X509_FORMAT_NAMES, default="pem", help="file format (pem)")
+    from spiffe_bridge.formats import X509_FORMATS
+
+    x.add_argument("--format", choices=X509_FORMATS, default="pem", help="file format (pem)")
     secret = x.add_mutually_exclusive_group()
     secret.add_argument("--pkcs12-password-file", metavar="FILE", help="read the PKCS#12 password from FILE")
     secret.add_argument("--pkcs12-password-env", metavar="VAR", help="read the PKCS#12 password from $VAR")

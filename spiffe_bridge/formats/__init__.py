@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spiffe_bridge.formats._material import select_svid
-from spiffe_bridge.formats.options import FederatedLayout, FormatError, JwtOptions, X509Options
+from spiffe_bridge.formats.options import (
+    COMMON_OPTIONS,
+    FederatedLayout,
+    FormatError,
+    JwtOptions,
+    X509Options,
+)
 
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import FileSpec
@@ -25,12 +31,15 @@ __all__ = [
     "FormatError",
     "JwtOptions",
     "X509Options",
+    "format_options",
+    "formats_taking",
     "render_jwt",
     "render_x509",
     "select_svid",
 ]
 
-# format name -> module with ``render(ctx, options) -> list[FileSpec]``
+# The one list of X.509 formats: name -> module with ``render(ctx, options) -> list[FileSpec]`` and
+# ``OPTIONS``, the X509Options fields it reads besides COMMON_OPTIONS.
 _X509_MODULES: dict[str, str] = {
     "pem": "spiffe_bridge.formats.pem",
     "combined": "spiffe_bridge.formats.combined",
@@ -46,12 +55,27 @@ _X509_MODULES: dict[str, str] = {
 X509_FORMATS: tuple[str, ...] = tuple(_X509_MODULES)
 
 
-def render_x509(format_name: str, ctx: X509Context, options: X509Options | None = None) -> list[FileSpec]:
-    """Render ``ctx`` in ``format_name``; FormatError for an unknown format or unusable options."""
+def _module(format_name: str) -> Any:
     module = _X509_MODULES.get(format_name)
     if module is None:
         raise FormatError(f"unknown X.509 format {format_name!r}; choose one of {', '.join(X509_FORMATS)}")
-    render: Callable[[X509Context, X509Options], list[FileSpec]] = importlib.import_module(module).render
+    return importlib.import_module(module)
+
+
+def format_options(format_name: str) -> frozenset[str]:
+    """The X509Options fields ``format_name`` reads (FormatError for an unknown format)."""
+    own: frozenset[str] = _module(format_name).OPTIONS
+    return COMMON_OPTIONS | own
+
+
+def formats_taking(option: str) -> tuple[str, ...]:
+    """The formats that read ``option``, in registry order (for "which format takes it" messages)."""
+    return tuple(name for name in X509_FORMATS if option in format_options(name))
+
+
+def render_x509(format_name: str, ctx: X509Context, options: X509Options | None = None) -> list[FileSpec]:
+    """Render ``ctx`` in ``format_name``; FormatError for an unknown format or unusable options."""
+    render: Callable[[X509Context, X509Options], list[FileSpec]] = _module(format_name).render
     return render(ctx, options or X509Options())
 
 

@@ -64,6 +64,10 @@ def bundle_map(ctx: X509Context, options: X509Options) -> dict[str, Any]:
     return {"trust_domains": {td.name: {"keys": [x509_jwk(c) for c in certs]} for td, certs in domains}}
 
 
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = frozenset({"bundle_map_file_name"})
+
+
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
     """The single bundle map file (public material: the certificate mode)."""
     data = json.dumps(bundle_map(ctx, options), indent=2, sort_keys=True).encode() + b"\n"

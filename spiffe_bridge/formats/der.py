@@ -9,13 +9,23 @@ from collections.abc import Sequence
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, federated_specs, spec, x509_material
-from spiffe_bridge.formats.options import X509Options
+from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.model import X509Context
 
 
 def certs_der(certs: Sequence[Cert]) -> bytes:
     """Concatenated DER certificates."""
     return b"".join(der for _, der in certs)
+
+
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = KEY_OPTIONS | {
+    "der_svid_file_name",
+    "der_chain_file_name",
+    "der_key_file_name",
+    "der_bundle_file_name",
+    "federated_dir",
+}
 
 
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, spec, x509_material
-from spiffe_bridge.formats.options import X509Options
+from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.formats.pem import certs_pem
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.spiffeid import TrustDomain
@@ -56,6 +56,18 @@ def discovery_response(secret: dict[str, Any]) -> bytes:
         "resources": [resource],
     }
     return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = KEY_OPTIONS | {
+    "envoy_certificate_file_name",
+    "envoy_bundle_file_name",
+    "envoy_all_bundles_file_name",
+    "envoy_certificate_secret_name",
+    "envoy_bundle_secret_name",
+    "envoy_all_bundles_secret_name",
+    "envoy_spiffe_validator",
+}
 
 
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:

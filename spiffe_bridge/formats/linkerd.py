@@ -65,6 +65,18 @@ def env_file(ctx: X509Context, options: X509Options) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = frozenset(
+    {
+        "linkerd_server_name",
+        "linkerd_workload_api_address",
+        "linkerd_trust_anchors_file_name",
+        "linkerd_env_file_name",
+        "linkerd_legacy_socket_env",
+    }
+)
+
+
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:
     """``trust_anchors.pem`` and ``linkerd.env`` (both public material, cert mode)."""
     return [

@@ -97,6 +97,22 @@ class X509Options:
         check_key_file_mode(self.key_file_mode, self.allow_shared_key_file_mode)
 
 
+#: X509Options fields every X.509 format reads: which SVID, which certificates, the certificate mode.
+COMMON_OPTIONS = frozenset(
+    {
+        "hint",
+        "spiffe_id",
+        "cert_file_mode",
+        "add_intermediates_to_bundle",
+        "include_federated_domains",
+        "federated_layout",
+        "omit_expired",
+    }
+)
+#: The options of every format that writes a private key.
+KEY_OPTIONS = frozenset({"key_file_mode", "allow_shared_key_file_mode"})
+
+
 @dataclass(frozen=True)
 class JwtOptions:
     """Names and modes for JWT material (spiffe-helper's modes: everything 0600).

@@ -11,13 +11,22 @@ from collections.abc import Sequence
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, federated_specs, spec, x509_material
-from spiffe_bridge.formats.options import X509Options
+from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.model import X509Context, pem_block
 
 
 def certs_pem(certs: Sequence[Cert]) -> bytes:
     """Concatenated PEM ``CERTIFICATE`` blocks."""
     return b"".join(pem_block("CERTIFICATE", der) for _, der in certs)
+
+
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = KEY_OPTIONS | {
+    "svid_file_name",
+    "svid_key_file_name",
+    "svid_bundle_file_name",
+    "federated_dir",
+}
 
 
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, X509Material, spec, x509_material
-from spiffe_bridge.formats.options import FormatError, X509Options
+from spiffe_bridge.formats.options import KEY_OPTIONS, FormatError, X509Options
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.spiffeid import TrustDomain
 
@@ -61,6 +61,14 @@ def _trusted(material: X509Material, options: X509Options) -> list[tuple[str, Ce
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[bytes, X509Options], list[FileSpec]] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = KEY_OPTIONS | {
+    "pkcs12_keystore_file_name",
+    "pkcs12_truststore_file_name",
+    "pkcs12_alias",
+}
 
 
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:

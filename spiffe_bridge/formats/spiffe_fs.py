@@ -17,11 +17,15 @@ import dataclasses
 from spiffe_bridge.credential_folder import CREDENTIAL_BUNDLE, TRUST_BUNDLE_SUFFIX
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import spec, x509_material
-from spiffe_bridge.formats.options import X509Options
+from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.formats.pem import certs_pem
 from spiffe_bridge.model import X509Context
 
 __all__ = ["CREDENTIAL_BUNDLE", "TRUST_BUNDLE_SUFFIX", "render"]
+
+
+#: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
+OPTIONS: frozenset[str] = KEY_OPTIONS
 
 
 def render(ctx: X509Context, options: X509Options) -> list[FileSpec]:

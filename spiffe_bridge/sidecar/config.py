@@ -1,8 +1,8 @@
 """The sidecar's configuration: spiffe-helper's ``helper.conf`` keys plus this project's additions.
 
 ``load(path)`` reads HCL (spiffe-helper's format, the default), TOML
-(``.toml``) or JSON (``.json``), checks every key against the tables in
-:mod:`spiffe_bridge.sidecar.schema`, applies environment overrides
+(``.toml``) or JSON (``.json``), checks every key against the tables declared in
+:mod:`spiffe_bridge.sidecar.settings`, applies environment overrides
 (:mod:`spiffe_bridge.sidecar.env`) and spiffe-helper's validation rules, and
 returns a frozen :class:`Config`. Problems raise :class:`ConfigError` naming
 the key and line; doubtful values (decimal file modes, keys ignored in
@@ -12,13 +12,9 @@ one-shot mode) become ``Config.warnings``.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
 import signal
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +23,17 @@ from spiffe_bridge.address import parse as parse_address
 from spiffe_bridge.errors import AddressError, SpiffeIdError
 from spiffe_bridge.formats.options import FormatError, check_key_file_mode
 from spiffe_bridge.sidecar import env as env_overrides
-from spiffe_bridge.sidecar.hcl import MAX_NESTING, HclError, HclObject, check_nesting, loads
-from spiffe_bridge.sidecar.schema import TOP_KEYS, ConfigError, Issues, check_object, defaults, where
+from spiffe_bridge.sidecar.blocks import (
+    BrokerConfig,
+    HealthConfig,
+    JwtSvidConfig,
+    MetricsConfig,
+    OutputConfig,
+)
+from spiffe_bridge.sidecar.decode import parse_text
+from spiffe_bridge.sidecar.hcl import HclObject
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, check_object, declared, defaults, keys_of, where
+from spiffe_bridge.sidecar.settings import TOP_KEYS, Config
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 
 #: spiffe-helper's fallback socket when neither agent_address nor SPIFFE_ENDPOINT_SOCKET is set.
@@ -48,125 +53,6 @@ __all__ = [
     "load",
     "parse_text",
 ]
-
-
-@dataclass(frozen=True)
-class JwtSvidConfig:
-    """One ``jwt_svids`` entry: audiences and the file the token goes to."""
-
-    audience: str
-    extra_audiences: tuple[str, ...]
-    file_name: str
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """The ``health_checks`` block plus the bind address and liveness limit."""
-
-    listener_enabled: bool = False
-    bind_port: int = 8081
-    liveness_path: str = "/live"
-    readiness_path: str = "/ready"
-    bind_address: str = "127.0.0.1"
-    max_disconnected: float = 600.0
-    max_stall: float = 10.0
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """The ``metrics`` block."""
-
-    enabled: bool = False
-    path: str = "/metrics"
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """The ``broker`` block (docs/broker.md): where the Broker API is and how we authenticate."""
-
-    address: str
-    spiffe_id: str = ""
-    hint: str = ""
-    agent_id: str = ""
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """One ``outputs`` entry: a format written to a directory; ``options`` go to the format."""
-
-    format: str
-    dir: str
-    layout: str = "symlink"
-    uid: int | None = None
-    gid: int | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    line: int | None = None
-    option_lines: Mapping[str, int] = field(default_factory=dict)
-    workload_pid_file: str = ""
-    workload_pid: int | None = None
-
-    @property
-    def workload(self) -> bool:
-        """True when this output carries a referenced workload's SVID (broker mode)."""
-        return bool(self.workload_pid_file) or self.workload_pid is not None
-
-
-@dataclass(frozen=True)
-class Config:
-    """The validated sidecar configuration (see docs/sidecar.md for every key)."""
-
-    source: str
-    agent_address: str
-    cert_dir: str
-    svid_file_name: str = ""
-    svid_key_file_name: str = ""
-    svid_bundle_file_name: str = ""
-    add_intermediates_to_bundle: bool = False
-    include_federated_domains: bool = False
-    omit_expired: bool = False
-    hint: str = ""
-    jwt_svids: tuple[JwtSvidConfig, ...] = ()
-    jwt_bundle_file_name: str = ""
-    cert_file_mode: int = 0o644
-    key_file_mode: int = 0o600
-    allow_shared_key_file_mode: bool = False
-    jwt_bundle_file_mode: int = 0o600
-    jwt_svid_file_mode: int = 0o600
-    daemon_mode: bool = True
-    cmd: str = ""
-    cmd_args: tuple[str, ...] = ()
-    pid_file_name: str = ""
-    renew_signal: signal.Signals | None = None
-    health: HealthConfig = HealthConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    outputs: tuple[OutputConfig, ...] = ()
-    layout: str = "symlink"
-    federated_layout: str = "merged"
-    log_level: str = "info"
-    log_format: str = "text"
-    on_identity_lost: str = "keep"
-    one_shot_timeout: float = 60.0
-    reload_command: tuple[str, ...] = ()
-    reload_command_timeout: float = 30.0
-    pkcs12_password_file: str = ""
-    pkcs12_password_env: str = "SPIFFE_BRIDGE_PKCS12_PASSWORD"  # noqa: S105 - a variable name
-    warnings: tuple[str, ...] = ()
-    broker: BrokerConfig | None = None
-
-    @property
-    def x509_enabled(self) -> bool:
-        """True when the spiffe-helper X.509 file set (all three names) is configured."""
-        return bool(self.svid_file_name)
-
-    @property
-    def jwt_enabled(self) -> bool:
-        """True when any JWT material (SVIDs or bundle) is to be written."""
-        return bool(self.jwt_svids or self.jwt_bundle_file_name)
-
-    @property
-    def needs_x509(self) -> bool:
-        """True when an X.509 stream is needed (legacy files or any ``outputs`` entry)."""
-        return self.x509_enabled or bool(self.outputs)
 
 
 def split_cmd_args(text: str) -> tuple[str, ...]:
@@ -199,81 +85,6 @@ def parse_signal(name: str) -> signal.Signals:
         except KeyError:
             pass
     raise ConfigError(f"'renew_signal' {name!r} is not a signal name (e.g. SIGHUP, SIGUSR1)")
-
-
-def _toml_with_lines(text: str) -> HclObject:
-    """Decode TOML and attach approximate key lines (first ``key =`` or ``[key]`` in the text)."""
-    _checked_nesting(text)
-    try:
-        data = tomllib.loads(text)
-    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
-        raise ConfigError(f"invalid TOML: {exc}") from None
-    except RecursionError:  # a nesting the bracket scan missed: still refuse
-        raise ConfigError(f"invalid TOML: values nest more than {MAX_NESTING} levels deep") from None
-    lines = text.splitlines()
-
-    def first_line(key: str) -> int | None:
-        pattern = re.compile(rf'^\s*(\[\[?\s*)?"?{re.escape(key)}"?\s*(=|\]\]?)')
-        return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), None)
-
-    def convert(value: Any, line: int, depth: int) -> Any:
-        if depth > MAX_NESTING:  # dotted keys (a.b.c...) nest without brackets
-            raise ConfigError(f"line {line}: values are nested more than {MAX_NESTING} levels deep")
-        if isinstance(value, dict):
-            obj = HclObject(line)
-            for k, v in value.items():
-                kline = first_line(k) or line
-                obj[k] = convert(v, kline, depth + 1)
-                obj.key_lines[k] = kline
-            return obj
-        if isinstance(value, list):
-            return [convert(v, line, depth + 1) for v in value]
-        return value
-
-    result: HclObject = convert(data, 1, 0)
-    return result
-
-
-def parse_text(text: str, kind: str) -> HclObject:
-    """Decode configuration text: ``kind`` is ``hcl``, ``toml`` or ``json``."""
-    if kind == "toml":
-        return _toml_with_lines(text)
-    if kind == "json" or (kind == "hcl" and text.lstrip().startswith("{")):
-        _checked_nesting(text)
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"invalid JSON: {exc}") from None
-        except RecursionError:  # a nesting the bracket scan missed: still refuse
-            raise ConfigError(f"invalid JSON: values nest more than {MAX_NESTING} levels deep") from None
-        if not isinstance(data, dict):
-            raise ConfigError("the JSON configuration must be an object")
-        return _json_object(data)
-    try:
-        return loads(text)
-    except HclError as exc:
-        raise ConfigError(f"invalid HCL: {exc}") from None
-
-
-def _checked_nesting(text: str) -> None:
-    try:
-        check_nesting(text)
-    except HclError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _json_object(data: dict[str, Any]) -> HclObject:
-    def convert(value: Any) -> Any:
-        if isinstance(value, dict):
-            obj = HclObject(1)
-            obj.update({k: convert(v) for k, v in value.items()})
-            return obj
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        return value
-
-    result: HclObject = convert(data)
-    return result
 
 
 def load(
@@ -385,18 +196,18 @@ def _validate(
     if v["cmd_args"] and not v["cmd"]:
         raise ConfigError(f"{where('cmd_args', line('cmd_args'))} is set but 'cmd' is not")
     hc = v["health_checks"]
-    port = hc["bind_port"] or 8081
+    port = hc["bind_port"] or HealthConfig.bind_port
     if not 0 <= port <= 65535:
         raise ConfigError(f"'health_checks.bind_port' {port} is not a TCP port")
     if v["health_max_stall"] <= 0:
         raise ConfigError(f"{where('health_max_stall', line('health_max_stall'))} must be longer than 0s")
-    metrics = MetricsConfig(v["metrics"]["enabled"], v["metrics"]["path"] or "/metrics")
+    metrics = MetricsConfig(v["metrics"]["enabled"], v["metrics"]["path"] or MetricsConfig.path)
     health = HealthConfig(
         hc["listener_enabled"],
         port,
-        hc["liveness_path"] or "/live",
-        hc["readiness_path"] or "/ready",
-        v["health_bind_address"] or "127.0.0.1",
+        hc["liveness_path"] or HealthConfig.liveness_path,
+        hc["readiness_path"] or HealthConfig.readiness_path,
+        v["health_bind_address"] or HealthConfig.bind_address,
         v["health_max_disconnected"],
         v["health_max_stall"],
     )
@@ -405,45 +216,20 @@ def _validate(
         raise ConfigError("health and metrics paths must start with '/' and differ from each other")
     if v["reload_command"] == [] and "reload_command" in raw:
         raise ConfigError(f"{where('reload_command', line('reload_command'))} is an empty argv list")
-    return Config(
-        source=source,
-        agent_address=_resolve_address(v["agent_address"], env, line("agent_address")),
-        cert_dir=v["cert_dir"],
-        svid_file_name=v["svid_file_name"],
-        svid_key_file_name=v["svid_key_file_name"],
-        svid_bundle_file_name=v["svid_bundle_file_name"],
-        add_intermediates_to_bundle=v["add_intermediates_to_bundle"],
-        include_federated_domains=v["include_federated_domains"],
-        omit_expired=v["omit_expired"],
-        hint=v["hint"],
-        jwt_svids=tuple(jwt_svids),
-        jwt_bundle_file_name=v["jwt_bundle_file_name"],
-        cert_file_mode=v["cert_file_mode"],
-        key_file_mode=v["key_file_mode"],
-        allow_shared_key_file_mode=v["allow_shared_key_file_mode"],
-        jwt_bundle_file_mode=v["jwt_bundle_file_mode"],
-        jwt_svid_file_mode=v["jwt_svid_file_mode"],
-        daemon_mode=v["daemon_mode"],
-        cmd=v["cmd"],
-        cmd_args=split_cmd_args(v["cmd_args"]),
-        pid_file_name=v["pid_file_name"],
-        renew_signal=renew,
-        health=health,
-        metrics=metrics,
-        outputs=outputs,
-        layout=v["layout"],
-        federated_layout=v["federated_layout"],
-        log_level=v["log_level"],
-        log_format=v["log_format"],
-        on_identity_lost=v["on_identity_lost"],
-        one_shot_timeout=v["one_shot_timeout"],
-        reload_command=tuple(v["reload_command"]),
-        reload_command_timeout=v["reload_command_timeout"],
-        pkcs12_password_file=v["pkcs12_password_file"],
-        pkcs12_password_env=v["pkcs12_password_env"],
-        warnings=tuple(issues.warnings),
-        broker=broker,
-    )
+    # Every declared field takes its key's value, unless converted here.
+    converted: dict[str, Any] = {
+        "agent_address": _resolve_address(v["agent_address"], env, line("agent_address")),
+        "cmd_args": split_cmd_args(v["cmd_args"]),
+        "jwt_svids": tuple(jwt_svids),
+        "renew_signal": renew,
+        "health": health,
+        "metrics": metrics,
+        "outputs": outputs,
+        "reload_command": tuple(v["reload_command"]),
+        "broker": broker,
+    }
+    fields = {attr: converted.get(attr, v[key.name]) for attr, key in declared(Config)}
+    return Config(source=source, warnings=tuple(issues.warnings), **fields)
 
 
 def _check_distinct_names(v: Mapping[str, Any], jwt_svids: list[JwtSvidConfig], raw: HclObject) -> None:
@@ -490,7 +276,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         raise ConfigError(f"'format' is required in {name!r}")
     if not item.get("dir"):
         raise ConfigError(f"'dir' is required in {name!r}")
-    fixed = {"format", "dir", "layout", "uid", "gid", "workload_pid_file", "workload_pid"}
+    fixed = {key.name for key in keys_of(OutputConfig)}
     options = {k: val for k, val in item.items() if k not in fixed}
     uid = item.get("uid", -1)
     gid = item.get("gid", -1)
@@ -501,7 +287,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
     return OutputConfig(
         format=item["format"],
         dir=item["dir"],
-        layout=item.get("layout", "symlink"),
+        layout=item.get("layout", OutputConfig.layout),
         uid=None if uid < 0 else uid,
         gid=None if gid < 0 else gid,
         options=options,

@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from spiffe_bridge.sidecar.hcl import HclError, parse_number
-from spiffe_bridge.sidecar.schema import TOP_KEYS, ConfigError, Issues, Key, coerce
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, Key, coerce
+from spiffe_bridge.sidecar.settings import TOP_KEYS
 
 PREFIX = "SPIFFE_BRIDGE_"
 JWT_AUDIENCE = PREFIX + "JWT_AUDIENCE"

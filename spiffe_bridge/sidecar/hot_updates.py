@@ -5,14 +5,8 @@ An ``outputs`` entry may carry ``reload_haproxy``, ``reload_postgres`` and/or
 each configured updater (``spiffe_bridge.updaters``) runs on a private event
 loop thread, so the daemon never waits for a server: per update the newest files
 win (a backlog collapses into one run), and every outcome is recorded in the
-sidecar status (health JSON and metrics). Keys:
-
-- ``reload_haproxy``: runtime API address; ``haproxy_cert_path`` (the ``crt`` path
-  HAProxy's config names, default the combined file's visible path);
-  ``haproxy_ca_file_path`` (default the bundle file's visible path) and
-  ``haproxy_update_ca_file`` (default true): the CA file is pushed only when it changed;
-- ``reload_postgres``: libpq conninfo; ``reload_mysql``: ``mysql://`` DSN;
-- ``reload_timeout`` (seconds per attempt, 10) and ``reload_attempts`` (3).
+sidecar status (health JSON and metrics). ``OUTPUT_KEYS`` declares the keys
+(``reload_*``, ``haproxy_*``) with their types, defaults and meanings.
 """
 
 from __future__ import annotations
@@ -29,17 +23,81 @@ from typing import Any
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats import X509Options
-from spiffe_bridge.sidecar.schema import ConfigError, where
+from spiffe_bridge.sidecar.schema import ConfigError, Key, where
 from spiffe_bridge.updaters import UpdateError, UpdatePolicy
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
 ACTIONS = ("reload_haproxy", "reload_postgres", "reload_mysql")
-#: Output keys read here rather than passed to the format.
-KEYS = frozenset(
-    {*ACTIONS, "haproxy_cert_path", "haproxy_ca_file_path", "haproxy_update_ca_file"}
-    | {"reload_timeout", "reload_attempts"}
+#: Output keys read here rather than passed to the format; docs/sidecar.md's table shows them.
+#: The ``haproxy_*`` keys belong to format ``combined`` (HAProxy's crt file), the rest to every format.
+OUTPUT_KEYS = (
+    Key(
+        "reload_haproxy",
+        "str",
+        "",
+        "HAProxy runtime API (`unix:///run/haproxy/admin.sock` or `tcp://IP:port`, `level admin`). In "
+        "daemon mode, after each changed write: `set ssl cert` + `commit ssl cert` with the combined file, "
+        "no reload (format `combined` only). See [consumers/haproxy.md](consumers/haproxy.md).",
+        ours=True,
+    ),
+    Key(
+        "haproxy_cert_path",
+        "str",
+        "",
+        "The `crt` path as HAProxy's own config names it.",
+        ours=True,
+        shown="the combined file's visible path",
+    ),
+    Key(
+        "haproxy_ca_file_path",
+        "str",
+        "",
+        "The `ca-file` path HAProxy names; pushed with `set/commit ssl ca-file` (HAProxy ≥ 2.5) only "
+        "when its content changed.",
+        ours=True,
+        shown="the bundle file's visible path",
+    ),
+    Key("haproxy_update_ca_file", "bool", True, "`false`: never push the CA file.", ours=True),
+    Key(
+        "reload_postgres",
+        "str",
+        "",
+        "libpq conninfo; runs `SELECT pg_reload_conf()` after each changed write (needs `pip install "
+        "'spiffe-bridge[postgres]'`). Set `uid`/`gid` to the server's user: PostgreSQL wants its key "
+        "owned by itself, 0600. See [consumers/postgresql.md](consumers/postgresql.md).",
+        ours=True,
+    ),
+    Key(
+        "reload_mysql",
+        "str",
+        "",
+        "`mysql://user[:password]@host[:port]/[?unix_socket=PATH&password_file=PATH]`; runs `FLUSH SSL` "
+        "(MariaDB ≥ 10.4) or `ALTER INSTANCE RELOAD TLS` (MySQL ≥ 8.0.16), chosen from the server's "
+        "version (needs `pip install 'spiffe-bridge[mysql]'`). See [consumers/mysql.md](consumers/mysql.md).",
+        ours=True,
+    ),
+    Key(
+        "reload_timeout",
+        "number",
+        UpdatePolicy.timeout,
+        "Per-attempt timeout (seconds) of the `reload_*` actions above. They run on their own event loop "
+        "thread: the daemon never waits for a server; a failure is logged, counted (`hot_updates` in the "
+        "health JSON, `spiffe_bridge_hot_update_failures`) and tried again after 30 s (doubling up to "
+        "5 min) or with the next change, whichever comes first.",
+        ours=True,
+    ),
+    Key(
+        "reload_attempts",
+        "int",
+        UpdatePolicy.attempts,
+        "Attempts of each `reload_*` action, with backoff between them.",
+        ours=True,
+    ),
 )
+KEYS = frozenset(key.name for key in OUTPUT_KEYS)
+_DEFAULT = {key.name: key.default for key in OUTPUT_KEYS}
+_HAPROXY_KEYS = ("reload_haproxy", "haproxy_cert_path", "haproxy_ca_file_path", "haproxy_update_ca_file")
 
 
 @dataclass(frozen=True)
@@ -83,6 +141,10 @@ def from_output(
     line: int | None,
 ) -> list[HotUpdate]:
     """The updaters an ``outputs`` entry asks for; ConfigError (key and line) when misconfigured."""
+    haproxy = [k for k in _HAPROXY_KEYS if k in options]
+    if haproxy and fmt != "combined":
+        at = where(haproxy[0], lines.get(haproxy[0], line))
+        raise ConfigError(f'{at} needs format = "combined" (HAProxy\'s crt file), not {fmt!r}')
     if not any(k in options for k in ACTIONS):
         stray = sorted(k for k in options if k in KEYS)
         if stray:
@@ -90,10 +152,10 @@ def from_output(
                 f"{where(stray[0], lines.get(stray[0], line))} needs one of {', '.join(ACTIONS)}"
             )
         return []
-    timeout = _value(options, "reload_timeout", float, lines, line) if "reload_timeout" in options else 10.0
-    attempts = _value(options, "reload_attempts", int, lines, line) if "reload_attempts" in options else 3
+    given = {"timeout": ("reload_timeout", float), "attempts": ("reload_attempts", int)}
+    policy_args = {arg: _value(options, k, t, lines, line) for arg, (k, t) in given.items() if k in options}
     try:
-        policy = UpdatePolicy(timeout=timeout, attempts=attempts)
+        policy = UpdatePolicy(**policy_args)
     except ValueError as exc:
         raise ConfigError(f"{where('reload_timeout', lines.get('reload_timeout', line))}: {exc}") from None
     out: list[HotUpdate] = []
@@ -103,7 +165,7 @@ def from_output(
         target = _value(options, action, str, lines, line)
         at = where(action, lines.get(action, line))
         if action == "reload_haproxy":
-            out.append(_haproxy(target, at, fmt, directory, options, x509, policy, lines, line))
+            out.append(_haproxy(target, at, directory, options, x509, policy, lines, line))
         elif action == "reload_postgres":
             if not target.strip():
                 raise ConfigError(f"{at} must be a libpq connection string")
@@ -122,7 +184,6 @@ def from_output(
 def _haproxy(
     target: str,
     at: str,
-    fmt: str,
     directory: str,
     options: Mapping[str, Any],
     x509: X509Options,
@@ -132,8 +193,6 @@ def _haproxy(
 ) -> HotUpdate:
     from spiffe_bridge.updaters.haproxy import Address
 
-    if fmt != "combined":
-        raise ConfigError(f'{at} needs format = "combined" (HAProxy\'s crt file), not {fmt!r}')
     try:
         Address.parse(target)
     except ValueError as exc:
@@ -146,7 +205,7 @@ def _haproxy(
     push_ca = (
         _value(options, "haproxy_update_ca_file", bool, lines, line)
         if "haproxy_update_ca_file" in options
-        else True
+        else _DEFAULT["haproxy_update_ca_file"]
     )
     return HotUpdate(
         "reload_haproxy",

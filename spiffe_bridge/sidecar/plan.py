@@ -19,18 +19,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spiffe_bridge.fileset import FileSetWriter, FileSpec, Layout
-from spiffe_bridge.formats import X509_FORMATS, JwtOptions, X509Options, render_jwt, render_x509
+from spiffe_bridge.formats import (
+    X509_FORMATS,
+    JwtOptions,
+    X509Options,
+    format_options,
+    formats_taking,
+    render_jwt,
+    render_x509,
+)
 from spiffe_bridge.formats.options import FormatError
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
 from spiffe_bridge.sidecar import hot_updates
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
-from spiffe_bridge.sidecar.schema import ConfigError, Issues, parse_mode, where
+from spiffe_bridge.sidecar.schema import ConfigError, Issues, Key, parse_mode, where
 
 #: X509Options fields that are never set from a config file.
 _NOT_CONFIGURABLE = {"now", "pkcs12_password", "pkcs12_truststore_password"}
-#: Per-output keys handled here rather than passed to X509Options.
-_PASSWORD_KEYS = {"pkcs12_password_file", "pkcs12_password_env"}
+#: Per-output keys of the pkcs12 format handled here rather than passed to X509Options.
+PASSWORD_KEYS = tuple(
+    Key(name, "str", "", f"Per-output `{name}` (format `pkcs12`).", ours=True, shown="the top-level value")
+    for name in ("pkcs12_password_file", "pkcs12_password_env")
+)
+_PASSWORD_KEYS = {key.name for key in PASSWORD_KEYS}
 _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(X509Options) if f.name not in _NOT_CONFIGURABLE}
 
 
@@ -179,6 +191,14 @@ def _option_value(name: str, value: Any, out: OutputConfig, issues: Issues) -> A
     return value
 
 
+def _unknown_option(name: str, out: OutputConfig) -> None:
+    """ConfigError for an option ``out``'s format does not read, naming the formats that do."""
+    line = out.option_lines.get(name, out.line)
+    owners = ("pkcs12",) if name in _PASSWORD_KEYS else formats_taking(name) if name in _OPTION_FIELDS else ()
+    hint = f"; it is an option of {', '.join(owners)}" if owners else ""
+    raise ConfigError(f"unknown key {where(name, line)} in an 'outputs' entry ({out.format}){hint}")
+
+
 def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], issues: Issues) -> DirPlan:
     """The plan of one ``outputs`` entry (X509Options built and checked now)."""
     if out.format not in X509_FORMATS:
@@ -188,13 +208,14 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         )
     # the top-level hint picks among the bridge's own SVIDs; a workload's are its own (broker mode)
     kwargs: dict[str, Any] = {"hint": None if out.workload else (config.hint or None)}
+    taken = format_options(out.format) | (_PASSWORD_KEYS if out.format == "pkcs12" else set())
     for name, value in out.options.items():
-        if name in _PASSWORD_KEYS or name in hot_updates.KEYS:
+        if name in hot_updates.KEYS:
             continue
-        if name not in _OPTION_FIELDS:
-            line = out.option_lines.get(name, out.line)
-            raise ConfigError(f"unknown key {where(name, line)} in an 'outputs' entry ({out.format})")
-        kwargs[name] = _option_value(name, value, out, issues)
+        if name not in taken:
+            _unknown_option(name, out)
+        if name not in _PASSWORD_KEYS:
+            kwargs[name] = _option_value(name, value, out, issues)
     if out.format == "pkcs12":
         password = read_password(
             str(out.options.get("pkcs12_password_file", config.pkcs12_password_file)),

@@ -1,14 +1,15 @@
-"""Typed key tables for the sidecar configuration, and the coercion of raw values.
+"""The type of a configuration key, its declaration on a dataclass field, and the coercion of raw values.
 
-One table lists every accepted key with its type, default and meaning. The
-loader checks files against it (unknown keys are errors that name the line),
-environment overrides are derived from it, and the docs test reads it to make
-sure ``docs/sidecar.md`` describes every key. spiffe-helper's own keys come
-first; keys this project adds are marked ``ours``.
+Every key is declared once, as the field of the dataclass that holds its value
+(:mod:`spiffe_bridge.sidecar.settings`): :func:`setting` attaches a :class:`Key`
+(type, default, meaning) to the field and :func:`keys_of` reads the tables back.
+The loader checks files against those tables (unknown keys are errors that name
+the line), environment overrides and the docs table are derived from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -24,15 +25,16 @@ class Key:
     """One configuration key: its type, default and a one-line meaning."""
 
     name: str
-    kind: str  # str, bool, int, mode, duration, str_list, enum, object, object_list
+    kind: str  # str, bool, int, user, group, number, mode, duration, str_list, enum, object, object_list
     default: Any
-    help: str
+    help: str  # the meaning, as docs/sidecar.md's key table shows it
     ours: bool = False
     choices: tuple[str, ...] = ()
     fields: tuple[Key, ...] = ()
     env: bool = True  # may be overridden by an environment variable
     open: bool = False  # object(s) may carry further keys, checked by the consumer
     bounds: tuple[int, int] = (-(2**63), 2**63 - 1)  # int keys: inclusive range (default: Go's int64)
+    shown: str = ""  # the docs' default column when the default alone does not say it ("required", ...)
 
     def sub(self, name: str) -> Key | None:
         """The nested key ``name`` of an object key, or None."""
@@ -40,221 +42,43 @@ class Key:
 
 
 #: uid_t/gid_t are 32-bit and (uid_t)-1 means "no change", so -1 .. 2**32-2 are the usable ids.
-_ID_BOUNDS = (-1, 2**32 - 2)
+ID_BOUNDS = (-1, 2**32 - 2)
+_SAME: Any = object()
 
-JWT_SVID_KEYS = (
-    Key("jwt_audience", "str", "", "audience of the JWT-SVID (required)"),
-    Key("jwt_extra_audiences", "str_list", [], "further audiences put in the same token"),
-    Key("jwt_svid_file_name", "str", "", "file (under cert_dir) that receives the token (required)"),
-)
 
-HEALTH_KEYS = (
-    Key("listener_enabled", "bool", False, "serve the liveness/readiness endpoints (daemon mode only)"),
-    Key("bind_port", "int", 8081, "TCP port of the health server"),
-    Key("liveness_path", "str", "/live", "URL path of the liveness check"),
-    Key("readiness_path", "str", "/ready", "URL path of the readiness check"),
-)
+def declare(kind: str, default: Any, help: str, *, top: bool = False, **options: Any) -> dict[str, Any]:
+    """Field metadata declaring a key (named after the field unless ``name=``); ``top``: see keys_of."""
+    name = options.pop("name", "")
+    return {"key": Key(name, kind, default, help, **options), "top": top}
 
-METRICS_KEYS = (
-    Key("enabled", "bool", False, "serve Prometheus metrics (needs prometheus_client)", ours=True),
-    Key("path", "str", "/metrics", "URL path of the metrics endpoint on the health server", ours=True),
-)
 
-#: The ``broker`` block: the SPIFFE Broker API endpoint that serves other workloads' SVIDs (docs/broker.md).
-BROKER_KEYS = (
-    Key("address", "str", "", "Broker API endpoint: unix:///path or tcp://IP:port (required)", ours=True),
-    Key("spiffe_id", "str", "", "which of the bridge's own SVIDs authenticates it to the agent", ours=True),
-    Key("hint", "str", "", "or: the hint of that SVID", ours=True),
-    Key(
-        "agent_id",
-        "str",
-        "",
-        "SPIFFE ID (or trust domain) the endpoint must present; unset: a SPIRE agent of our trust domain",
-        ours=True,
-    ),
-)
+def setting(kind: str, default: Any, help: str, *, value: Any = _SAME, **options: Any) -> Any:
+    """A dataclass field declaring its key; the field defaults to ``value`` (else the key's default)."""
+    metadata = declare(kind, default, help, **options)
+    initial = default if value is _SAME else value
+    if isinstance(initial, list | dict):
+        return field(default_factory=lambda: type(initial)(initial), metadata=metadata)
+    return field(default=initial, metadata=metadata)
 
-#: Keys of one ``outputs`` entry besides the format's own options (see formats.X509Options).
-OUTPUT_KEYS = (
-    Key("format", "str", "", "output format name (see `spiffe-bridge demo` or docs/formats.md)", ours=True),
-    Key("dir", "str", "", "directory the output's files are written to (created if missing)", ours=True),
-    Key(
-        "layout",
-        "enum",
-        "symlink",
-        "symlink: versioned dir + symlink swap; flat: plain files",
-        ours=True,
-        choices=("symlink", "flat"),
-    ),
-    Key(
-        "uid",
-        "user",
-        -1,
-        "owner of the written files, uid or name (-1: leave as is)",
-        ours=True,
-        bounds=_ID_BOUNDS,
-    ),
-    Key(
-        "gid",
-        "group",
-        -1,
-        "group of the written files, gid or name (-1: leave as is)",
-        ours=True,
-        bounds=_ID_BOUNDS,
-    ),
-    Key(
-        "workload_pid_file",
-        "str",
-        "",
-        "broker mode: write the SVID of the process in this pid file",
-        ours=True,
-    ),
-    Key("workload_pid", "int", 0, "broker mode: write the SVID of this process", ours=True),
-)
 
-TOP_KEYS: tuple[Key, ...] = (
-    # spiffe-helper v0.11 keys
-    Key(
-        "agent_address",
-        "str",
-        "",
-        "Workload API socket: bare path or unix:///path (or tcp://IP:port); "
-        "unset: SPIFFE_ENDPOINT_SOCKET, else /tmp/spire-agent/public/api.sock",
-    ),
-    Key("cmd", "str", "", "program started after the first write and sent renew_signal on each rotation"),
-    Key("cmd_args", "str", "", "arguments of cmd, split on spaces, double quotes group (as spiffe-helper)"),
-    Key("cert_dir", "str", "", "directory for the spiffe-helper-style files (default: current directory)"),
-    Key("svid_file_name", "str", "", "X.509-SVID chain file (leaf first); set all three X.509 names or none"),
-    Key("svid_key_file_name", "str", "", "X.509-SVID private key file (PKCS#8 PEM)"),
-    Key("svid_bundle_file_name", "str", "", "trust bundle file (CA certificates, PEM)"),
-    Key(
-        "add_intermediates_to_bundle",
-        "bool",
-        False,
-        "put intermediates into the bundle file instead of the SVID file",
-    ),
-    Key("include_federated_domains", "bool", False, "append federated trust domains' CAs to the bundle file"),
-    Key("omit_expired", "bool", False, "leave expired certificates out of the written files"),
-    Key("hint", "str", "", "pick the X.509- and JWT-SVID with this hint instead of the default one"),
-    Key("jwt_svids", "object_list", [], "JWT-SVIDs to fetch and keep fresh", fields=JWT_SVID_KEYS, env=False),
-    Key("jwt_bundle_file_name", "str", "", "JWT bundle file: JSON {trust domain: base64(JWKS)}"),
-    Key("cert_file_mode", "mode", 0o644, "mode of the certificate and bundle files"),
-    Key("key_file_mode", "mode", 0o600, "mode of the private key file (no group/other bits, see below)"),
-    Key("jwt_bundle_file_mode", "mode", 0o600, "mode of the JWT bundle file"),
-    Key("jwt_svid_file_mode", "mode", 0o600, "mode of the JWT-SVID files"),
-    Key("daemon_mode", "bool", True, "keep running and rotating; false: write once and exit"),
-    Key("pid_file_name", "str", "", "file holding the PID to send renew_signal to (re-read every time)"),
-    Key("renew_signal", "str", "", "signal name sent on rotation, e.g. SIGHUP or SIGUSR1"),
-    Key("health_checks", "object", None, "HTTP liveness/readiness endpoints", fields=HEALTH_KEYS),
-    # keys this project adds
-    Key(
-        "outputs",
-        "object_list",
-        [],
-        "extra outputs: format + dir + layout + format options",
-        ours=True,
-        fields=OUTPUT_KEYS,
-        open=True,
-        env=False,
-    ),
-    Key(
-        "layout",
-        "enum",
-        "symlink",
-        "layout of the spiffe-helper-style files in cert_dir",
-        ours=True,
-        choices=("flat", "symlink"),
-    ),
-    Key(
-        "federated_layout",
-        "enum",
-        "merged",
-        "with include_federated_domains: merged into the bundle file (spiffe-helper) or per-trust-domain",
-        ours=True,
-        choices=("merged", "per-trust-domain"),
-    ),
-    Key(
-        "log_level",
-        "enum",
-        "info",
-        "debug, info, warning or error",
-        ours=True,
-        choices=("debug", "info", "warning", "error"),
-    ),
-    Key(
-        "log_format",
-        "enum",
-        "text",
-        "text or json (one object per line)",
-        ours=True,
-        choices=("text", "json"),
-    ),
-    Key("health_bind_address", "str", "127.0.0.1", "address the health/metrics server binds to", ours=True),
-    Key(
-        "health_max_disconnected",
-        "duration",
-        600.0,
-        "liveness fails after the Workload API stream is down this long",
-        ours=True,
-    ),
-    Key(
-        "health_max_stall",
-        "duration",
-        10.0,
-        "liveness fails (and systemd's watchdog is no longer fed) once the event loop is stuck this long",
-        ours=True,
-    ),
-    Key("metrics", "object", None, "Prometheus metrics on the health server", ours=True, fields=METRICS_KEYS),
-    Key(
-        "broker",
-        "object",
-        None,
-        "SPIFFE Broker API: outputs with a workload reference get that workload's SVID",
-        ours=True,
-        fields=BROKER_KEYS,
-        env=False,
-    ),
-    Key(
-        "on_identity_lost",
-        "enum",
-        "keep",
-        "when the agent withdraws the identity: keep files, delete them, or report unready",
-        ours=True,
-        choices=("keep", "delete", "unready"),
-    ),
-    Key(
-        "one_shot_timeout",
-        "duration",
-        60.0,
-        "one-shot mode: how long to wait for the socket and an identity",
-        ours=True,
-    ),
-    Key(
-        "reload_command",
-        "str_list",
-        [],
-        "argv run (no shell) after each rotation's files are written",
-        ours=True,
-    ),
-    Key("reload_command_timeout", "duration", 30.0, "kill reload_command after this long", ours=True),
-    Key(
-        "allow_shared_key_file_mode",
-        "bool",
-        False,
-        "let key_file_mode give group or other access to files holding a private key",
-        ours=True,
-    ),
-    Key("pkcs12_password_file", "str", "", "file whose content is the PKCS#12 password", ours=True),
-    Key(
-        "pkcs12_password_env",
-        "str",
-        "SPIFFE_BRIDGE_PKCS12_PASSWORD",
-        "environment variable holding the PKCS#12 password",
-        ours=True,
-    ),
-)
+def declared(cls: type, *, top: bool = False) -> list[tuple[str, Key]]:
+    """``(field name, key)`` of every field of ``cls`` that declares a key.
 
-TOP = Key("<top>", "object", None, "", fields=TOP_KEYS)
+    ``top`` selects the fields of a block's dataclass whose keys are written at the
+    top level (``health_bind_address`` lives in HealthConfig but beside ``health_checks``).
+    """
+    out = []
+    for f in dataclasses.fields(cls):
+        key: Key | None = f.metadata.get("key")
+        if key is not None and f.metadata["top"] == top:
+            out.append((f.name, key if key.name else dataclasses.replace(key, name=f.name)))
+    return out
+
+
+def keys_of(cls: type, *, top: bool = False) -> tuple[Key, ...]:
+    """The key table ``cls``'s fields declare (see :func:`declared`)."""
+    return tuple(key for _, key in declared(cls, top=top))
+
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -377,6 +201,10 @@ def coerce(key: Key, value: Any, line: int | None, issues: Issues, path: str = "
             shown = str(value) if value.bit_length() <= 64 else "a larger number"
             raise ConfigError(f"{where(name, line)} must be between {low} and {high}, got {shown}")
         return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where(name, line)} must be a number, got {value!r}")
+        return float(value)
     if kind == "mode":
         return parse_mode(value, name, line, key.default, issues)
     if kind == "duration":

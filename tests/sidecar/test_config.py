@@ -18,7 +18,7 @@ from spiffe_bridge.sidecar.config import (
     parse_text,
     split_cmd_args,
 )
-from spiffe_bridge.sidecar.schema import TOP_KEYS
+from spiffe_bridge.sidecar.settings import TOP_KEYS
 
 X509 = "\n".join(
     [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from spiffe_bridge.sidecar import env, exitcodes
-from spiffe_bridge.sidecar.schema import TOP_KEYS, Key
+from spiffe_bridge.sidecar.schema import Key
+from spiffe_bridge.sidecar.settings import TOP_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "sidecar.md").read_text()
@@ -39,3 +40,22 @@ def test_exit_codes_are_documented() -> None:
 def test_documented_examples_exist() -> None:
     for name in re.findall(r"`([\w.-]+\.(?:conf|toml|service|yaml))`", DOC):
         assert (ROOT / "examples" / "sidecar" / name).exists(), name
+
+
+def test_key_tables_are_the_generated_ones() -> None:
+    """Regenerate with ``python -m spiffe_bridge.sidecar.keydocs`` after changing a key's declaration."""
+    from spiffe_bridge.sidecar import keydocs
+
+    assert keydocs.render(DOC) == DOC
+
+
+def test_key_tables_render_every_declared_key_once() -> None:
+    from spiffe_bridge.sidecar import hot_updates, keydocs, plan
+
+    rows = re.findall(r"^\| `([\w.\[\]]+)` \|", keydocs.table(False) + "\n" + keydocs.table(True), re.M)
+    expected = [k.name for k in TOP_KEYS]
+    expected += [
+        f"{k.name}{'[].' if k.kind == 'object_list' else '.'}{s.name}" for k in TOP_KEYS for s in k.fields
+    ]
+    expected += [f"outputs[].{k.name}" for k in plan.PASSWORD_KEYS + hot_updates.OUTPUT_KEYS]
+    assert sorted(rows) == sorted(expected)

@@ -87,6 +87,40 @@ def test_output_errors(text: str, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "key", "owners"),
+    [
+        ("pem", "pkcs12_alias", "pkcs12"),
+        ("pem", "combined_file_name", "combined"),
+        ("combined", "svid_file_name", "pem"),
+        ("envoy-sds", "federated_dir", "pem, combined, der"),
+        ("bundle-map", "key_file_mode", "pem, combined, envoy-sds, pkcs12, der, spiffe-fs"),
+        ("der", "pkcs12_password_file", "pkcs12"),
+        ("linkerd", "envoy_spiffe_validator", "envoy-sds"),
+    ],
+)
+def test_an_option_of_another_format_is_an_unknown_key_that_names_its_format(
+    fmt: str, key: str, owners: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        plans(f'outputs = [{{format = "{fmt}",\n dir = "/x",\n {key} = "a"}}]')
+    assert str(info.value) == (
+        f"unknown key '{key}' (line 3) in an 'outputs' entry ({fmt}); it is an option of {owners}"
+    )
+
+
+def test_every_format_option_belongs_to_a_format_and_every_format_reads_real_options() -> None:
+    import dataclasses
+
+    from spiffe_bridge.formats import X509_FORMATS, X509Options, format_options, formats_taking
+
+    fields = {f.name for f in dataclasses.fields(X509Options)} - {"now", "pkcs12_password"}
+    fields -= {"pkcs12_truststore_password"}
+    assert all(formats_taking(name) for name in fields), [n for n in fields if not formats_taking(n)]
+    for fmt in X509_FORMATS:
+        assert format_options(fmt) <= fields, fmt
+
+
 def test_pkcs12_password_from_file_or_env(tmp_path: Path) -> None:
     secret = tmp_path / "p12"
     secret.write_text("s3cret\n")

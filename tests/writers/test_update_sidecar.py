@@ -124,6 +124,8 @@ def test_reload_haproxy_after_each_write(
         ('format = "pem", dir = "/x", reload_haproxy = "unix:///a.sock"', 'needs format = "combined"'),
         ('format = "combined", dir = "/x", reload_haproxy = "http://x"', "'reload_haproxy' (line 2): not a"),
         ('format = "pem", dir = "/x", haproxy_cert_path = "/c.pem"', "'haproxy_cert_path' (line 2) needs"),
+        ('format = "der", dir = "/x", haproxy_update_ca_file = false', 'needs format = "combined"'),
+        ('format = "combined", dir = "/x", haproxy_cert_path = "/c.pem"', "(line 2) needs one of reload_"),
         ('format = "pem", dir = "/x", reload_mysql = "mysql://h/"', "'reload_mysql' (line 2)"),
         ('format = "pem", dir = "/x", reload_postgres = 5', "'reload_postgres' (line 2) must be a str"),
         ('format = "pem", dir = "/x", reload_postgres = "host=/s", reload_attempts = 0', "attempts >= 1"),
