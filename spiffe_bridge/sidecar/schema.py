@@ -59,7 +59,7 @@ HEALTH_KEYS = (
 )
 
 METRICS_KEYS = (
-    Key("enabled", "bool", False, "serve Prometheus metrics (needs prometheus_client)", ours=True),
+    Key("enabled", "bool", False, "serve Prometheus metrics", ours=True),
     Key("path", "str", "/metrics", "URL path of the metrics endpoint on the health server", ours=True),
 )
 
