@@ -48,9 +48,13 @@ def _families(status: SidecarStatus, links_replaced: int) -> Iterator[Family]:
         float(snap["write_failures"])
     )
     out_up = Family(f"{_P}_output_up", "gauge", "1 when the output directory's last write succeeded")
-    out_failed = Family(f"{_P}_output_write_failures_total", "counter", "Failed writes of one output directory")
+    out_failed = Family(
+        f"{_P}_output_write_failures_total", "counter", "Failed writes of one output directory"
+    )
     out_time = Family(f"{_P}_output_write_duration_seconds", "summary", "Time spent rendering and writing")
-    out_last = Family(f"{_P}_output_last_write_timestamp_seconds", "gauge", "When the directory was last written")
+    out_last = Family(
+        f"{_P}_output_last_write_timestamp_seconds", "gauge", "When the directory was last written"
+    )
     for directory, entry in sorted(outputs.items()):
         out_up.add(0.0 if snap["outputs"].get(directory, "").startswith("failed") else 1.0, dir=directory)
         out_failed.add(entry["failures"], dir=directory)
