@@ -3,7 +3,7 @@
 Liveness means the relay's event loop answers (its stats are read *on* that
 loop, with a deadline), so a wedged loop fails the probe; readiness means
 FetchX509SVID streams on every socket get SVIDs (not an error). Metrics are written in the
-Prometheus text format by hand: a handful of counters need no extra package.
+Prometheus text format by :mod:`spiffe_bridge.promtext`, the renderer the sidecar uses too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from spiffe_bridge import promtext
 from spiffe_bridge.health import MetricsRenderer
+from spiffe_bridge.promtext import Family
 from spiffe_bridge.relay.core import AsyncRelay
 from spiffe_bridge.relay.feed import Kind
 from spiffe_bridge.relay.observe import RelayStats
@@ -24,8 +26,6 @@ PROBE_TIMEOUT = 2.0
 
 #: Reads every socket's stats from any thread; raises TimeoutError if the relay does not answer.
 StatsReader = Callable[[], Sequence[RelayStats]]
-
-_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def loop_stats(
@@ -97,29 +97,25 @@ _FEED_METRICS = (
 def render_metrics(stats: StatsReader) -> MetricsRenderer:
     """The ``/metrics`` page of a relay (Prometheus text format 0.0.4)."""
 
-    def render() -> tuple[bytes, str]:
-        current = stats()
-        lines: list[str] = []
-        for name, kind, help_text, field in _FEED_METRICS:
-            metric = f"spiffe_bridge_relay_{name}"
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+    def families(current: Sequence[RelayStats]) -> list[Family]:
+        out = []
+        for name, kind, help_text, attribute in _FEED_METRICS:
+            family = Family(f"spiffe_bridge_relay_{name}", kind, help_text)
             for socket in current:
                 for method, feed in sorted(socket.feeds.items()):
-                    labels = f'socket="{_label(socket.socket)}",method="{method}"'
-                    lines.append(f"{metric}{{{labels}}} {int(getattr(feed, field))}")
+                    family.add(int(getattr(feed, attribute)), socket=socket.socket, method=method)
+            out.append(family)
         for name, help_text, attribute in (
             ("forwarded_calls_total", "Unary calls forwarded upstream", "forwarded_calls"),
             ("rejected_calls_total", "Calls refused for a missing security header", "rejected_calls"),
         ):
-            metric = f"spiffe_bridge_relay_{name}"
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+            family = Family(f"spiffe_bridge_relay_{name}", "counter", help_text)
             for socket in current:
-                lines.append(f'{metric}{{socket="{_label(socket.socket)}"}} {getattr(socket, attribute)}')
-        return ("\n".join(lines) + "\n").encode(), _CONTENT_TYPE
+                family.add(int(getattr(socket, attribute)), socket=socket.socket)
+            out.append(family)
+        return [*out, promtext.build_info("spiffe_bridge"), *promtext.process_families()]
+
+    def render() -> tuple[bytes, str]:
+        return promtext.render(families(stats())), promtext.CONTENT_TYPE
 
     return render
-
-
-def _label(value: str) -> str:
-    """A Prometheus label value: backslash, quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -111,6 +111,8 @@ class Upstream:
         self._tasks: list[asyncio.Task[None]] = []
         #: Per kind, the bytes of the last upstream message that failed (not forwarded again).
         self._invalid: dict[Kind, bytes] = {}
+        #: Per kind, when (monotonic) upstream was lost, to log how long the outage lasted.
+        self._lost_at: dict[Kind, float] = {}
 
     @property
     def endpoint(self) -> str:
@@ -163,6 +165,11 @@ class Upstream:
         for feed in self._feeds(kind):
             feed.upstream_updates += 1
         self._cancel_hold(kind)
+        lost_at = self._lost_at.pop(kind, None)
+        if lost_at is not None:
+            outage = time.monotonic() - lost_at
+            fields = {"stream": str(kind), "address": self.endpoint, "duration_s": round(outage, 3)}
+            log.info("relay: %s upstream is back after %.1fs", kind, outage, extra=fields)
         if raw.data == self._invalid.get(kind):
             return  # refused before; the agent re-sent it
         payloads = [outlet.payload(kind, raw) for outlet in self._outlets]
@@ -202,8 +209,11 @@ class Upstream:
             notify(self._observer, RelayEvent(feed.kind, Stage.PUBLISHED, version, time.monotonic_ns()))
         if log.isEnabledFor(logging.INFO):
             # Queued behind the streams' wake-ups: they write before the log line is formatted.
+            fields = {"stream": str(feed.kind), "version": version, "address": self.endpoint}
             asyncio.get_running_loop().call_soon(
-                log.info, "relay: %s update v%d from %s", feed.kind, version, self.endpoint
+                lambda: log.info(
+                    "relay: %s update v%d from %s", feed.kind, version, self.endpoint, extra=fields
+                )
             )
 
     def _refuse(
@@ -217,6 +227,7 @@ class Upstream:
             kind,
             exc,
             "taken back" if forwarded else "not forwarded",
+            extra={"stream": str(kind), "address": self.endpoint, "error": str(exc)},
         )
         for feed, before in forwarded:
             if before.payload is not None:
@@ -230,12 +241,14 @@ class Upstream:
         """Called by the watch before each reconnect (and for rejected messages)."""
         if isinstance(exc, ValidationError):
             return  # the last good state stays; the client logged why
+        fields = self._lost(kind, exc)
         if isinstance(exc, NoIdentityError):
             self._cancel_hold(kind)
             denied = [feed.fail(grpc.StatusCode.PERMISSION_DENIED, exc.details or "no identity issued")
                       for feed in self._feeds(kind)]  # fmt: skip
             if any(denied):
-                log.warning("relay: %s: upstream denied the identity; passing PermissionDenied on", kind)
+                msg = "relay: %s: upstream denied the identity; passing PermissionDenied on"
+                log.warning(msg, kind, extra=fields)
             return
         reason = exc.details if isinstance(exc, WorkloadApiError) and exc.details else type(exc).__name__
         details = f"upstream Workload API {self.endpoint} unreachable: {reason}"
@@ -245,11 +258,18 @@ class Upstream:
                 held = True
                 feed.mark_upstream_lost()
             elif feed.fail(grpc.StatusCode.UNAVAILABLE, details):
-                log.warning("relay: %s: %s", kind, details)
+                log.warning("relay: %s: %s", kind, details, extra=fields)
         if held and kind not in self._timers:
             loop = asyncio.get_running_loop()
             self._timers[kind] = loop.call_later(self._hold, self._hold_expired, kind, details)
-            log.info("relay: %s upstream lost; serving the last state for %.1fs", kind, self._hold)
+            msg = "relay: %s upstream lost (%s); serving the last state for %.1fs"
+            log.warning(msg, kind, reason, self._hold, extra=fields)
+
+    def _lost(self, kind: Kind, exc: Exception) -> dict[str, Any]:
+        """Note when upstream was lost (first error since the last update); the log fields of ``exc``."""
+        self._lost_at.setdefault(kind, time.monotonic())
+        code = exc.code.name if isinstance(exc, WorkloadApiError) and exc.code is not None else None
+        return {"stream": str(kind), "address": self.endpoint, "grpc_code": code}
 
     def _on_fatal(self, kind: Kind, exc: WorkloadApiError) -> None:
         self._cancel_hold(kind)
@@ -261,7 +281,8 @@ class Upstream:
             self._lose(kind, f"upstream refused the relay's request: {exc.details}")
         else:
             self._lose(kind, str(exc))
-        log.warning("relay: %s upstream stopped (%s); retrying in %.0fs", kind, exc, self._backoff.maximum)
+        msg = "relay: %s upstream stopped (%s); retrying in %.0fs"
+        log.warning(msg, kind, exc, self._backoff.maximum, extra=self._lost(kind, exc))
 
     def _hold_expired(self, kind: Kind, details: str) -> None:
         self._timers.pop(kind, None)

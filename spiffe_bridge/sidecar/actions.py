@@ -17,7 +17,10 @@ ends within a bound. Actions:
   first write, sent ``renew_signal`` on rotation, receives forwarded signals;
   its exit ends the sidecar with its exit code.
 * :class:`RunCommand` -- ``reload_command``: an argv (no shell) run to
-  completion after each change, killed after its timeout.
+  completion after each change, killed after its timeout. Its stdout and
+  stderr are read on the loop (the first 4 KiB of each) and logged as fields of
+  one record, never copied raw into the daemon's log stream. ``cmd`` children
+  and the wrapped program inherit stdio instead, as with spiffe-helper.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from spiffe_bridge.sidecar.process import exit_code, stop, wait_exit
+from spiffe_bridge.logs import redact
+from spiffe_bridge.sidecar.process import Output, exit_code, stop, wait_exit
 
 __all__ = ["Action", "Actions", "ManagedChild", "RunCommand", "SignalPidFile", "WrapperChild", "exit_code"]
 
@@ -259,26 +263,42 @@ class RunCommand:
     async def after_write(self, first: bool, changed: bool) -> bool:
         if not changed:
             return True
-        try:
-            proc = subprocess.Popen(self.argv)  # noqa: ASYNC220 - only the spawn; the wait is awaited
+        fields: dict[str, Any] = {"reload_command": self.argv[0]}
+        started = time.monotonic()
+        try:  # only the spawn is synchronous; the wait is awaited
+            proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: ASYNC220
         except OSError as exc:
-            log.error("cannot run reload command %s: %s", self.argv[0], exc)
+            log.error("cannot run reload command %s: %s", self.argv[0], exc, extra=fields)
             return False
+        output = await Output.attach(proc)
         try:
             async with asyncio.timeout(self.timeout):
                 code = await wait_exit(proc)
         except TimeoutError:
             await stop(proc, 0.0, self.argv[0])
-            log.error("reload command %s timed out after %gs (killed)", self.argv[0], self.timeout)
+            fields.update(self._fields(await output.finish(), started, None))
+            log.error(
+                "reload command %s timed out after %gs (killed)", self.argv[0], self.timeout, extra=fields
+            )
             return False
         except asyncio.CancelledError:  # shutting down: do not leave it running
+            output.close()
             await stop(proc, 0.0, self.argv[0])
             raise
+        fields.update(self._fields(await output.finish(), started, code))
         if code != 0:
-            log.error("reload command %s exited with code %d", self.argv[0], code)
+            said = f"; stderr: {fields['stderr'][:200]!r}" if fields["stderr"] else ""
+            log.error("reload command %s exited with code %d%s", self.argv[0], code, said, extra=fields)
             return False
-        log.info("reload command %s succeeded", self.argv[0])
+        log.info("reload command %s succeeded", self.argv[0], extra=fields)
         return True
+
+    @staticmethod
+    def _fields(output: tuple[str, str], started: float, code: int | None) -> dict[str, Any]:
+        """Log fields: exit code, duration and the (bounded, redacted) output, never raw in the stream."""
+        stdout, stderr = (redact(text) for text in output)
+        return {"exit_code": code, "duration_s": round(time.monotonic() - started, 3),
+                "stdout": stdout, "stderr": stderr}  # fmt: skip
 
     async def stop(self) -> None:
         return None

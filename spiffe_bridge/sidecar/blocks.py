@@ -86,9 +86,8 @@ class MetricsConfig:
     enabled: bool = setting(
         "bool",
         False,
-        "Serve metrics on the health server (needs `prometheus_client`: `pip install "
-        "'spiffe-bridge[metrics]'`; without it, exit 2). The server runs when either health checks "
-        "or metrics are enabled.",
+        "Serve Prometheus metrics on the health server (no extra install: spiffe-bridge renders "
+        "them itself). The server runs when either health checks or metrics are enabled.",
         ours=True,
     )
     path: str = setting("str", "/metrics", "Metrics path.", ours=True)

@@ -67,7 +67,7 @@ def add_parser(subparsers: Any) -> None:
 def _prepare(args: argparse.Namespace) -> tuple[Config, list[Any]] | int:
     """Load config, set up logging, build the plans; an exit code on configuration errors."""
     from spiffe_bridge import logs
-    from spiffe_bridge.sidecar import metrics, plan
+    from spiffe_bridge.sidecar import plan
 
     level, fmt = getattr(args, "log_level", None), getattr(args, "log_format", None)
     try:
@@ -82,8 +82,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, list[Any]] | int:
         log.warning("%s: %s", config.source, warning)
     try:
         plans, warnings = plan.build(config, os.environ)
-        if config.metrics.enabled and config.daemon_mode:
-            metrics.require_prometheus()
         if args.wrapped and config.cmd:
             raise ConfigError("'cmd' and a wrapped program after '--' cannot be used together")
         if args.wrapped and not config.daemon_mode:

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 from spiffe_bridge.fileset import FileSetWriter
@@ -70,18 +71,24 @@ class Outputs:
                 material = (own, {}, None)
             else:
                 material = (ctx, tokens, bundles)
+            started = time.monotonic()
             try:
                 files = plan.render(*material)
                 if files and writer.write(files, durable=False).changed:
                     changed = True
                     if self.hot:  # returns at once: the updates run off the loop
                         self.hot.after_write(plan.directory, files)
+                    seconds = time.monotonic() - started
+                    fields = {"dir": plan.directory, "files": len(files), "duration_s": round(seconds, 6)}
+                    log.info("wrote %d files to %s", len(files), plan.directory, extra=fields)
             except Exception as exc:  # any render or write failure is this output's alone
+                seconds = time.monotonic() - started
                 failed.append(plan.directory)
-                self.status.output_failed(plan.directory, str(exc))
-                log.error("writing %s failed (previous files kept): %s", plan.directory, exc)
+                self.status.output_failed(plan.directory, str(exc), seconds)
+                fields = {"dir": plan.directory, "error": str(exc), "duration_s": round(seconds, 6)}
+                log.error("writing %s failed (previous files kept): %s", plan.directory, exc, extra=fields)
             else:
-                self.status.output_ok(plan.directory)
+                self.status.output_ok(plan.directory, time.monotonic() - started)
         return changed, failed
 
     def make_durable(self) -> None:
@@ -93,7 +100,8 @@ class Outputs:
             try:
                 writer.sync()
             except OSError as exc:
-                log.error("could not fsync %s (files in place, maybe not on disk): %s", plan.directory, exc)
+                msg = "could not fsync %s (files in place, maybe not on disk): %s"
+                log.error(msg, plan.directory, exc, extra={"dir": plan.directory, "error": str(exc)})
 
     async def remove_all(self) -> None:
         """Delete every output's files (the ``delete`` identity-lost policy)."""

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -50,6 +51,14 @@ from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
 from spiffe_bridge.sidecar.outputs import Outputs
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
+from spiffe_bridge.sidecar.streamlog import (
+    WAIT_LOG_INTERVAL,
+    StreamLog,
+    grpc_code,
+    jwt_fields,
+    log_reload,
+    x509_fields,
+)
 from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog, systemd_interval
 from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
@@ -134,6 +143,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = WRITE_RETRY_FIRST
+        self.streamlog = StreamLog(config.agent_address)
+        #: seconds between "still waiting for the Workload API" lines (tests inject a short one)
+        self.wait_log_interval = WAIT_LOG_INTERVAL
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -240,7 +252,9 @@ class Daemon:
                     self.client, spec, self.config.hint or None, self._on_token
                 )
                 self._spawn(refresher, f"jwt-{spec.file_name}")
-        log.info("watching the Workload API at %s", address)
+        log.info("watching the Workload API at %s", address, extra={"address": address})
+        states = {name: info.state for name, info in self.status.streams.items()}
+        self._spawn(self.streamlog.report_waiting(states, self.wait_log_interval), "waiting")
         if self.workloads and self.x509_source is not None:
             self._spawn(self.workloads.run(self.x509_source, self._on_workload, RECONNECT), "broker")
 
@@ -249,6 +263,7 @@ class Daemon:
 
     def _watch(self, name: str, state: SourceState[Any]) -> None:
         self.status.watch(name, state)
+        state.add_status_listener(lambda st, exc: self.streamlog.on_status(name, st, exc))
         state.add_status_listener(lambda st, _exc: self._on_status(name, st))
 
     @staticmethod
@@ -283,7 +298,8 @@ class Daemon:
 
     def _on_x509(self, ctx: X509Context) -> None:
         self.ctx = ctx
-        log.info("received X.509 update for %s", capped(s.spiffe_id for s in ctx.svids))
+        ids = capped(s.spiffe_id for s in ctx.svids)
+        log.info("received X.509 update for %s", ids, extra=x509_fields(ctx))
         self._queue("x509", [])
 
     def _on_workload(self) -> None:
@@ -296,7 +312,8 @@ class Daemon:
 
     def _on_token(self, spec: JwtSvidConfig, svid: JwtSvid) -> None:
         self.tokens[spec.file_name] = svid
-        log.info("received JWT-SVID for %s (audience %s)", svid.spiffe_id, spec.audience)
+        fields = jwt_fields(svid, spec.audience, spec.file_name)
+        log.info("received JWT-SVID for %s (audience %s)", svid.spiffe_id, spec.audience, extra=fields)
         self._queue("jwt", [self._jwt_path(spec.file_name)])
 
     def _cmd_exited(self, code: int) -> None:
@@ -321,7 +338,10 @@ class Daemon:
         if status is SourceStatus.IDENTITY_LOST and name not in self.lost:
             self.lost.add(name)
             self.status.set_identity_lost(True)
-            log.warning("the agent withdrew this workload's identity (%s stream); policy: %s", name, policy)
+            code = grpc_code(self.status.streams[name].state.last_error)
+            fields = {"stream": name, "grpc_code": code, "policy": policy}
+            msg = "the agent withdrew this workload's identity (%s stream); policy: %s"
+            log.warning(msg, name, policy, extra=fields)
             if policy == "delete":
                 self._queue("delete", [])
         elif status is SourceStatus.READY and name in self.lost:
@@ -338,7 +358,8 @@ class Daemon:
         elif status is SourceStatus.FAILED:
             state = self.x509_source.state if name == "x509" and self.x509_source else self.jwt_state
             err = state.last_error if state is not None else None
-            log.error("the %s stream stopped for good: %s", name, err)
+            fields = {"stream": name, "grpc_code": grpc_code(err)}
+            log.error("the %s stream stopped for good: %s", name, err, extra=fields)
             self._exit(EXIT_FAILURE)
 
     def _queue(self, kind: str, paths: list[str]) -> None:
@@ -392,7 +413,7 @@ class Daemon:
             self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
         if failed:
-            log.error("retrying in %gs", self._retry_delay)
+            log.error("retrying in %gs", self._retry_delay, extra={"failed_dirs": ", ".join(failed)})
             self.status.write_failed(x509=kind == "x509", jwt_paths=paths)
             self._schedule_retry(kind)
         else:
@@ -409,13 +430,15 @@ class Daemon:
             )
         if changed:
             self.status.rotated(kind)
-            log.info("%s files updated", "X.509" if kind == "x509" else "JWT")
+            log.info("%s files updated", "X.509" if kind == "x509" else "JWT", extra={"kind": kind})
         # The first reload (and READY=1) waits for every output; later ones go ahead for those written.
         if not self._complete() or (failed and not self.completed_once):
             return
         first = not self.completed_once
         if (first or self.pending_change) and self.actions:
-            self.status.reloaded(await self.actions.after_write(first, self.pending_change))
+            started = time.monotonic()
+            ok = await self.actions.after_write(first, self.pending_change)
+            self.status.reloaded(ok, log_reload(ok, time.monotonic() - started, first))
         if first:
             notify("READY=1")  # systemd Type=notify: units ordered after us find the files
         self.completed_once = True

@@ -57,7 +57,9 @@ class Config:
     cmd: str = setting(
         "str",
         "",
-        "Program started after the first complete write (stdin/stdout/stderr inherited), sent "
+        "Program started after the first complete write (stdin/stdout/stderr inherited, as "
+        "spiffe-helper does: its output goes straight to the sidecar's stdout/stderr, not into log "
+        "fields), sent "
         "`renew_signal` on each later rotation, started again at the next rotation if it had exited. "
         "Stopped (SIGTERM, SIGKILL after 10 s) when spiffe-bridge exits.",
     )
@@ -207,8 +209,9 @@ class Config:
     log_format: str = setting(
         "enum",
         "text",
-        "`json`: one object per line (`time`, `level`, `logger`, `message`, ...). Keys and tokens are "
-        "never logged; PEM blocks and JWTs are scrubbed from any log line as a safety net.",
+        "`json`: one object per line (`time`, `level`, `logger`, `message`, plus structured fields; "
+        "see [Logs](#logs)). Keys and tokens are never logged; PEM blocks and JWTs are scrubbed from "
+        "any log line as a safety net.",
         ours=True,
         choices=("text", "json"),
     )
@@ -236,12 +239,18 @@ class Config:
         "str_list",
         [],
         "Argv run to completion (no shell) after each change, once all files are in place, e.g. "
-        '`["nginx", "-s", "reload"]`. A non-zero exit is logged and counted as a reload failure.',
+        '`["nginx", "-s", "reload"]`. A non-zero exit is logged and counted as a reload failure. Its '
+        "stdout and stderr are captured (first 4 KiB of each, PEM blocks and JWTs scrubbed) into the "
+        "`stdout`/`stderr` fields of one log record, never copied raw into the log stream.",
         value=(),
         ours=True,
     )
     reload_command_timeout: float = setting(
-        "duration", 30.0, "`reload_command` is killed after this long (0: no limit).", ours=True
+        "duration",
+        30.0,
+        "`reload_command` is killed after this long (0, or more than 10 minutes: 10 minutes; no reload "
+        "action runs unbounded).",
+        ours=True,
     )
     allow_shared_key_file_mode: bool = setting(
         "bool",

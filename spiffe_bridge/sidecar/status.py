@@ -61,6 +61,12 @@ class SidecarStatus:
     outputs: dict[str, str | None] = field(default_factory=dict)  # directory -> last error (None: fine)
     #: directory -> why that output holds no current identity (broker mode: NoIdentity, process exited)
     not_ready: dict[str, str] = field(default_factory=dict)
+    #: per output directory: writes, failures, seconds spent writing (sum), last write's epoch time
+    output_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    last_rotation: dict[str, float] = field(default_factory=dict)  # kind -> epoch seconds
+    reload_seconds: float = 0.0  # time spent in reload actions, summed
+    #: a stream that delivered an update at least once (until then the identity is not "present")
+    received: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +84,7 @@ class SidecarStatus:
             with self._lock:
                 if status is SourceStatus.READY:
                     info.down_since = None
+                    self.received = True
                 elif info.down_since is None:
                     info.down_since = self.monotonic()
 
@@ -106,21 +113,34 @@ class SidecarStatus:
             for path in jwt_paths:
                 self.jwt_write_status[path] = FAILED
 
-    def output_ok(self, directory: str) -> None:
-        """One output directory was written (or was already up to date)."""
+    def output_ok(self, directory: str, seconds: float = 0.0) -> None:
+        """One output directory was written (or was already up to date) in ``seconds``."""
         with self._lock:
             self.outputs[directory] = None
             self.not_ready.pop(directory, None)
+            entry = self._output(directory)
+            entry["writes"] += 1
+            entry["seconds"] += seconds
+            entry["last_write"] = self.clock()
 
     def output_not_ready(self, directory: str, reason: str) -> None:
         """One output has no identity to write (its files, if any, are kept); the others go on."""
         with self._lock:
             self.not_ready[directory] = reason
 
-    def output_failed(self, directory: str, error: str) -> None:
+    def output_failed(self, directory: str, error: str, seconds: float = 0.0) -> None:
         """One output directory could not be rendered or written; the others go on."""
         with self._lock:
             self.outputs[directory] = error
+            entry = self._output(directory)
+            entry["writes"] += 1
+            entry["failures"] += 1
+            entry["seconds"] += seconds
+
+    def _output(self, directory: str) -> dict[str, float]:
+        return self.output_stats.setdefault(
+            directory, {"writes": 0, "failures": 0, "seconds": 0.0, "last_write": 0.0}
+        )
 
     def action_failed(self) -> None:
         """A reload action failed after it had been counted (a ``cmd`` that crashed)."""
@@ -131,11 +151,13 @@ class SidecarStatus:
         """New material of ``kind`` (x509 or jwt) reached disk."""
         with self._lock:
             self.rotations[kind] += 1
+            self.last_rotation[kind] = self.clock()
 
-    def reloaded(self, ok: bool) -> None:
-        """A reload action ran (``ok`` False when it failed)."""
+    def reloaded(self, ok: bool, seconds: float = 0.0) -> None:
+        """A reload action ran for ``seconds`` (``ok`` False when it failed)."""
         with self._lock:
             self.reloads += 1
+            self.reload_seconds += seconds
             if not ok:
                 self.reload_failures += 1
 
@@ -194,6 +216,16 @@ class SidecarStatus:
                     return False
         return True
 
+    def timings(self) -> dict[str, Any]:
+        """Timestamps and durations for metrics: last rotations, per-output writes, reloads."""
+        with self._lock:
+            return {
+                "last_rotation": dict(self.last_rotation),
+                "outputs": {d: dict(v) for d, v in self.output_stats.items()},
+                "svid_not_after": self.svid_expires_at,
+                "reload_seconds": self.reload_seconds,
+            }
+
     def stream_view(self) -> dict[str, dict[str, Any]]:
         """Per-stream status, counters and last error (code and message, never material)."""
         now = self.monotonic()
@@ -224,7 +256,7 @@ class SidecarStatus:
                 "jwt_write_status": dict(self.jwt_write_status),
             }
             extra = {
-                "identity": "lost" if self.identity_lost else "present",
+                "identity": "lost" if self.identity_lost else "present" if self.received else "waiting",
                 "on_identity_lost": self.policy,
                 "rotations": dict(self.rotations),
                 "write_failures": self.write_failures,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,3 +174,43 @@ def run_once(
     with sidecar(args, cwd, env) as proc:
         code = proc.wait(timeout)
         return code, proc.log
+
+
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? '
+    r"(-?[0-9.eE+-]+|NaN|[+-]Inf)$"
+)
+
+
+def check_exposition(text: str) -> None:
+    """Strict check of Prometheus text format 0.0.4.
+
+    HELP and TYPE before a family's contiguous samples, one TYPE per family, summary suffixes
+    only on summaries, valid names, escapes and values, no duplicate series.
+    """
+    assert text.endswith("\n"), "the page must end with a newline"
+    types: dict[str, str] = {}
+    seen: set[str] = set()
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            current = line.split(" ", 3)[2]
+            assert current not in types, f"HELP after TYPE or family repeated: {line}"
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name == current and name not in types, f"TYPE without its HELP, or twice: {line}"
+            assert kind in ("counter", "gauge", "summary", "histogram", "untyped"), line
+            types[name] = kind
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a valid sample line: {line!r}"
+        name = match.group(1)
+        allowed = {current} | (
+            {current + "_sum", current + "_count"} if types.get(current) == "summary" else set()
+        )
+        assert name in allowed, f"sample {name} outside its family {current}"
+        float(match.group(3).replace("Inf", "inf"))
+        key = name + (match.group(2) or "")
+        assert key not in seen, f"duplicate sample {key}"
+        seen.add(key)
