@@ -92,6 +92,13 @@ def run(quick: bool) -> Result:
         f"worst ours p50 {fmt_seconds(worst)}, py-spiffe {fmt_seconds(base)}",
         worst <= 0.3 and not any_missed,
     )
+    sidecar = stats["ours_sidecar"]["p50"]
+    goal(  # issue #15
+        result,
+        "sidecar recovery after an agent restart p50 <= 150 ms",
+        fmt_seconds(sidecar),
+        sidecar <= 0.150 and not missed["ours_sidecar"],
+    )
     if helper is None:
         result["notes"].append(_env.HELPER_MISSING)
     result["notes"].append(

@@ -103,13 +103,27 @@ def run(quick: bool) -> Result:
         f"py-spiffe {fmt_seconds(base)}",
         files <= base,
     )
+    callback = stats["ours_callback"]["from_push"]["p50"]
+    goal(  # issue #15
+        result,
+        "X509Source subscriber callback p50 <= 1.0 ms and <= 0.35x py-spiffe's",
+        f"{fmt_seconds(callback)}, {ratio(callback, base):.2f}x py-spiffe's",
+        callback <= 1e-3 and callback <= 0.35 * base,
+    )
     if helper is None:
         result["notes"].append(_env.HELPER_MISSING)
     else:
-        theirs = stats["spiffe_helper"]["from_push"]["p50"]
-        result["notes"].append(
-            f"sidecar vs spiffe-helper (same helper.conf, same recorder): {fmt_ratio(ratio(sidecar, theirs))}"
+        theirs = stats["spiffe_helper"]["from_push"]
+        p50_x = ratio(sidecar, theirs["p50"])
+        p99_x = ratio(stats["ours_sidecar"]["from_push"]["p99"], theirs["p99"])
+        goal(  # issue #15
+            result,
+            "`spiffe-bridge run` push -> reload signal vs spiffe-helper: p50 <= 1.0x, p99 <= 1.5x",
+            f"p50 {p50_x:.2f}x, p99 {p99_x:.2f}x",
+            p50_x <= 1.0 and p99_x <= 1.5,
         )
+        vs_helper = fmt_ratio(ratio(sidecar, theirs["p50"]))
+        result["notes"].append(f"sidecar vs spiffe-helper (same helper.conf, same recorder): {vs_helper}")
     result["notes"].append(
         f"{len(push['ours_callback'])} rotations per client ({rounds} interleaved rounds); "
         "each client in its own process; 'from push' starts when the agent hands the message to gRPC, "

@@ -82,6 +82,7 @@ def test_idle(report: dict[str, Any]) -> None:
     processes = _result(report, "idle")["results"]["processes"]
     for key in ("ours_source", "ours_aio_source", "pyspiffe_source", "ours_sidecar"):
         assert processes[key]["cpu_s_per_s"] >= 0 and processes[key]["VmRSS"] > 0, key
+        assert 0 < processes[key]["Uss"] <= processes[key]["Pss"] <= processes[key]["VmRSS"], key
 
 
 def test_jwt(report: dict[str, Any]) -> None:
