@@ -115,6 +115,11 @@ class OneShot:
             return exc.code
 
     def _run(self) -> int:
+        from spiffe_bridge.address import resolve, unreachable_reason
+
+        reason = unreachable_reason(resolve(self.config.agent_address))
+        if reason:  # waiting cannot cure it: say so now, not after one_shot_timeout
+            raise _GaveUp(EXIT_UNAVAILABLE, f"the Workload API socket cannot be opened: {reason}")
         client = WorkloadClient(self.config.agent_address, backoff=BACKOFF)
         try:
             ctx = self._x509(client) if self.config.needs_x509 else None

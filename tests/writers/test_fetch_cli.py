@@ -172,8 +172,9 @@ def test_denied_identity_exits_4(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 4 and "registration entry" in err
 
 
-def test_a_socket_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
-    """EACCES on the socket is reported at once, not after --timeout as "is the agent running?"."""
+@pytest.mark.parametrize("command", ["fetch", "run one-shot"])
+def test_a_socket_that_cannot_be_opened_fails_at_once(tmp_path: Path, command: str) -> None:
+    """EACCES on the socket is reported at once, not after the timeout as "is the agent running?"."""
     import socket
     import subprocess
     import sys
@@ -181,24 +182,34 @@ def test_a_socket_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
 
     if os.geteuid() != 0:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("needs root to give a socket away")
-    # Another user's private socket; the fetch runs as root without CAP_DAC_OVERRIDE, so the
+    # Another user's private socket; the command runs as root without CAP_DAC_OVERRIDE, so the
     # kernel refuses it as it would refuse any other user (Python itself lives under /root).
     sock_dir = tmp_path / "private"
     sock_dir.mkdir(mode=0o700)
     path = sock_dir / "agent.sock"
+    if command == "fetch":
+        argv = ["fetch", "x509", "--address", f"unix://{path}", "--timeout", "60s"]
+    else:
+        conf = tmp_path / "helper.conf"
+        conf.write_text(
+            f'agent_address = "unix://{path}"\ncert_dir = "{tmp_path / "certs"}"\n'
+            'svid_file_name = "s.pem"\nsvid_key_file_name = "k.pem"\nsvid_bundle_file_name = "b.pem"\n'
+            'daemon_mode = false\none_shot_timeout = "60s"\n'
+        )
+        argv = ["run", "-config", str(conf)]
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(path))
         server.listen()
         os.chown(sock_dir, 65534, 65534)
         started = time.monotonic()
         done = subprocess.run(
-            ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m",
-             "spiffe_bridge", "fetch", "x509", "--address", f"unix://{path}", "--timeout", "60s"],
+            ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "spiffe_bridge",
+             *argv],
             capture_output=True, text=True, timeout=55,
         )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert "permission denied" in done.stderr and "uid 0" in done.stderr
-    assert time.monotonic() - started < 30  # far below --timeout 60s: it did not wait
+    assert time.monotonic() - started < 30  # far below the 60 s timeout: it did not wait
 
 
 def test_timeout_takes_units(capsys: pytest.CaptureFixture[str]) -> None:
