@@ -175,16 +175,24 @@ class AgentState(FaultControls, StreamCounters):
             return self._ca.mint_jwt_svid(sid, audience, ttl=ttl or self._jwt_ttl)
 
     def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
-        """Check a JWT-SVID against the bundle of its subject's trust domain.
+        """Check a JWT-SVID against the signing keys of its subject's trust domain.
 
-        Returns (SPIFFE ID, claims); raises ``JwtSvidError`` (the library's own validator).
+        Returns (SPIFFE ID, claims); raises ``JwtSvidError``. The check is the agent's own
+        (``jwtsvid.verify``), independent of the library's validator it is compared with.
         """
-        from spiffe_bridge import jwt
+        from spiffe_bridge.errors import JwtSvidError
 
-        with self._cond:
-            bundles = jwt.bundles_from_message(self.jwt_bundles_response())
-        svid = jwt.validate_jwt_svid(token, audience, bundles)
-        return str(svid.spiffe_id), dict(svid.claims)
+        from .jwtsvid import TokenRejected, verify
+
+        def key_for(trust_domain: str, kid: str) -> Any:
+            with self._cond:
+                ca = self._ca if trust_domain == self._ca.trust_domain else self._federated.get(trust_domain)
+                return ca.jwt_key(kid) if ca is not None else None
+
+        try:
+            return verify(token, audience, key_for)
+        except TokenRejected as exc:
+            raise JwtSvidError(str(exc)) from None
 
     # ----- federation -----
     @property
