@@ -338,10 +338,23 @@ class ProxySupervisor:
         self.process.check_alive()
         return True
 
-    def environ(self) -> dict[str, str]:
-        """The running proxy's environment, as the kernel holds it (``/proc/<pid>/environ``)."""
-        raw = Path(f"/proc/{self.pid}/environ").read_bytes()
-        return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    def environ(self, timeout: float = 15.0) -> dict[str, str]:
+        """The running proxy's environment, as the kernel holds it (``/proc/<pid>/environ``).
+
+        The file reads empty while a restart is in flight (the old process is a zombie, or the
+        new one has not exec'd yet), so it is read again until it holds the environment.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                raw = Path(f"/proc/{self.pid}/environ").read_bytes()
+                if raw:
+                    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no environment for the proxy (pid {self.pid}) within {timeout}s")
+            time.sleep(0.05)  # polling /proc: there is no event for "a process has exec'd"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
