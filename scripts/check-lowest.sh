@@ -25,7 +25,7 @@ log "floors: $(tr '\n' ' ' <"$work/constraints.txt")"
 # the package with its runtime dependencies at their floors, and the test runner (not the
 # dev extra: its tools, e.g. grpcio-tools, require newer grpcio than the floor)
 "$work/venv/bin/python" -m pip install -q -c "$work/constraints.txt" -e . \
-  pytest pytest-asyncio pytest-timeout hypothesis
+  pytest pytest-asyncio pytest-timeout hypothesis pyjwt prometheus-client  # test tools only
 "$work/venv/bin/python" -m pip list 2>/dev/null | grep -iE "^(grpcio|protobuf|cryptography|tenacity) " >&2
 # Not here: the py-spiffe conversions (py-spiffe's own pins conflict with our floors) and the
 # stub drift test (grpcio-tools); the main suite runs both.
