@@ -117,11 +117,13 @@ class _SyncSource(Generic[T, A]):
 
     def __init__(
         self,
-        address: str | None,
-        client: WorkloadClient | None,
-        backoff: Backoff | None,
-        timeout: float | None,
+        address: str | None = None,
+        *,
+        client: WorkloadClient | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = 30.0,
     ) -> None:
+        """Start the asyncio twin on a private loop thread; wait up to ``timeout`` for its first update."""
         self._lifecycle = threading.Lock()
         self._closed = False
         self._loop = LoopThread(f"spiffe-bridge-{self._async._name.removeprefix('async-')}")
@@ -185,47 +187,17 @@ class X509Source(X509Reads, _SyncSource[model.X509Context, AsyncX509Source]):
 
     _async = AsyncX509Source
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        client: WorkloadClient | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | None = 30.0,
-    ) -> None:
-        super().__init__(address, client, backoff, timeout)
-
 
 class X509BundleSource(X509BundleReads, _SyncSource[model.X509BundleSet, AsyncX509BundleSource]):
     """The current X.509 bundles (FetchX509Bundles), kept up to date in the background."""
 
     _async = AsyncX509BundleSource
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        client: WorkloadClient | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | None = 30.0,
-    ) -> None:
-        super().__init__(address, client, backoff, timeout)
-
 
 class JwtSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJwtSource]):
     """Current JWT bundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
 
     _async = AsyncJwtSource
-
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        client: WorkloadClient | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | None = 30.0,
-    ) -> None:
-        super().__init__(address, client, backoff, timeout)
 
     def fetch_svid(
         self,
