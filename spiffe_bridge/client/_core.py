@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge._wire import METADATA, SERVICE_PATH, Rpc
 from spiffe_bridge.address import Endpoint, resolve
 from spiffe_bridge.errors import (
     AgentUnavailableError,
@@ -35,8 +36,6 @@ from spiffe_bridge.spiffeid import SpiffeId
 
 log = logging.getLogger("spiffe_bridge.client")
 
-#: The security header every Workload API call must carry.
-METADATA: tuple[tuple[str, str], ...] = (("workload.spiffe.io", "true"),)
 #: What ValidateJWTSVID calls are reported as (an InvalidArgument answer then means a bad token).
 VALIDATION = "JWT-SVID validation"
 #: Default deadline for one-shot calls (socket wait included).
@@ -46,10 +45,6 @@ HEALTHY_STREAM_SECONDS = 1.0
 
 T = TypeVar("T")
 ErrorCallback = Callable[[Exception], None]
-
-
-#: Path prefix of the Workload API's RPCs (the proto has no package).
-SERVICE_PATH = "/SpiffeWorkloadAPI/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +102,21 @@ def unvalidated(spec: StreamSpec[Any]) -> StreamSpec[Unvalidated]:
 
 
 X509_CONTEXTS = StreamSpec(
-    "FetchX509SVID",
+    Rpc.FETCH_X509_SVID,
     pb.X509SVIDRequest(),
     model.context_from_message,
     "X.509 SVIDs",
     pb.X509SVIDResponse.FromString,
 )
 X509_BUNDLES = StreamSpec(
-    "FetchX509Bundles",
+    Rpc.FETCH_X509_BUNDLES,
     pb.X509BundlesRequest(),
     model.bundles_from_message,
     "X.509 bundles",
     pb.X509BundlesResponse.FromString,
 )
 JWT_BUNDLES = StreamSpec(
-    "FetchJWTBundles",
+    Rpc.FETCH_JWT_BUNDLES,
     pb.JWTBundlesRequest(),
     jwt.bundles_from_message,
     "JWT bundles",

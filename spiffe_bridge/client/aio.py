@@ -12,6 +12,7 @@ import grpc.aio
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
+from spiffe_bridge._wire import Rpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
     VALIDATION,
@@ -230,7 +231,7 @@ class AsyncWorkloadClient(AsyncStreamingClient):
     ) -> list[jwt.JwtSvid]:
         """Mint JWT-SVIDs for the audience(s)."""
         request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
-        response = await self._unary("FetchJWTSVID", request, timeout, "JWT-SVID")
+        response = await self._unary(Rpc.FETCH_JWT_SVID, request, timeout, "JWT-SVID")
         return self._core.decode_jwt_svids(response)
 
     async def fetch_jwt_svid(
@@ -248,7 +249,7 @@ class AsyncWorkloadClient(AsyncStreamingClient):
     async def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
         """Ask the agent to validate a JWT-SVID."""
         request = self._core.validate_request(token, audience)
-        response = await self._unary("ValidateJWTSVID", request, timeout, VALIDATION)
+        response = await self._unary(Rpc.VALIDATE_JWT_SVID, request, timeout, VALIDATION)
         return self._core.decode_validation(token, response)
 
     def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509Context]:

@@ -11,6 +11,7 @@ import grpc
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
+from spiffe_bridge._wire import Rpc
 from spiffe_bridge.client._core import (
     JWT_BUNDLES,
     VALIDATION,
@@ -249,7 +250,7 @@ class WorkloadClient(StreamingClient):
     ) -> list[jwt.JwtSvid]:
         """Mint JWT-SVIDs for the audience(s): all identities, or only ``spiffe_id``."""
         request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
-        response = self._unary("FetchJWTSVID", request, timeout, "JWT-SVID")
+        response = self._unary(Rpc.FETCH_JWT_SVID, request, timeout, "JWT-SVID")
         return self._core.decode_jwt_svids(response)
 
     def fetch_jwt_svid(
@@ -267,7 +268,7 @@ class WorkloadClient(StreamingClient):
     def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
         """Ask the agent to validate a JWT-SVID (ValidateJWTSVID); return its parsed claims."""
         request = self._core.validate_request(token, audience)
-        response = self._unary("ValidateJWTSVID", request, timeout, VALIDATION)
+        response = self._unary(Rpc.VALIDATE_JWT_SVID, request, timeout, VALIDATION)
         return self._core.decode_validation(token, response)
 
     # -- streams ------------------------------------------------------------------------

@@ -21,8 +21,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from spiffe_bridge._wire import Rpc
+
     from .ca import TrustDomainCA, X509SVIDMaterial, X509SvidMaterial
-    from .faults import Rpc
     from .identity import Identity
     from .server import DevAgent
 else:
@@ -31,7 +32,7 @@ else:
         {
             ".server": ["DevAgent"],
             ".identity": ["Identity"],
-            ".faults": ["Rpc"],
+            "spiffe_bridge._wire": ["Rpc"],
             ".ca": ["TrustDomainCA", "X509SvidMaterial", "X509SVIDMaterial"],
         },
     )

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .faults import RawResponse, Rpc, as_rpc
+from spiffe_bridge._wire import Rpc
+
+from .faults import RawResponse, as_rpc
 
 DEFAULT_WAIT = 10.0
 

@@ -11,32 +11,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import Message
 
+from spiffe_bridge._wire import Rpc
+
 if TYPE_CHECKING:
     from ._streams import StreamHandle
 
-
-class Rpc(StrEnum):
-    """The five Workload API methods, valued by their wire names."""
-
-    FETCH_X509_SVID = "FetchX509SVID"
-    FETCH_X509_BUNDLES = "FetchX509Bundles"
-    FETCH_JWT_SVID = "FetchJWTSVID"
-    FETCH_JWT_BUNDLES = "FetchJWTBundles"
-    VALIDATE_JWT_SVID = "ValidateJWTSVID"
-
-    @property
-    def streaming(self) -> bool:
-        """True for the server-streaming methods."""
-        return self in STREAMING_RPCS
-
-
-STREAMING_RPCS = frozenset({Rpc.FETCH_X509_SVID, Rpc.FETCH_X509_BUNDLES, Rpc.FETCH_JWT_BUNDLES})
 
 # A response as sent on the wire: a message, or raw bytes that need not even
 # be valid protobuf (to test the client's decoding failure path).

@@ -14,20 +14,16 @@ from typing import Any
 import grpc
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge._wire import MISSING_HEADER, Rpc, has_header, workload_api_handler
 from spiffe_bridge.errors import JwtSvidError
 from spiffe_bridge.loglist import capped
-from spiffe_bridge.service_alias import workload_api_handler
 
 from ._streams import Outgoing, Signal
-from .faults import RawResponse, Rpc
+from .faults import RawResponse
 from .identity import split_spiffe_id
 from .state import AgentState
 
-SERVICE = "SpiffeWorkloadAPI"
-HEADER_KEY = "workload.spiffe.io"
-HEADER_VALUE = "true"
 NO_IDENTITY = "no identity issued"
-MISSING_HEADER = "security header missing from request"
 
 
 def _serialize(message: RawResponse) -> bytes:
@@ -115,8 +111,7 @@ class WorkloadAPIServicer:
         """
         state = self._state
         state._count_call(rpc)
-        values = [v for k, v in context.invocation_metadata() if k == HEADER_KEY]
-        if values != [HEADER_VALUE]:
+        if not has_header(context.invocation_metadata()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, MISSING_HEADER)
         error = state._take_error(rpc)
         if error is not None:
@@ -194,21 +189,21 @@ class WorkloadAPIServicer:
         """gRPC handler for the service, with a serializer that passes raw bytes through."""
         ser = _serialize
         t = self._tracked
-        handlers = {
-            "FetchX509SVID": grpc.unary_stream_rpc_method_handler(
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            Rpc.FETCH_X509_SVID: grpc.unary_stream_rpc_method_handler(
                 t(self.FetchX509SVID, True), pb.X509SVIDRequest.FromString, ser
             ),
-            "FetchX509Bundles": grpc.unary_stream_rpc_method_handler(
+            Rpc.FETCH_X509_BUNDLES: grpc.unary_stream_rpc_method_handler(
                 t(self.FetchX509Bundles, True), pb.X509BundlesRequest.FromString, ser
             ),
-            "FetchJWTSVID": grpc.unary_unary_rpc_method_handler(
+            Rpc.FETCH_JWT_SVID: grpc.unary_unary_rpc_method_handler(
                 t(self.FetchJWTSVID, False), pb.JWTSVIDRequest.FromString, ser
             ),
-            "FetchJWTBundles": grpc.unary_stream_rpc_method_handler(
+            Rpc.FETCH_JWT_BUNDLES: grpc.unary_stream_rpc_method_handler(
                 t(self.FetchJWTBundles, True), pb.JWTBundlesRequest.FromString, ser
             ),
-            "ValidateJWTSVID": grpc.unary_unary_rpc_method_handler(
+            Rpc.VALIDATE_JWT_SVID: grpc.unary_unary_rpc_method_handler(
                 t(self.ValidateJWTSVID, False), pb.ValidateJWTSVIDRequest.FromString, ser
             ),
         }
-        return workload_api_handler(handlers)  # also under the qualified alias (service_alias.py)
+        return workload_api_handler(handlers)  # also under the qualified alias (_wire.py)

@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge._wire import STREAMING_RPCS, Rpc
 from spiffe_bridge.loglist import capped
 
 from ._streams import Outgoing, Signal, StreamCounters, StreamHandle
 from .ca import KeyType, TrustDomainCA, X509SvidMaterial
-from .faults import STREAMING_RPCS, FaultControls, FaultPlan, InjectedError, RawResponse, Rpc
+from .faults import FaultControls, FaultPlan, InjectedError, RawResponse
 from .identity import Identity, as_identity, trust_domain_name
 
 _log = logging.getLogger("spiffe_bridge.devagent")

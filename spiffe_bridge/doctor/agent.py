@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge._wire import HEADER_KEY, METADATA, Rpc
 from spiffe_bridge.address import Endpoint
-from spiffe_bridge.client._core import METADATA, SERVICE_PATH
 from spiffe_bridge.doctor.identity import permission_denied_help
 from spiffe_bridge.doctor.result import CheckResult, failed, passed, skipped
 from spiffe_bridge.errors import SpiffeBridgeError
@@ -135,7 +135,7 @@ def answers_http2(endpoint: Endpoint, timeout: float) -> CheckResult:
 def _fetch(endpoint: Endpoint, timeout: float, metadata: Any) -> Any:
     with grpc.insecure_channel(endpoint.grpc_target) as channel:
         call = channel.unary_stream(
-            SERVICE_PATH + "FetchX509SVID",
+            Rpc.FETCH_X509_SVID.path,
             request_serializer=pb.X509SVIDRequest.SerializeToString,
             response_deserializer=pb.X509SVIDResponse.FromString,
         )(pb.X509SVIDRequest(), metadata=metadata, timeout=timeout)
@@ -147,7 +147,7 @@ def _fetch(endpoint: Endpoint, timeout: float, metadata: Any) -> Any:
 
 def honours_header(endpoint: Endpoint, timeout: float) -> CheckResult:
     """A call without the ``workload.spiffe.io`` header is refused with InvalidArgument."""
-    header = METADATA[0][0]
+    header = HEADER_KEY
     try:
         _fetch(endpoint, timeout, None)
     except grpc.RpcError as exc:

@@ -21,13 +21,15 @@ from dataclasses import dataclass, replace
 
 import grpc
 
+from spiffe_bridge._wire import Rpc
+
 
 class Kind(enum.StrEnum):
     """The three streaming RPCs the relay re-serves, valued by their wire names."""
 
-    X509_SVID = "FetchX509SVID"
-    X509_BUNDLES = "FetchX509Bundles"
-    JWT_BUNDLES = "FetchJWTBundles"
+    X509_SVID = Rpc.FETCH_X509_SVID.value
+    X509_BUNDLES = Rpc.FETCH_X509_BUNDLES.value
+    JWT_BUNDLES = Rpc.FETCH_JWT_BUNDLES.value
 
 
 #: Details of the state before the first upstream answer.

@@ -15,8 +15,8 @@ import grpc
 import grpc.aio
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge._wire import METADATA, Rpc
 from spiffe_bridge.address import Endpoint
-from spiffe_bridge.client._core import METADATA, SERVICE_PATH
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.retry import CHANNEL_OPTIONS
 
@@ -30,8 +30,8 @@ class Forwarder:
     def __init__(self, endpoint: Endpoint, svid_filter: SvidFilter) -> None:
         self._channel = grpc.aio.insecure_channel(endpoint.grpc_target, options=CHANNEL_OPTIONS)
         # No serializers: request and response bytes pass through as they are.
-        self._fetch_jwt: Any = self._channel.unary_unary(SERVICE_PATH + "FetchJWTSVID", None, None)
-        self._validate_jwt: Any = self._channel.unary_unary(SERVICE_PATH + "ValidateJWTSVID", None, None)
+        self._fetch_jwt: Any = self._channel.unary_unary(Rpc.FETCH_JWT_SVID.path, None, None)
+        self._validate_jwt: Any = self._channel.unary_unary(Rpc.VALIDATE_JWT_SVID.path, None, None)
         self._filter = svid_filter
         self.calls = 0
 

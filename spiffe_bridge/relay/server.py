@@ -22,15 +22,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from spiffe_bridge._wire import MISSING_HEADER, Rpc, has_header, workload_api_handler
 from spiffe_bridge.relay.feed import Feed, Kind
 from spiffe_bridge.relay.forward import Forwarder
 from spiffe_bridge.relay.observe import Observer, RelayEvent, Stage, notify
-from spiffe_bridge.service_alias import workload_api_handler
-
-SERVICE = "SpiffeWorkloadAPI"
-HEADER_KEY = "workload.spiffe.io"
-HEADER_VALUE = "true"
-MISSING_HEADER = "security header missing from request"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -53,8 +48,7 @@ class RelayServicer:
         self.rejected = 0
 
     async def _check_header(self, context: Context) -> None:
-        values = [v for k, v in (context.invocation_metadata() or ()) if k == HEADER_KEY]
-        if values != [HEADER_VALUE]:
+        if not has_header(context.invocation_metadata()):
             self.rejected += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MISSING_HEADER)
 
@@ -104,6 +98,6 @@ class RelayServicer:
             return grpc.unary_stream_rpc_method_handler(handler)
 
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {kind.value: streaming(kind) for kind in Kind}
-        handlers["FetchJWTSVID"] = grpc.unary_unary_rpc_method_handler(self.fetch_jwt_svid)
-        handlers["ValidateJWTSVID"] = grpc.unary_unary_rpc_method_handler(self.validate_jwt_svid)
-        return workload_api_handler(handlers)  # also under the qualified alias (service_alias.py)
+        handlers[Rpc.FETCH_JWT_SVID] = grpc.unary_unary_rpc_method_handler(self.fetch_jwt_svid)
+        handlers[Rpc.VALIDATE_JWT_SVID] = grpc.unary_unary_rpc_method_handler(self.validate_jwt_svid)
+        return workload_api_handler(handlers)  # also under the qualified alias (_wire.py)

@@ -17,5 +17,3 @@ def svid_message(ca: TrustDomainCA, spiffe_id: str = "spiffe://example.org/web",
         bundle=ca.bundle_der(),
         hint=hint,
     )
-
-

@@ -13,7 +13,7 @@ from devagent_helpers import Collector
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._proto import workload_pb2_grpc
-from spiffe_bridge.devagent.faults import Rpc
+from spiffe_bridge.devagent import Rpc
 from spiffe_bridge.devagent.server import DevAgent
 
 Stub = workload_pb2_grpc.SpiffeWorkloadAPIStub

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from tools_helpers import NOBODY, cli_as, need_root, run, run_json
 
 from spiffe_bridge._proto import workload_pb2 as pb
-from spiffe_bridge.devagent.faults import Rpc
+from spiffe_bridge.devagent import Rpc
 
 ALL_AGENT_CHECKS = [
     "socket exists",
