@@ -49,9 +49,9 @@ class _Pki:
     def __init__(self, base: Path) -> None:
         from cryptography.hazmat.primitives.serialization import Encoding
 
+        from spiffe_bridge._encoding import pem_block
         from spiffe_bridge.devagent.ca import TrustDomainCA
         from spiffe_bridge.fileset import FileSetWriter
-        from spiffe_bridge.model import pem_block
 
         self.ca = TrustDomainCA("example.org")
         self.certs = base / "certs"
@@ -64,8 +64,8 @@ class _Pki:
 
     def write(self) -> int:
         from spiffe_bridge._proto import workload_pb2 as pb
+        from spiffe_bridge.client import decode_x509_context
         from spiffe_bridge.formats import X509Options, render_x509
-        from spiffe_bridge.model import context_from_message
 
         mat = self.ca.issue_x509_svid("spiffe://example.org/server", ttl=3600, dns_names=("localhost",))
         svid = pb.X509SVID(
@@ -74,7 +74,7 @@ class _Pki:
             x509_svid_key=mat.key_der(),
             bundle=self.ca.bundle_der(),
         )
-        ctx = context_from_message(pb.X509SVIDResponse(svids=[svid]))
+        ctx = decode_x509_context(pb.X509SVIDResponse(svids=[svid]))
         self.writer.write(render_x509("combined", ctx, X509Options()))
         return int(mat.serial_number)
 

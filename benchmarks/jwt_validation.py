@@ -68,7 +68,7 @@ def signatures(tokens: Sequence[str]) -> list[tuple[bytes, bytes]]:
     """(DER signature, signed bytes) of each token, as a JWS verifier hands them to OpenSSL."""
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from spiffe_bridge.jwt import b64url_decode
+    from spiffe_bridge._encoding import b64url_decode
 
     out = []
     for token in tokens:
@@ -87,7 +87,7 @@ def run(quick: bool) -> Result:
 
     from spiffe_bridge import JwtSource
     from spiffe_bridge.devagent import DevAgent, TrustDomainCA
-    from spiffe_bridge.jwt import JwtBundle, JwtBundleSet
+    from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
     from spiffe_bridge.spiffeid import TrustDomain
 
     rounds = 2 if quick else 5

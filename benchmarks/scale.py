@@ -2,7 +2,7 @@
 
 Messages are built once with the dev agent's CA (``TrustDomainCA``): n SVIDs
 of one trust domain, or one SVID plus f federated bundles of f distinct
-trust domains. Measured per message: ``model.context_from_message`` (decode +
+trust domains. Measured per message: ``decode_x509_context`` (decode +
 full validation: SAN, key match, chain verification), py-spiffe's parser of the
 same message for reference (it parses, it does not verify chains), the peak
 Python memory of one decode (tracemalloc), and -- for the sizes where it is
@@ -13,6 +13,7 @@ agent answering the prebuilt message. Per-item time shows whether growth is line
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -49,17 +50,22 @@ def timed(
     return out
 
 
-def clear_caches(module: Any) -> None:
-    """Empty every ``functools`` cache in ``module`` (the model memoises parsed DER by its bytes).
+#: The model modules that memoise what decoding an X.509 context parses (DER by its bytes).
+X509_MODEL = ("spiffe_bridge.x509check", "spiffe_bridge.x509bundle", "spiffe_bridge.x509svid")
+
+
+def clear_caches(modules: Sequence[str] = X509_MODEL) -> None:
+    """Empty every ``functools`` cache in ``modules`` (the model memoises parsed DER by its bytes).
 
     Without this, timing the same message twice measures cache hits: fine for an
     identical re-delivery, wrong for new material. Found generically, so a renamed
     or added cache is still cleared.
     """
-    for value in vars(module).values():
-        clear = getattr(value, "cache_clear", None)
-        if callable(clear):
-            clear()
+    for name in modules:
+        for value in vars(importlib.import_module(name)).values():
+            clear = getattr(value, "cache_clear", None)
+            if callable(clear):
+                clear()
 
 
 def interleaved(
@@ -137,7 +143,8 @@ def run(quick: bool) -> Result:
     """
     from spiffe import WorkloadApiClient as PyClient
 
-    from spiffe_bridge import WorkloadClient, model
+    from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.client import decode_x509_context
     from spiffe_bridge.devagent.faults import Rpc
 
     svid_counts, bundle_counts = ([1, 10], [1, 5, 10]) if quick else ([1, 10, 100, 1000], [1, 100, 1000])
@@ -162,17 +169,17 @@ def run(quick: bool) -> Result:
     rows = result["table"]["rows"]
     stats: list[dict[str, Any]] = []
     base = 0.0  # decode time of the 1-SVID message: the federated rows subtract it
-    decoders = [functools.partial(model.context_from_message, m) for _, _, m in messages]
-    cold = functools.partial(clear_caches, model)
+    decoders = [functools.partial(decode_x509_context, m) for _, _, m in messages]
+    cold = clear_caches
     decode_times = interleaved(decoders, rounds, setup=cold)
     for decode in decoders:  # warm every cache once, then time re-deliveries
         decode()
     warm_times = interleaved(decoders, rounds, setup=lambda: None)
     with workdir() as wd, TimedAgent(f"{wd}/agent.sock") as agent, WorkloadClient(agent.address) as client:
         for (kind, count, msg), samples, warm in zip(messages, decode_times, warm_times, strict=True):
-            decode = functools.partial(model.context_from_message, msg)
+            decode = functools.partial(decode_x509_context, msg)
             ours, cached = median(samples), median(warm)
-            ctx = model.context_from_message(msg)
+            ctx = decode_x509_context(msg)
             assert len(ctx.svids) == len(msg.svids)
             peak = peak_memory(decode, setup=cold)
             e2e = theirs = None

@@ -104,8 +104,8 @@ if TYPE_CHECKING:
         render_jwt,
         render_x509,
     )
-    from spiffe_bridge.jwt import JwtBundle, JwtBundleSet, JwtSvid
-    from spiffe_bridge.model import X509Bundle, X509BundleSet, X509Context, X509Svid
+    from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
+    from spiffe_bridge.jwtsvid import JwtSvid
     from spiffe_bridge.retry import Backoff
     from spiffe_bridge.sources.aio import (
         AsyncJWTSource,
@@ -116,6 +116,9 @@ if TYPE_CHECKING:
     from spiffe_bridge.sources.state import SourceStatus
     from spiffe_bridge.sources.sync import JWTSource, JwtSource, X509BundleSource, X509Source
     from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+    from spiffe_bridge.x509bundle import X509Bundle, X509BundleSet
+    from spiffe_bridge.x509context import X509Context
+    from spiffe_bridge.x509svid import X509Svid
 else:
     __getattr__, __dir__ = lazy_exports(
         globals(),
@@ -123,8 +126,11 @@ else:
             ".address": ["Endpoint"],
             ".spiffeid": ["SpiffeId", "TrustDomain"],
             ".retry": ["Backoff"],
-            ".model": ["X509Svid", "X509Bundle", "X509Context", "X509BundleSet"],
-            ".jwt": ["JwtSvid", "JwtBundle", "JwtBundleSet"],
+            ".x509svid": ["X509Svid"],
+            ".x509bundle": ["X509Bundle", "X509BundleSet"],
+            ".x509context": ["X509Context"],
+            ".jwtsvid": ["JwtSvid"],
+            ".jwtbundle": ["JwtBundle", "JwtBundleSet"],
             ".client.sync": ["WorkloadClient"],
             ".client.aio": ["AsyncWorkloadClient"],
             ".sources.sync": ["X509Source", "X509BundleSource", "JwtSource", "JWTSource"],

@@ -26,8 +26,9 @@ from typing import Any
 
 from cryptography import x509
 
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.errors import SpiffeBridgeError, ValidationError
-from spiffe_bridge.model import X509Context, context_from_message
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.credential_folder")
 
@@ -150,7 +151,7 @@ def read(folder: Path) -> X509Context:
         spiffe_id=spiffe_id, x509_svid=b"".join(chain), x509_svid_key=key_der, bundle=b"".join(own)
     )
     federated = {td: b"".join(ders) for td, ders in bundles.items()}
-    return context_from_message(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
+    return decode_x509_context(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
 
 
 def _signature(folder: Path) -> tuple[Any, ...]:

@@ -205,16 +205,17 @@ class Demo:
         return snap
 
     def _report(self, before: dict[str, Any], after: dict[str, Any]) -> None:
-        from spiffe_bridge import model
         from spiffe_bridge.spiffeid import TrustDomain
+        from spiffe_bridge.x509bundle import X509Bundle
+        from spiffe_bridge.x509svid import parse_svid
 
         pem = self.out / "pem"
         chain = _pem_ders(pem / "svid.pem")
-        bundle = model.X509Bundle.parse_der(
+        bundle = X509Bundle.parse_der(
             TrustDomain("example.org"), b"".join(_pem_ders(pem / "svid_bundle.pem"))
         )
         key_der = _pem_ders(pem / "svid_key.pem", "PRIVATE KEY")[0]
-        svid = model.parse_svid(SPIFFE_ID, b"".join(chain), key_der, bundle)
+        svid = parse_svid(SPIFFE_ID, b"".join(chain), key_der, bundle)
         self.lines.append(f"SPIFFE ID   {svid.spiffe_id}")
         self.lines.append(f"expires     {svid.expires_at:%Y-%m-%d %H:%M:%S} UTC")
         federated = sorted(p.name for p in (pem / "federated").glob("*"))

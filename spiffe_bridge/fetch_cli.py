@@ -22,8 +22,8 @@ from spiffe_bridge.argtypes import duration, mode
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import WriteResult
     from spiffe_bridge.formats import X509Options
-    from spiffe_bridge.jwt import JwtSvid
-    from spiffe_bridge.model import X509Context
+    from spiffe_bridge.jwtsvid import JwtSvid
+    from spiffe_bridge.x509context import X509Context
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

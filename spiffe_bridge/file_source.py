@@ -23,12 +23,12 @@ from typing import Any, cast
 
 from spiffe_bridge import credential_folder
 from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV_VAR
-from spiffe_bridge.client._core import X509_CONTEXTS, StreamSpec
+from spiffe_bridge.client.streams import X509_CONTEXTS, StreamSpec
 from spiffe_bridge.credential_folder import CredentialFolderError
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.sources.reads import X509Reads
 from spiffe_bridge.sources.state import SourceState, SourceStatus
+from spiffe_bridge.x509context import X509Context
 
 
 def _folder_or_fail(folder: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:

@@ -3,7 +3,8 @@
 Parsed certificates and signature checks are remembered by their exact DER
 bytes: a rotation changes only the leaf, so roots, intermediates and federated
 bundles are parsed and verified once, not on every update. Bounded, so hostile
-input cannot grow memory. ``model`` builds SVIDs and contexts on these checks.
+input cannot grow memory. ``x509svid`` and ``x509bundle`` build SVIDs and bundles on these checks;
+``tls`` and ``inspect`` apply them to peers' and files' certificates.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CACHE_SIZE = 1024
 
 
 class Roots(Protocol):
-    """What chain verification needs of a bundle (``model.X509Bundle``)."""
+    """What chain verification needs of a bundle (``x509bundle.X509Bundle``)."""
 
     @property
     def trust_domain(self) -> TrustDomain: ...

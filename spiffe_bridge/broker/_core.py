@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge.address import Endpoint, parse
 from spiffe_bridge.broker.reference import Reference
-from spiffe_bridge.client._core import ClientCore, ErrorCallback, StreamSpec
+from spiffe_bridge.client import ClientCore, decode_jwt_bundles, decode_x509_bundles, decode_x509_context
+from spiffe_bridge.client.streams import ErrorCallback, StreamSpec
 from spiffe_bridge.errors import (
     AddressError,
     AgentUnavailableError,
@@ -21,9 +21,12 @@ from spiffe_bridge.errors import (
     WorkloadNotEntitledError,
     WorkloadNotFoundError,
 )
+from spiffe_bridge.jwtbundle import JwtBundleSet
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls.authorize import Authorizer, PeerRefusedError, authorize_id, authorize_member_of
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 #: Where the endpoint is looked up when no address is given (SPIFFE_Broker_Endpoint.md §4).
 ENV_VAR = "SPIFFE_BROKER_SOCKET"
@@ -97,15 +100,15 @@ class BrokerCore(ClientCore):
 
     # -- requests ------------------------------------------------------------------------
 
-    def x509_contexts(self, ref: Reference) -> StreamSpec[model.X509Context]:
+    def x509_contexts(self, ref: Reference) -> StreamSpec[X509Context]:
         """SubscribeToX509SVID for ``ref``, decoded like FetchX509SVID."""
         request = bpb.SubscribeToX509SVIDRequest(reference=ref.message())
 
-        def decode(message: Any) -> model.X509Context:
+        def decode(message: Any) -> X509Context:
             # SPIRE answers a workload without entries with an empty message, not PermissionDenied.
             if not message.svids:
                 raise WorkloadNotEntitledError(f"the agent issued no X.509-SVID for {ref}")
-            return model.context_from_message(message)
+            return decode_x509_context(message)
 
         return StreamSpec(
             "SubscribeToX509SVID",
@@ -116,25 +119,25 @@ class BrokerCore(ClientCore):
             SERVICE_PATH,
         )
 
-    def x509_bundles(self, ref: Reference) -> StreamSpec[model.X509BundleSet]:
+    def x509_bundles(self, ref: Reference) -> StreamSpec[X509BundleSet]:
         """SubscribeToX509Bundles for ``ref``."""
         request = bpb.SubscribeToX509BundlesRequest(reference=ref.message())
         return StreamSpec(
             "SubscribeToX509Bundles",
             request,
-            model.bundles_from_message,
+            decode_x509_bundles,
             f"X.509 bundles of {ref}",
             bpb.SubscribeToX509BundlesResponse.FromString,
             SERVICE_PATH,
         )
 
-    def jwt_bundles(self, ref: Reference) -> StreamSpec[jwt.JwtBundleSet]:
+    def jwt_bundles(self, ref: Reference) -> StreamSpec[JwtBundleSet]:
         """SubscribeToJWTBundles for ``ref``."""
         request = bpb.SubscribeToJWTBundlesRequest(reference=ref.message())
         return StreamSpec(
             "SubscribeToJWTBundles",
             request,
-            jwt.bundles_from_message,
+            decode_jwt_bundles,
             f"JWT bundles of {ref}",
             bpb.SubscribeToJWTBundlesResponse.FromString,
             SERVICE_PATH,

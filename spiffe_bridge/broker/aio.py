@@ -9,18 +9,23 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
 from spiffe_bridge.broker._core import AgentSpec, BrokerCore, resolve, tls_error
 from spiffe_bridge.broker.lifetime import ProcessExit
 from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
 from spiffe_bridge.broker.sync import broker_ssl_context
 from spiffe_bridge.broker.tunnel import TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
+from spiffe_bridge.client import decode_jwt_svids
 from spiffe_bridge.client.aio import AsyncStreamingClient
+from spiffe_bridge.client.stop import StopSignal
+from spiffe_bridge.client.streams import ErrorCallback, StreamSpec
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 T = TypeVar("T")
 
@@ -100,25 +105,25 @@ class AsyncBrokerClient(AsyncStreamingClient):
 
     async def fetch_x509_context(
         self, workload: Reference | int, timeout: float | None = None
-    ) -> model.X509Context:
+    ) -> X509Context:
         """The workload's current SVIDs and bundles, validated."""
         return await self._first(self._broker.x509_contexts(as_reference(workload)), timeout)
 
     def watch_x509_contexts(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> AsyncIterator[model.X509Context]:
+    ) -> AsyncIterator[X509Context]:
         """Yield each valid X.509 context of the workload, reconnecting until closed."""
         return self._watch_ref(self._broker.x509_contexts, as_reference(workload), on_error)
 
     async def fetch_x509_bundles(
         self, workload: Reference | int, timeout: float | None = None
-    ) -> model.X509BundleSet:
+    ) -> X509BundleSet:
         """The X.509 bundles the workload trusts."""
         return await self._first(self._broker.x509_bundles(as_reference(workload)), timeout)
 
     def watch_x509_bundles(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> AsyncIterator[model.X509BundleSet]:
+    ) -> AsyncIterator[X509BundleSet]:
         """Yield each valid X.509 bundle set of the workload."""
         return self._watch_ref(self._broker.x509_bundles, as_reference(workload), on_error)
 
@@ -129,12 +134,12 @@ class AsyncBrokerClient(AsyncStreamingClient):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         timeout: float | None = None,
-    ) -> list[jwt.JwtSvid]:
+    ) -> list[JwtSvid]:
         """Mint the workload's JWT-SVIDs for the audience(s)."""
         ref = as_reference(workload)
         request = self._broker.jwt_svid_request_for(ref, audience, extra_audiences, spiffe_id)
         response = await self._unary("FetchJWTSVID", request, timeout, f"JWT-SVID of {ref}")
-        return self._core.decode_jwt_svids(response)
+        return decode_jwt_svids(response)
 
     async def fetch_jwt_svid(
         self,
@@ -144,7 +149,7 @@ class AsyncBrokerClient(AsyncStreamingClient):
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """Mint one JWT-SVID of the workload."""
         svids = await self.fetch_jwt_svids(
             workload, audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout
@@ -153,13 +158,13 @@ class AsyncBrokerClient(AsyncStreamingClient):
 
     async def fetch_jwt_bundles(
         self, workload: Reference | int, timeout: float | None = None
-    ) -> jwt.JwtBundleSet:
+    ) -> JwtBundleSet:
         """The JWT bundles the workload trusts."""
         return await self._first(self._broker.jwt_bundles(as_reference(workload)), timeout)
 
     def watch_jwt_bundles(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> AsyncIterator[jwt.JwtBundleSet]:
+    ) -> AsyncIterator[JwtBundleSet]:
         """Yield each valid JWT bundle set of the workload."""
         return self._watch_ref(self._broker.jwt_bundles, as_reference(workload), on_error)
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 
-from spiffe_bridge.client._core import StopSignal
+from spiffe_bridge.client.stop import StopSignal
 from spiffe_bridge.errors import WorkloadExitedError
 
 

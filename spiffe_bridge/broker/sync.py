@@ -7,18 +7,23 @@ from typing import TypeVar
 
 import grpc
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
 from spiffe_bridge.broker._core import AgentSpec, BrokerCore, agent_authorizer, resolve, tls_error
 from spiffe_bridge.broker.lifetime import ProcessExit
 from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
 from spiffe_bridge.broker.tunnel import LoopThread, TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
+from spiffe_bridge.client import decode_jwt_svids
+from spiffe_bridge.client.stop import StopSignal
+from spiffe_bridge.client.streams import ErrorCallback, StreamSpec
 from spiffe_bridge.client.sync import StreamingClient
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 T = TypeVar("T")
 
@@ -86,27 +91,23 @@ class BrokerClient(StreamingClient):
 
     # -- X.509 ----------------------------------------------------------------------------
 
-    def fetch_x509_context(
-        self, workload: Reference | int, timeout: float | None = None
-    ) -> model.X509Context:
+    def fetch_x509_context(self, workload: Reference | int, timeout: float | None = None) -> X509Context:
         """The workload's current SVIDs and bundles (first SubscribeToX509SVID answer), validated."""
         return self._first(self._broker.x509_contexts(as_reference(workload)), timeout)
 
     def watch_x509_contexts(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> Iterator[model.X509Context]:
+    ) -> Iterator[X509Context]:
         """Yield each valid X.509 context of the workload; reconnects until closed."""
         return self._watch_ref(self._broker.x509_contexts, as_reference(workload), on_error)
 
-    def fetch_x509_bundles(
-        self, workload: Reference | int, timeout: float | None = None
-    ) -> model.X509BundleSet:
+    def fetch_x509_bundles(self, workload: Reference | int, timeout: float | None = None) -> X509BundleSet:
         """The X.509 bundles the workload trusts (first SubscribeToX509Bundles answer)."""
         return self._first(self._broker.x509_bundles(as_reference(workload)), timeout)
 
     def watch_x509_bundles(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> Iterator[model.X509BundleSet]:
+    ) -> Iterator[X509BundleSet]:
         """Yield each valid X.509 bundle set of the workload."""
         return self._watch_ref(self._broker.x509_bundles, as_reference(workload), on_error)
 
@@ -119,12 +120,12 @@ class BrokerClient(StreamingClient):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         timeout: float | None = None,
-    ) -> list[jwt.JwtSvid]:
+    ) -> list[JwtSvid]:
         """Mint the workload's JWT-SVIDs for the audience(s) (FetchJWTSVID)."""
         ref = as_reference(workload)
         request = self._broker.jwt_svid_request_for(ref, audience, extra_audiences, spiffe_id)
         response = self._unary("FetchJWTSVID", request, timeout, f"JWT-SVID of {ref}")
-        return self._core.decode_jwt_svids(response)
+        return decode_jwt_svids(response)
 
     def fetch_jwt_svid(
         self,
@@ -134,20 +135,20 @@ class BrokerClient(StreamingClient):
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """Mint one JWT-SVID of the workload: its default identity, or the one with ``spiffe_id``/``hint``."""
         svids = self.fetch_jwt_svids(
             workload, audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout
         )
         return self._core.pick_jwt_svid(svids, hint)
 
-    def fetch_jwt_bundles(self, workload: Reference | int, timeout: float | None = None) -> jwt.JwtBundleSet:
+    def fetch_jwt_bundles(self, workload: Reference | int, timeout: float | None = None) -> JwtBundleSet:
         """The JWT bundles the workload trusts (first SubscribeToJWTBundles answer)."""
         return self._first(self._broker.jwt_bundles(as_reference(workload)), timeout)
 
     def watch_jwt_bundles(
         self, workload: Reference | int, on_error: ErrorCallback | None = None
-    ) -> Iterator[jwt.JwtBundleSet]:
+    ) -> Iterator[JwtBundleSet]:
         """Yield each valid JWT bundle set of the workload."""
         return self._watch_ref(self._broker.jwt_bundles, as_reference(workload), on_error)
 

@@ -1,36 +1,33 @@
-"""What the sync and async clients share: requests, decoding, error mapping, retry decisions.
+"""What the sync and async clients share: settings, requests, error mapping, retry decisions.
 
 Only the blocking I/O differs between the two clients; everything that can be
-decided without waiting lives here, so both behave identically.
+decided without waiting lives here, so both behave identically. Messages are
+decoded by ``_decode`` (through the stream specs of ``streams``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2 as pb
-from spiffe_bridge._wire import METADATA, SERVICE_PATH, Rpc
+from spiffe_bridge._wire import METADATA
 from spiffe_bridge.address import Endpoint, resolve
+from spiffe_bridge.client.streams import ErrorCallback, StreamSpec
 from spiffe_bridge.errors import (
     AgentUnavailableError,
     DeadlineError,
     InvalidArgumentError,
-    JwtSvidError,
     JwtSvidRejectedError,
     NoIdentityError,
     UnimplementedError,
     ValidationError,
     WorkloadApiError,
 )
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import CHANNEL_OPTIONS, Backoff
 from spiffe_bridge.spiffeid import SpiffeId
 
@@ -44,110 +41,6 @@ DEFAULT_TIMEOUT = 30.0
 HEALTHY_STREAM_SECONDS = 1.0
 
 T = TypeVar("T")
-ErrorCallback = Callable[[Exception], None]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec(Generic[T]):
-    """One server-streaming RPC: method name, request, how gRPC parses a message, and its decoder.
-
-    ``deserialize`` None hands ``decode`` the message bytes as received (see ``unvalidated``).
-    ``service`` is the path prefix of the method (the Broker API has its own).
-    """
-
-    method: str
-    request: Any
-    decode: Callable[[Any], T]
-    what: str
-    deserialize: Callable[[bytes], Any] | None
-    service: str = SERVICE_PATH
-
-    def callable(self, channel: Any) -> Any:
-        """The channel's multi-callable for this stream (a sync or a ``grpc.aio`` channel)."""
-        return channel.unary_stream(
-            self.service + self.method,
-            request_serializer=type(self.request).SerializeToString,
-            response_deserializer=self.deserialize,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Unvalidated:
-    """One stream message as the agent sent it: its bytes and the parsed protobuf, not yet validated."""
-
-    data: bytes
-    message: Any
-
-
-def unvalidated(spec: StreamSpec[Any]) -> StreamSpec[Unvalidated]:
-    """The same stream, handing over each message parsed but not validated, with its bytes.
-
-    For relays, which re-serve the agent's bytes and validate them with ``spec.decode``
-    while the clients already have them. Bytes that are not a protobuf message of the
-    stream's type are still refused (reported as ValidationError, then skipped).
-    """
-    parse = spec.deserialize
-    if parse is None:
-        raise ValueError(f"{spec.method}: the stream already hands over bytes")
-
-    def decode(data: bytes) -> Unvalidated:
-        try:
-            return Unvalidated(data, parse(data))
-        except DecodeError:
-            raise ValidationError(
-                f"agent sent {spec.what} that do not parse as a Workload API message"
-            ) from None
-
-    return StreamSpec(spec.method, spec.request, decode, spec.what, None, spec.service)
-
-
-X509_CONTEXTS = StreamSpec(
-    Rpc.FETCH_X509_SVID,
-    pb.X509SVIDRequest(),
-    model.context_from_message,
-    "X.509 SVIDs",
-    pb.X509SVIDResponse.FromString,
-)
-X509_BUNDLES = StreamSpec(
-    Rpc.FETCH_X509_BUNDLES,
-    pb.X509BundlesRequest(),
-    model.bundles_from_message,
-    "X.509 bundles",
-    pb.X509BundlesResponse.FromString,
-)
-JWT_BUNDLES = StreamSpec(
-    Rpc.FETCH_JWT_BUNDLES,
-    pb.JWTBundlesRequest(),
-    jwt.bundles_from_message,
-    "JWT bundles",
-    pb.JWTBundlesResponse.FromString,
-)
-
-
-class StopSignal:
-    """Ends a watch for a reason outside its stream (the Broker API: the referenced process exited).
-
-    ``stop(reason)`` cancels the stream's current call; the watch then raises ``reason``
-    instead of reconnecting. Thread-safe: ``stop`` may come from any thread.
-    """
-
-    def __init__(self) -> None:
-        self.reason: Exception | None = None
-        self._cancel: Callable[[], Any] | None = None
-
-    def attach(self, cancel: Callable[[], Any]) -> None:
-        """The watch's current call; cancelled at once if the signal already fired."""
-        self._cancel = cancel
-        if self.reason is not None:
-            cancel()
-
-    def stop(self, reason: Exception) -> None:
-        """End the watch with ``reason``."""
-        if self.reason is None:
-            self.reason = reason
-        cancel = self._cancel
-        if cancel is not None:
-            cancel()
 
 
 class ReconnectCounter:
@@ -262,7 +155,7 @@ class ClientCore:
             except Exception:
                 log.exception("error callback raised; ignored")
 
-    # -- request builders and decoders for the unary calls ------------------------------
+    # -- request builders for the unary calls, and picking one of the SVIDs minted ---------
 
     @staticmethod
     def jwt_svid_request(
@@ -275,20 +168,7 @@ class ClientCore:
         return pb.JWTSVIDRequest(audience=audiences, spiffe_id=str(spiffe_id) if spiffe_id else "")
 
     @staticmethod
-    def decode_jwt_svids(message: Any) -> list[jwt.JwtSvid]:
-        """Parse the JWT-SVIDs the agent minted; raise ValidationError when there are none."""
-        if not message.svids:
-            raise ValidationError("JWTSVIDResponse has no SVIDs")
-        out = []
-        for item in message.svids:
-            svid = jwt.JwtSvid.parse_insecure(item.svid, item.hint)
-            if str(svid.spiffe_id) != item.spiffe_id:
-                raise ValidationError(f"JWT-SVID subject differs from its SPIFFE ID {item.spiffe_id}")
-            out.append(svid)
-        return out
-
-    @staticmethod
-    def pick_jwt_svid(svids: list[jwt.JwtSvid], hint: str | None) -> jwt.JwtSvid:
+    def pick_jwt_svid(svids: list[JwtSvid], hint: str | None) -> JwtSvid:
         """The first SVID, or the first with ``hint``."""
         for svid in svids:
             if hint is None or svid.hint == hint:
@@ -304,13 +184,3 @@ class ClientCore:
         if not token or not audience:
             raise ValueError("token and audience must be non-empty")
         return pb.ValidateJWTSVIDRequest(audience=audience, svid=token)
-
-    @staticmethod
-    def decode_validation(token: str, message: Any) -> jwt.JwtSvid:
-        """Turn the agent's ValidateJWTSVID answer into a JwtSvid."""
-        try:
-            claims = json_format.MessageToDict(message.claims)
-        except ValueError:  # e.g. a non-finite number, which JSON cannot carry
-            raise JwtSvidError("the agent's claims for the token are not valid JSON values") from None
-        sid, aud, exp = jwt._check_claims({**claims, "sub": message.spiffe_id})
-        return jwt.JwtSvid(sid, token, aud, exp, claims)

@@ -10,23 +10,19 @@ from typing import Any, Self, TypeVar
 import grpc
 import grpc.aio
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge._wire import Rpc
-from spiffe_bridge.client._core import (
-    JWT_BUNDLES,
-    VALIDATION,
-    X509_BUNDLES,
-    X509_CONTEXTS,
-    ClientCore,
-    ErrorCallback,
-    ReconnectCounter,
-    StopSignal,
-    StreamSpec,
-)
+from spiffe_bridge.client._core import VALIDATION, ClientCore, ReconnectCounter
+from spiffe_bridge.client._decode import decode_jwt_svids, decode_jwt_validation
+from spiffe_bridge.client.stop import StopSignal
+from spiffe_bridge.client.streams import JWT_BUNDLES, X509_BUNDLES, X509_CONTEXTS, ErrorCallback, StreamSpec
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff, async_retrying
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 T = TypeVar("T")
 
@@ -210,15 +206,15 @@ class AsyncWorkloadClient(AsyncStreamingClient):
         )
         return channel, pb_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
 
-    async def fetch_x509_context(self, timeout: float | None = None) -> model.X509Context:
+    async def fetch_x509_context(self, timeout: float | None = None) -> X509Context:
         """The current SVIDs and bundles, validated."""
         return await self._first(X509_CONTEXTS, timeout)
 
-    async def fetch_x509_bundles(self, timeout: float | None = None) -> model.X509BundleSet:
+    async def fetch_x509_bundles(self, timeout: float | None = None) -> X509BundleSet:
         """The current X.509 bundles."""
         return await self._first(X509_BUNDLES, timeout)
 
-    async def fetch_jwt_bundles(self, timeout: float | None = None) -> jwt.JwtBundleSet:
+    async def fetch_jwt_bundles(self, timeout: float | None = None) -> JwtBundleSet:
         """The current JWT bundles."""
         return await self._first(JWT_BUNDLES, timeout)
 
@@ -228,11 +224,11 @@ class AsyncWorkloadClient(AsyncStreamingClient):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         timeout: float | None = None,
-    ) -> list[jwt.JwtSvid]:
+    ) -> list[JwtSvid]:
         """Mint JWT-SVIDs for the audience(s)."""
         request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
         response = await self._unary(Rpc.FETCH_JWT_SVID, request, timeout, "JWT-SVID")
-        return self._core.decode_jwt_svids(response)
+        return decode_jwt_svids(response)
 
     async def fetch_jwt_svid(
         self,
@@ -241,26 +237,26 @@ class AsyncWorkloadClient(AsyncStreamingClient):
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """Mint one JWT-SVID: the default identity, or the one with ``spiffe_id``/``hint``."""
         svids = await self.fetch_jwt_svids(audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout)
         return self._core.pick_jwt_svid(svids, hint)
 
-    async def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
+    async def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> JwtSvid:
         """Ask the agent to validate a JWT-SVID."""
         request = self._core.validate_request(token, audience)
         response = await self._unary(Rpc.VALIDATE_JWT_SVID, request, timeout, VALIDATION)
-        return self._core.decode_validation(token, response)
+        return decode_jwt_validation(token, response)
 
-    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509Context]:
+    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> AsyncIterator[X509Context]:
         """Yield each valid X.509 context, reconnecting until closed or a non-retryable error."""
         return self._watch(X509_CONTEXTS, on_error)
 
-    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[model.X509BundleSet]:
+    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[X509BundleSet]:
         """Yield each valid X.509 bundle set."""
         return self._watch(X509_BUNDLES, on_error)
 
-    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[jwt.JwtBundleSet]:
+    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> AsyncIterator[JwtBundleSet]:
         """Yield each valid JWT bundle set."""
         return self._watch(JWT_BUNDLES, on_error)
 

@@ -9,23 +9,19 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import workload_pb2_grpc as pb_grpc
 from spiffe_bridge._wire import Rpc
-from spiffe_bridge.client._core import (
-    JWT_BUNDLES,
-    VALIDATION,
-    X509_BUNDLES,
-    X509_CONTEXTS,
-    ClientCore,
-    ErrorCallback,
-    ReconnectCounter,
-    StopSignal,
-    StreamSpec,
-)
+from spiffe_bridge.client._core import VALIDATION, ClientCore, ReconnectCounter
+from spiffe_bridge.client._decode import decode_jwt_svids, decode_jwt_validation
+from spiffe_bridge.client.stop import StopSignal
+from spiffe_bridge.client.streams import JWT_BUNDLES, X509_BUNDLES, X509_CONTEXTS, ErrorCallback, StreamSpec
 from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff, retrying
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 T = TypeVar("T")
 
@@ -229,15 +225,15 @@ class WorkloadClient(StreamingClient):
 
     # -- one-shot calls -----------------------------------------------------------------
 
-    def fetch_x509_context(self, timeout: float | None = None) -> model.X509Context:
+    def fetch_x509_context(self, timeout: float | None = None) -> X509Context:
         """The current SVIDs and bundles, validated."""
         return self._first(X509_CONTEXTS, timeout)
 
-    def fetch_x509_bundles(self, timeout: float | None = None) -> model.X509BundleSet:
+    def fetch_x509_bundles(self, timeout: float | None = None) -> X509BundleSet:
         """The current X.509 bundles of the own and federated trust domains."""
         return self._first(X509_BUNDLES, timeout)
 
-    def fetch_jwt_bundles(self, timeout: float | None = None) -> jwt.JwtBundleSet:
+    def fetch_jwt_bundles(self, timeout: float | None = None) -> JwtBundleSet:
         """The current JWT bundles (JWKS per trust domain)."""
         return self._first(JWT_BUNDLES, timeout)
 
@@ -247,11 +243,11 @@ class WorkloadClient(StreamingClient):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         timeout: float | None = None,
-    ) -> list[jwt.JwtSvid]:
+    ) -> list[JwtSvid]:
         """Mint JWT-SVIDs for the audience(s): all identities, or only ``spiffe_id``."""
         request = self._core.jwt_svid_request(audience, extra_audiences, spiffe_id)
         response = self._unary(Rpc.FETCH_JWT_SVID, request, timeout, "JWT-SVID")
-        return self._core.decode_jwt_svids(response)
+        return decode_jwt_svids(response)
 
     def fetch_jwt_svid(
         self,
@@ -260,28 +256,28 @@ class WorkloadClient(StreamingClient):
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """Mint one JWT-SVID: the default identity, or the one with ``spiffe_id``/``hint``."""
         svids = self.fetch_jwt_svids(audience, *extra_audiences, spiffe_id=spiffe_id, timeout=timeout)
         return self._core.pick_jwt_svid(svids, hint)
 
-    def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> jwt.JwtSvid:
+    def validate_jwt_svid(self, token: str, audience: str, timeout: float | None = None) -> JwtSvid:
         """Ask the agent to validate a JWT-SVID (ValidateJWTSVID); return its parsed claims."""
         request = self._core.validate_request(token, audience)
         response = self._unary(Rpc.VALIDATE_JWT_SVID, request, timeout, VALIDATION)
-        return self._core.decode_validation(token, response)
+        return decode_jwt_validation(token, response)
 
     # -- streams ------------------------------------------------------------------------
 
-    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> Watch[model.X509Context]:
+    def watch_x509_contexts(self, on_error: ErrorCallback | None = None) -> Watch[X509Context]:
         """Yield each valid X.509 context; reconnects forever until closed or a non-retryable error."""
         return self.watch(X509_CONTEXTS, on_error)
 
-    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> Watch[model.X509BundleSet]:
+    def watch_x509_bundles(self, on_error: ErrorCallback | None = None) -> Watch[X509BundleSet]:
         """Yield each valid X.509 bundle set; reconnects like ``watch_x509_contexts``."""
         return self.watch(X509_BUNDLES, on_error)
 
-    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Watch[jwt.JwtBundleSet]:
+    def watch_jwt_bundles(self, on_error: ErrorCallback | None = None) -> Watch[JwtBundleSet]:
         """Yield each valid JWT bundle set; reconnects like ``watch_x509_contexts``."""
         return self.watch(JWT_BUNDLES, on_error)
 

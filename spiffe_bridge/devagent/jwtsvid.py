@@ -1,7 +1,7 @@
 """Minimal ES256 JWS for JWT-SVIDs: signing, JWKS rendering, and the agent's own verification.
 
 Only what the dev agent needs (JWT-SVID.md §2-3). ``verify`` is written apart from the
-library's validator (``spiffe_bridge.jwt``) on purpose: the agent's ValidateJWTSVID is what
+library's validator (``spiffe_bridge.jwtsvid``) on purpose: the agent's ValidateJWTSVID is what
 tests compare the library against, so a bug the two shared could not show.
 """
 

@@ -23,10 +23,11 @@ import grpc
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._wire import HEADER_KEY, METADATA, Rpc
 from spiffe_bridge.address import Endpoint
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.doctor.identity import permission_denied_help
 from spiffe_bridge.doctor.result import CheckResult, failed, passed, skipped
 from spiffe_bridge.errors import SpiffeBridgeError
-from spiffe_bridge.model import X509Context, context_from_message
+from spiffe_bridge.x509context import X509Context
 
 #: The client connection preface and an empty SETTINGS frame (RFC 9113 section 3.4).
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -186,7 +187,7 @@ def identity_issued(message: Any, error: grpc.RpcError | None) -> tuple[CheckRes
         details = error.details()
         return failed("identity issued", f"{code.name}: {details}", "see the agent's log"), None
     try:
-        ctx = context_from_message(message)
+        ctx = decode_x509_context(message)
     except SpiffeBridgeError as exc:
         return failed(
             "identity issued", f"the agent's SVIDs are not valid here: {exc}", "see the clock check"

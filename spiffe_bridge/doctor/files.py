@@ -20,8 +20,10 @@ from spiffe_bridge.formats import X509Options
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect._read import ReadError, read_bytes
 from spiffe_bridge.inspect.detect import Found, envoy_secret, linkerd_env
-from spiffe_bridge.model import X509Bundle, X509Context, verify_chain
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509Bundle
+from spiffe_bridge.x509check import verify_chain
+from spiffe_bridge.x509context import X509Context
 
 _MOUNTINFO = "/proc/self/mountinfo"
 

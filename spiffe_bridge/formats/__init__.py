@@ -22,8 +22,9 @@ from spiffe_bridge.formats.options import (
 
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import FileSpec
-    from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
-    from spiffe_bridge.model import X509Context
+    from spiffe_bridge.jwtbundle import JwtBundleSet
+    from spiffe_bridge.jwtsvid import JwtSvid
+    from spiffe_bridge.x509context import X509Context
 
 __all__ = [
     "X509_FORMATS",

@@ -18,8 +18,10 @@ from cryptography import x509
 from spiffe_bridge.errors import SvidNotFoundError
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats.options import FormatError, SvidSelectionError, X509Options
-from spiffe_bridge.model import X509Bundle, X509Context, X509Svid
 from spiffe_bridge.spiffeid import TrustDomain
+from spiffe_bridge.x509bundle import X509Bundle
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 #: A certificate together with its exact DER bytes.
 Cert = tuple[x509.Certificate, bytes]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, spec, x509_material
 from spiffe_bridge.formats.options import FormatError, X509Options
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 _CURVES = {"secp256r1": ("P-256", 32), "secp384r1": ("P-384", 48), "secp521r1": ("P-521", 66)}
 

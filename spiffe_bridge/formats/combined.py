@@ -10,7 +10,7 @@ from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import federated_specs, spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.formats.pem import certs_pem
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 #: X509Options fields this format reads besides COMMON_OPTIONS (an ``outputs`` entry may set only these).
 OPTIONS: frozenset[str] = KEY_OPTIONS | {"combined_file_name", "svid_bundle_file_name", "federated_dir"}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, federated_specs, spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 
 def certs_der(certs: Sequence[Cert]) -> bytes:

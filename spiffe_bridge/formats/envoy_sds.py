@@ -22,8 +22,8 @@ from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.formats.pem import certs_pem
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.spiffeid import TrustDomain
+from spiffe_bridge.x509context import X509Context
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"

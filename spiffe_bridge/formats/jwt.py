@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import spec
 from spiffe_bridge.formats.options import JwtOptions
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 
 
 def helper_bundle_json(bundles: JwtBundleSet) -> bytes:

@@ -20,7 +20,7 @@ from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import spec, x509_material
 from spiffe_bridge.formats.options import FormatError, X509Options
 from spiffe_bridge.formats.pem import certs_pem
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 SERVER_ID = "LINKERD2_PROXY_IDENTITY_SERVER_ID"
 SERVER_NAME = "LINKERD2_PROXY_IDENTITY_SERVER_NAME"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from spiffe_bridge.formats import X509Options
-    from spiffe_bridge.model import X509Context
+    from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.linkerd_env")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, federated_specs, spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
-from spiffe_bridge.model import X509Context, pem_block
+from spiffe_bridge.x509context import X509Context
 
 
 def certs_pem(certs: Sequence[Cert]) -> bytes:

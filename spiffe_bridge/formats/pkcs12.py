@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import Cert, X509Material, spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, FormatError, X509Options
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.spiffeid import TrustDomain
+from spiffe_bridge.x509context import X509Context
 
 _KEY_TYPES = (
     rsa.RSAPrivateKey,

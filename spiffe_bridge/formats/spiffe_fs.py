@@ -19,7 +19,7 @@ from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats._material import spec, x509_material
 from spiffe_bridge.formats.options import KEY_OPTIONS, X509Options
 from spiffe_bridge.formats.pem import certs_pem
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 __all__ = ["CREDENTIAL_BUNDLE", "TRUST_BUNDLE_SUFFIX", "render"]
 

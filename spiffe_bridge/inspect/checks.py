@@ -1,7 +1,7 @@
 """What is wrong with material found on disk: key <-> leaf, chain <-> bundle, expiry, modes, tokens.
 
 Each check yields :class:`Finding` lines, good ones too, so ``inspect`` can show what
-it verified. The SVID rules are the model's (:mod:`spiffe_bridge.model`), applied to
+it verified. The SVID rules are the model's (:mod:`spiffe_bridge.x509check`), applied to
 files instead of an agent's message.
 """
 
@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from spiffe_bridge._encoding import b64url_decode
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect.describe import iso, uri_sans
 from spiffe_bridge.inspect.detect import OWN, Found
-from spiffe_bridge.jwt import JwtSvid, b64url_decode, validate_jwt_svid
-from spiffe_bridge.model import CLOCK_SKEW, X509Bundle, check_leaf, verify_chain
+from spiffe_bridge.jwtsvid import JwtSvid, validate_jwt_svid
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge.x509bundle import X509Bundle
+from spiffe_bridge.x509check import CLOCK_SKEW, check_leaf, verify_chain
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
-from spiffe_bridge.model import X509Bundle, X509Context
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
+from spiffe_bridge.x509bundle import X509Bundle
+from spiffe_bridge.x509context import X509Context
 
 #: JWS algorithms a JWK of this family/curve can verify (JWT-SVID.md allows these).
 _EC_ALGS = {"P-256": ["ES256"], "P-384": ["ES384"], "P-521": ["ES512"]}

@@ -33,7 +33,7 @@ from spiffe_bridge.inspect._read import (
     read_bytes,
     sds_secret,
 )
-from spiffe_bridge.jwt import JwtBundleSet
+from spiffe_bridge.jwtbundle import JwtBundleSet
 
 #: Key for the bundle of the leaf's own trust domain when the files do not name it.
 OWN = ""
@@ -124,7 +124,7 @@ def key_and_certs(found: Found, data: bytes, path: str, key_first: bool) -> None
 
 
 def _reencode(der: bytes) -> bytes:
-    from spiffe_bridge.model import pem_block
+    from spiffe_bridge._encoding import pem_block
 
     return pem_block("CERTIFICATE", der)
 

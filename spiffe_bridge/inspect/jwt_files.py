@@ -12,7 +12,7 @@ from typing import Any
 from spiffe_bridge.formats import JwtOptions
 from spiffe_bridge.inspect._read import ReadError, read_bytes
 from spiffe_bridge.inspect.detect import Found
-from spiffe_bridge.jwt import JwtBundle, JwtBundleSet
+from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
 from spiffe_bridge.spiffeid import TrustDomain
 
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")

@@ -17,7 +17,7 @@ from spiffe_bridge.inspect.describe import (
 )
 from spiffe_bridge.inspect.detect import OWN, Found, detect_directory
 from spiffe_bridge.inspect.sniff import detect_file
-from spiffe_bridge.jwt import JwtSvid
+from spiffe_bridge.jwtsvid import JwtSvid
 
 
 def inspect_path(

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from spiffe_bridge.argtypes import duration
 
 if TYPE_CHECKING:
-    from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+    from spiffe_bridge.jwtbundle import JwtBundleSet
+    from spiffe_bridge.jwtsvid import JwtSvid
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +43,8 @@ def load_bundles(path: str, token: str) -> JwtBundleSet:
     """JWT bundles from a JWKS or spiffe-helper bundle file (ReadError when it is neither)."""
     from spiffe_bridge.inspect._read import ReadError, read_bytes
     from spiffe_bridge.inspect.jwt_files import helper_jwt_bundles, jwks_bundle
-    from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+    from spiffe_bridge.jwtbundle import JwtBundleSet
+    from spiffe_bridge.jwtsvid import JwtSvid
 
     data = read_bytes(path)
     try:
@@ -59,7 +61,7 @@ def load_bundles(path: str, token: str) -> JwtBundleSet:
 
 def _validate(args: argparse.Namespace, token: str) -> JwtSvid:
     if args.bundle:
-        from spiffe_bridge.jwt import validate_jwt_svid
+        from spiffe_bridge.jwtsvid import validate_jwt_svid
 
         return validate_jwt_svid(token, args.audience, load_bundles(args.bundle, token))
     from spiffe_bridge import WorkloadClient

@@ -39,7 +39,8 @@ from typing import Any
 
 import grpc
 
-from spiffe_bridge.client._core import (
+from spiffe_bridge.client.aio import AsyncWorkloadClient
+from spiffe_bridge.client.streams import (
     JWT_BUNDLES,
     X509_BUNDLES,
     X509_CONTEXTS,
@@ -47,7 +48,6 @@ from spiffe_bridge.client._core import (
     Unvalidated,
     unvalidated,
 )
-from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import (
     InvalidArgumentError,
     NoIdentityError,

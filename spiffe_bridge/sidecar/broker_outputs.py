@@ -25,7 +25,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from spiffe_bridge.broker._core import agent_authorizer
+from spiffe_bridge.broker import agent_authorizer
 from spiffe_bridge.broker.aio import AsyncBrokerClient
 from spiffe_bridge.errors import (
     NoIdentityError,
@@ -34,7 +34,6 @@ from spiffe_bridge.errors import (
     WorkloadNotFoundError,
 )
 from spiffe_bridge.loglist import capped
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import BrokerConfig, Config, OutputConfig
 from spiffe_bridge.sidecar.plan import DirPlan
@@ -43,6 +42,7 @@ from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls.authorize import Authorizer, authorize_if
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.sidecar.broker")
 

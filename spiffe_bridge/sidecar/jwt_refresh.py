@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import SpiffeBridgeError, WorkloadApiError
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.sidecar.config import JwtSvidConfig
 from spiffe_bridge.sources.state import SourceState
 

@@ -29,14 +29,15 @@ from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.errors import NoIdentityError, NotReadyError, SpiffeBridgeError, WorkloadApiError
 from spiffe_bridge.fileset import WriteError
 from spiffe_bridge.formats import FormatError
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_NO_IDENTITY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_WRITE
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sources import JwtSource, X509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 

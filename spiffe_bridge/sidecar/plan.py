@@ -29,11 +29,12 @@ from spiffe_bridge.formats import (
     render_x509,
 )
 from spiffe_bridge.formats.options import FormatError
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.sidecar import hot_updates
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig, OutputConfig
 from spiffe_bridge.sidecar.schema import ConfigError, Issues, Key, parse_mode, where
+from spiffe_bridge.x509context import X509Context
 
 #: X509Options fields that are never set from a config file.
 _NOT_CONFIGURABLE = {"now", "pkcs12_password", "pkcs12_truststore_password"}

@@ -38,9 +38,9 @@ from typing import Any
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import NotReadyError
 from spiffe_bridge.health import AsyncHealthServer
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.loglist import capped
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
@@ -62,6 +62,7 @@ from spiffe_bridge.sidecar.streamlog import (
 from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog, systemd_interval
 from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from spiffe_bridge.address import resolve
 from spiffe_bridge.errors import WorkloadApiError
-from spiffe_bridge.jwt import JwtSvid
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.sources.state import SourceState, SourceStatus
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 

@@ -14,15 +14,18 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from spiffe_bridge import jwt, model
-from spiffe_bridge.client._core import JWT_BUNDLES, X509_BUNDLES, X509_CONTEXTS, StreamSpec
 from spiffe_bridge.client.aio import AsyncWorkloadClient
+from spiffe_bridge.client.streams import JWT_BUNDLES, X509_BUNDLES, X509_CONTEXTS, StreamSpec
 from spiffe_bridge.errors import NotReadyError
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.reads import JwtReads, X509BundleReads, X509Reads
 from spiffe_bridge.sources.state import SourceState, T
 from spiffe_bridge.sources.watcher import Watcher
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 U = TypeVar("U")
 S = TypeVar("S", bound="_AsyncSource[Any]")
@@ -45,7 +48,7 @@ class StreamClient(Protocol):
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid: ...
+    ) -> JwtSvid: ...
 
     async def close(self) -> None: ...
 
@@ -119,14 +122,14 @@ class _AsyncSource(Generic[T]):
         await self.close()
 
 
-class AsyncX509Source(X509Reads, _AsyncSource[model.X509Context]):
+class AsyncX509Source(X509Reads, _AsyncSource[X509Context]):
     """This workload's X.509 context (SVIDs, bundles, CRLs) from FetchX509SVID, always current."""
 
     _spec = X509_CONTEXTS
     _name = "async-x509-source"
 
 
-class AsyncX509BundleSource(X509BundleReads, _AsyncSource[model.X509BundleSet]):
+class AsyncX509BundleSource(X509BundleReads, _AsyncSource[X509BundleSet]):
     """X.509 bundles (own and federated trust domains) from FetchX509Bundles: trust without an SVID."""
 
     _spec = X509_BUNDLES
@@ -137,14 +140,14 @@ class SvidCache:
     """JWT-SVIDs by request, each served until half its lifetime has passed."""
 
     def __init__(self) -> None:
-        self._svids: dict[tuple[Any, ...], tuple[jwt.JwtSvid, float]] = {}
+        self._svids: dict[tuple[Any, ...], tuple[JwtSvid, float]] = {}
 
-    def get(self, key: tuple[Any, ...]) -> jwt.JwtSvid | None:
+    def get(self, key: tuple[Any, ...]) -> JwtSvid | None:
         """The cached SVID for ``key`` if it is not yet due for a refresh."""
         cached = self._svids.get(key)
         return cached[0] if cached is not None and time.time() < cached[1] else None
 
-    def put(self, key: tuple[Any, ...], svid: jwt.JwtSvid) -> None:
+    def put(self, key: tuple[Any, ...], svid: JwtSvid) -> None:
         """Remember ``svid`` until half its lifetime."""
         issued = svid.issued_at or time.time()
         self._svids[key] = (svid, issued + (svid.expiry - issued) / 2)
@@ -157,7 +160,7 @@ def svid_key(
     return (audience, extra_audiences, str(spiffe_id or ""), hint)
 
 
-class AsyncJwtSource(JwtReads, _AsyncSource[jwt.JwtBundleSet]):
+class AsyncJwtSource(JwtReads, _AsyncSource[JwtBundleSet]):
     """JWT bundles from FetchJWTBundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
 
     _spec = JWT_BUNDLES
@@ -180,7 +183,7 @@ class AsyncJwtSource(JwtReads, _AsyncSource[jwt.JwtBundleSet]):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """A JWT-SVID for the audience(s), from cache until half its lifetime has passed."""
         self._state.check_open()
         key = svid_key(audience, extra_audiences, spiffe_id, hint)

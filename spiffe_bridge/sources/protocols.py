@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from spiffe_bridge.jwt import JwtBundle, JwtBundleSet, JwtSvid
-from spiffe_bridge.model import X509Bundle, X509BundleSet, X509Context, X509Svid
+from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.sources.state import SourceStatus
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge.x509bundle import X509Bundle, X509BundleSet
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 
 class X509BundleSourceLike(Protocol):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from spiffe_bridge import jwt
-from spiffe_bridge.model import X509Bundle, X509BundleSet, X509Context, X509Svid
+from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid, validate_jwt_svid
 from spiffe_bridge.sources.state import SourceState, SourceStatus
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge.x509bundle import X509Bundle, X509BundleSet
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 
 class Reads:
@@ -83,22 +86,22 @@ class X509BundleReads(Reads):
 class JwtReads(Reads):
     """``JwtSource`` and ``AsyncJwtSource``: the JWT bundles of FetchJWTBundles."""
 
-    _state: SourceState[jwt.JwtBundleSet]
+    _state: SourceState[JwtBundleSet]
 
     @property
-    def state(self) -> SourceState[jwt.JwtBundleSet]:
+    def state(self) -> SourceState[JwtBundleSet]:
         """Counters and status for health checks and metrics."""
         return self._state
 
     @property
-    def bundles(self) -> jwt.JwtBundleSet:
+    def bundles(self) -> JwtBundleSet:
         """The latest valid JWT bundle set."""
         return self._state.current()
 
-    def bundle_for(self, trust_domain: TrustDomain | str) -> jwt.JwtBundle | None:
+    def bundle_for(self, trust_domain: TrustDomain | str) -> JwtBundle | None:
         """The JWT bundle of a trust domain, or None."""
         return self.bundles.bundle_for(trust_domain)
 
-    def validate(self, token: str, audience: str) -> jwt.JwtSvid:
+    def validate(self, token: str, audience: str) -> JwtSvid:
         """Validate a JWT-SVID locally against the current bundles (JwtSvidError if invalid)."""
-        return jwt.validate_jwt_svid(token, audience, self.bundles)
+        return validate_jwt_svid(token, audience, self.bundles)

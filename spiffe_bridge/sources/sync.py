@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from spiffe_bridge import jwt, model
 from spiffe_bridge._loopthread import LoopThread
-from spiffe_bridge.client._core import StreamSpec
+from spiffe_bridge.client.streams import StreamSpec
 from spiffe_bridge.client.sync import WorkloadClient
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.aio import (
     AsyncJwtSource,
@@ -33,6 +34,8 @@ from spiffe_bridge.sources.aio import (
 from spiffe_bridge.sources.reads import JwtReads, X509BundleReads, X509Reads
 from spiffe_bridge.sources.state import SourceState, T
 from spiffe_bridge.spiffeid import SpiffeId
+from spiffe_bridge.x509bundle import X509BundleSet
+from spiffe_bridge.x509context import X509Context
 
 U = TypeVar("U")
 A = TypeVar("A", bound=_AsyncSource[Any])
@@ -96,7 +99,7 @@ class _LentClient:
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
         timeout: float | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         return await asyncio.to_thread(
             self._client.fetch_jwt_svid,
             audience,
@@ -182,19 +185,19 @@ class _SyncSource(Generic[T, A]):
         self.close()
 
 
-class X509Source(X509Reads, _SyncSource[model.X509Context, AsyncX509Source]):
+class X509Source(X509Reads, _SyncSource[X509Context, AsyncX509Source]):
     """The current X.509 context of this workload, kept up to date in the background."""
 
     _async = AsyncX509Source
 
 
-class X509BundleSource(X509BundleReads, _SyncSource[model.X509BundleSet, AsyncX509BundleSource]):
+class X509BundleSource(X509BundleReads, _SyncSource[X509BundleSet, AsyncX509BundleSource]):
     """The current X.509 bundles (FetchX509Bundles), kept up to date in the background."""
 
     _async = AsyncX509BundleSource
 
 
-class JwtSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJwtSource]):
+class JwtSource(JwtReads, _SyncSource[JwtBundleSet, AsyncJwtSource]):
     """Current JWT bundles for local validation, and cached JWT-SVIDs refreshed at half-life."""
 
     _async = AsyncJwtSource
@@ -205,7 +208,7 @@ class JwtSource(JwtReads, _SyncSource[jwt.JwtBundleSet, AsyncJwtSource]):
         *extra_audiences: str,
         spiffe_id: str | SpiffeId | None = None,
         hint: str | None = None,
-    ) -> jwt.JwtSvid:
+    ) -> JwtSvid:
         """A JWT-SVID for the audience(s), from cache until half its lifetime has passed."""
         self._state.check_open()
         cached = self._source.svids.get(svid_key(audience, extra_audiences, spiffe_id, hint))

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from spiffe_bridge.errors import NotReadyError
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.sources.protocols import X509SourceLike
+from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.tls")
 

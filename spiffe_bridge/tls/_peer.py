@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 
-from spiffe_bridge import model
+from spiffe_bridge import x509check
 from spiffe_bridge.errors import SpiffeIdError, ValidationError
-from spiffe_bridge.model import X509Bundle
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls.authorize import PeerRefusedError
+from spiffe_bridge.x509bundle import X509Bundle
 
 
 def spiffe_id_of(leaf: x509.Certificate) -> SpiffeId:
@@ -69,7 +69,7 @@ def verify_peer(
     if not peer_id.path:
         raise PeerRefusedError(f"peer {peer_id}: an SVID's SPIFFE ID needs a path", peer_id)
     try:
-        model.check_leaf(peer_id, leaf)
+        x509check.check_leaf(peer_id, leaf)
     except ValidationError as exc:
         raise PeerRefusedError(f"peer {exc}", peer_id) from None
     bundle = bundles.get(peer_id.trust_domain)
@@ -92,13 +92,13 @@ def verify_peer(
         if der == leaf_der and i == 1:
             continue  # some stacks report the leaf again at the start of the chain
         cert = _load(der, f"peer {peer_id}: chain certificate {i}")
-        if not model.is_ca(cert):
+        if not x509check.is_ca(cert):
             raise PeerRefusedError(f"peer {peer_id}: chain certificate {i} is not a CA", peer_id)
         chain.append(cert)
     try:
         if check_times:
-            model.check_times(peer_id, chain, now or dt.datetime.now(dt.UTC))
-        model.verify_chain(peer_id, tuple(chain), bundle)
+            x509check.check_times(peer_id, chain, now or dt.datetime.now(dt.UTC))
+        x509check.verify_chain(peer_id, tuple(chain), bundle)
     except ValidationError as exc:
         raise PeerRefusedError(f"peer {exc}", peer_id) from None
     return peer_id

@@ -41,12 +41,13 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
-from spiffe_bridge.model import X509Context, X509Svid
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls._follow import Follower, log
 from spiffe_bridge.tls._peer import spiffe_id_of, verify_peer
 from spiffe_bridge.tls.authorize import Authorizer, PeerNotAuthorizedError, PeerRefusedError
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 _CACHE_SIZE = 1024
 

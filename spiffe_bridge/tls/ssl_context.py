@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from spiffe_bridge.model import X509Context, X509Svid
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls._follow import Follower
 from spiffe_bridge.tls._keyfiles import PrivateKeyDir
 from spiffe_bridge.tls._peer import verify_peer
 from spiffe_bridge.tls.authorize import Authorizer, PeerRefusedError
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 Configure = Callable[[ssl.SSLContext], None]
 

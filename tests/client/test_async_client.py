@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from spiffe_bridge import AsyncWorkloadClient
-from spiffe_bridge.client._core import X509_CONTEXTS, unvalidated
+from spiffe_bridge.client import X509_CONTEXTS, unvalidated
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import InvalidArgumentError, NoIdentityError, ValidationError
 from spiffe_bridge.retry import Backoff

@@ -12,8 +12,8 @@ from spiffe_bridge import AsyncX509Source, JWTSource, SourceStatus, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import NoIdentityError, NotReadyError
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.x509context import X509Context
 
 FAST = Backoff(initial=0.01, maximum=0.05)
 

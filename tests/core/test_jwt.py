@@ -11,11 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from spiffe_bridge import jwt
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_jwt_bundles
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import JwtSvidError, ValidationError
+from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
+from spiffe_bridge.jwtsvid import CLOCK_SKEW
+from spiffe_bridge.spiffeid import TrustDomain
 
 
 def _b64(data: bytes) -> str:
@@ -23,8 +26,8 @@ def _b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def bundles(ca: TrustDomainCA) -> jwt.JwtBundleSet:
-    return jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
+def bundles(ca: TrustDomainCA) -> JwtBundleSet:
+    return decode_jwt_bundles(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
 
 
 def _claims(**over: Any) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def _claims(**over: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def test_valid_token(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+def test_valid_token(ca: TrustDomainCA, bundles: JwtBundleSet) -> None:
     token = ca.mint_jwt_svid("spiffe://example.org/web", ["svc", "other"], ttl=300)
     svid = bundles.validate(token, "other")
     assert str(svid.spiffe_id) == "spiffe://example.org/web"
@@ -64,9 +67,7 @@ def test_valid_token(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
         (_claims(aud="svc", exp=1), "expired"),  # a single-string aud is allowed
     ],
 )
-def test_claim_rules(
-    ca: TrustDomainCA, bundles: jwt.JwtBundleSet, claims: dict[str, Any], reason: str
-) -> None:
+def test_claim_rules(ca: TrustDomainCA, bundles: JwtBundleSet, claims: dict[str, Any], reason: str) -> None:
     token = ca.sign_jwt(claims)
     with pytest.raises(JwtSvidError, match=reason):
         bundles.validate(token, "svc")
@@ -86,32 +87,32 @@ def test_claim_rules(
     ],
 )
 def test_time_and_subject_rules(
-    ca: TrustDomainCA, bundles: jwt.JwtBundleSet, over: dict[str, Any], reason: str
+    ca: TrustDomainCA, bundles: JwtBundleSet, over: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(JwtSvidError, match=reason):
         bundles.validate(ca.sign_jwt(_claims(**over)), "svc")
 
 
-def test_nbf_and_iat_allow_clock_skew(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+def test_nbf_and_iat_allow_clock_skew(ca: TrustDomainCA, bundles: JwtBundleSet) -> None:
     now = time.time()
-    ahead = int(now + jwt.CLOCK_SKEW) - 1  # an agent whose clock runs a little ahead of ours
+    ahead = int(now + CLOCK_SKEW) - 1  # an agent whose clock runs a little ahead of ours
     token = ca.sign_jwt(_claims(nbf=ahead, iat=ahead))
     assert bundles.validate(token, "svc", now=now).spiffe_id.path == "/web"
     with pytest.raises(JwtSvidError, match="not valid yet"):
-        bundles.validate(token, "svc", now=ahead - jwt.CLOCK_SKEW - 2)
+        bundles.validate(token, "svc", now=ahead - CLOCK_SKEW - 2)
     with pytest.raises(JwtSvidError, match="expired"):  # exp gets no leeway
         bundles.validate(token, "svc", now=_claims()["exp"])
 
 
 @pytest.mark.parametrize("kid", [None, "", 7])
-def test_token_without_kid_is_rejected(ca: TrustDomainCA, bundles: jwt.JwtBundleSet, kid: object) -> None:
+def test_token_without_kid_is_rejected(ca: TrustDomainCA, bundles: JwtBundleSet, kid: object) -> None:
     """go-spiffe requires ``kid`` (an absent one: tests/core/test_jwt_differential.py)."""
     token = ca.sign_jwt(_claims(), {"kid": kid})
     with pytest.raises(JwtSvidError, match="no key ID"):
         bundles.validate(token, "svc")
 
 
-def test_header_rules(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+def test_header_rules(ca: TrustDomainCA, bundles: JwtBundleSet) -> None:
     with pytest.raises(JwtSvidError, match="type"):
         bundles.validate(ca.sign_jwt(_claims(), {"typ": "at+jwt"}), "svc")
     with pytest.raises(JwtSvidError, match="key ID"):
@@ -125,7 +126,7 @@ def test_header_rules(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
         bundles.validate(hs, "svc")
 
 
-def test_tampered_signature(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> None:
+def test_tampered_signature(ca: TrustDomainCA, bundles: JwtBundleSet) -> None:
     token = ca.sign_jwt(_claims())
     head, _body, _sig = token.split(".")
     forged_body = _b64(json.dumps(_claims(sub="spiffe://example.org/admin")).encode())
@@ -137,7 +138,7 @@ def test_tampered_signature(ca: TrustDomainCA, bundles: jwt.JwtBundleSet) -> Non
 
 
 @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.??.**", "e30.e30.e30"])
-def test_garbage_tokens(bundles: jwt.JwtBundleSet, token: str) -> None:
+def test_garbage_tokens(bundles: JwtBundleSet, token: str) -> None:
     with pytest.raises(JwtSvidError):
         bundles.validate(token, "svc")
 
@@ -152,7 +153,7 @@ def test_rsa_and_pss_tokens() -> None:
         "n": _b64(nums.n.to_bytes(256, "big")),
         "e": _b64(b"\x01\x00\x01"),
     }
-    bundles = jwt.bundles_from_message(
+    bundles = decode_jwt_bundles(
         pb.JWTBundlesResponse(bundles={"spiffe://example.org": json.dumps({"keys": [jwk]}).encode()})
     )
     for alg, pad in (
@@ -182,13 +183,13 @@ def test_rsa_and_pss_tokens() -> None:
 )
 def test_bad_jwks(doc: bytes, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
-        jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={"spiffe://example.org": doc}))
+        decode_jwt_bundles(pb.JWTBundlesResponse(bundles={"spiffe://example.org": doc}))
 
 
 def test_jwks_skips_unusable_keys(ca: TrustDomainCA) -> None:
     doc = json.loads(ca.jwks_json())
     doc["keys"] += [{"kty": "OKP", "kid": "x"}, {"kty": "EC", "use": "x509-svid"}, {"kty": "EC"}]
-    bundle = jwt.JwtBundle.parse(jwt.TrustDomain("example.org"), json.dumps(doc).encode())
+    bundle = JwtBundle.parse(TrustDomain("example.org"), json.dumps(doc).encode())
     assert len(bundle.keys) == len(json.loads(ca.jwks_json())["keys"])
 
 
@@ -196,7 +197,7 @@ def test_duplicate_kid_rejected(ca: TrustDomainCA) -> None:
     doc = json.loads(ca.jwks_json())
     doc["keys"] = doc["keys"] * 2
     with pytest.raises(ValidationError, match="duplicate kid"):
-        jwt.JwtBundle.parse(jwt.TrustDomain("example.org"), json.dumps(doc).encode())
+        JwtBundle.parse(TrustDomain("example.org"), json.dumps(doc).encode())
 
 
 def test_jwt_source_rejects_token_not_valid_yet(dev_agent: DevAgent) -> None:

@@ -1,6 +1,6 @@
 """Differential test: our JWT-SVID validator against PyJWT, an independent signer and verifier.
 
-The dev agent signs and ``spiffe_bridge.jwt`` verifies, so a bug they share cannot show in the other
+The dev agent signs and ``spiffe_bridge.jwtsvid`` verifies, so a bug they share cannot show in the other
 tests. Here PyJWT signs every token and PyJWT (reading our JWKS with its own parser) gives the
 reference verdict on the JWS layer: signature, algorithm, ``exp``/``nbf``/``iat`` and ``aud``. The
 SPIFFE rules on top (``sub`` a workload ID, ``kid`` required, ``typ``) are added to that verdict by
@@ -18,9 +18,11 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from spiffe_bridge import jwt
+from spiffe_bridge import jwtsvid
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_jwt_bundles
 from spiffe_bridge.errors import JwtSvidError
+from spiffe_bridge.jwtbundle import JwtBundleSet
 
 AUDIENCE = "svc"
 SUBJECT = "spiffe://example.org/web"
@@ -82,8 +84,8 @@ def jwks() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ours(jwks: bytes) -> jwt.JwtBundleSet:
-    return jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={"spiffe://example.org": jwks}))
+def ours(jwks: bytes) -> JwtBundleSet:
+    return decode_jwt_bundles(pb.JWTBundlesResponse(bundles={"spiffe://example.org": jwks}))
 
 
 def _reference(token: str, jwks: bytes, now: float) -> bool:
@@ -97,7 +99,7 @@ def _reference(token: str, jwks: bytes, now: float) -> bool:
         pyjwt.decode(
             token,
             key.key,
-            algorithms=[header["alg"]] if header.get("alg") in jwt._ALGS else [],
+            algorithms=[header["alg"]] if header.get("alg") in jwtsvid._ALGS else [],
             audience=AUDIENCE,
             options={"require": ["exp", "aud", "sub"]},
         )
@@ -143,7 +145,7 @@ def _sign(alg: str, claims: dict[str, Any], **headers: Any) -> str:
     return pyjwt.encode(claims, key, algorithm=alg, headers=present)
 
 
-def _ours(token: str, bundles: jwt.JwtBundleSet) -> bool:
+def _ours(token: str, bundles: JwtBundleSet) -> bool:
     try:
         bundles.validate(token, AUDIENCE)
     except JwtSvidError:
@@ -152,7 +154,7 @@ def _ours(token: str, bundles: jwt.JwtBundleSet) -> bool:
 
 
 @pytest.mark.parametrize("alg", sorted(_keys()))
-def test_claims_agree_with_pyjwt(alg: str, jwks: bytes, ours: jwt.JwtBundleSet) -> None:
+def test_claims_agree_with_pyjwt(alg: str, jwks: bytes, ours: JwtBundleSet) -> None:
     now = time.time()
     verdicts = {}
     for name, claims in _claim_cases(now).items():
@@ -164,7 +166,7 @@ def test_claims_agree_with_pyjwt(alg: str, jwks: bytes, ours: jwt.JwtBundleSet) 
 
 
 @pytest.mark.parametrize("alg", sorted(_keys()))
-def test_signatures_agree_with_pyjwt(alg: str, jwks: bytes, ours: jwt.JwtBundleSet) -> None:
+def test_signatures_agree_with_pyjwt(alg: str, jwks: bytes, ours: JwtBundleSet) -> None:
     now = time.time()
     good = _sign(alg, _claims(now))
     head, body, sig = good.split(".")
@@ -194,7 +196,7 @@ def test_signatures_agree_with_pyjwt(alg: str, jwks: bytes, ours: jwt.JwtBundleS
     ],
 )
 def test_spiffe_rules_on_tokens_pyjwt_accepts(
-    jwks: bytes, ours: jwt.JwtBundleSet, headers: dict[str, Any], claims: dict[str, Any], spiffe_rule: str
+    jwks: bytes, ours: JwtBundleSet, headers: dict[str, Any], claims: dict[str, Any], spiffe_rule: str
 ) -> None:
     """Tokens fine as plain JWTs that a JWT-SVID validator must still reject, for a named reason."""
     now = time.time()

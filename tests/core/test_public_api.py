@@ -25,6 +25,7 @@ ROOT = pathlib.Path(spiffe_bridge.__file__).resolve().parent
 LAZY_PACKAGES = [
     "spiffe_bridge",
     "spiffe_bridge.broker",
+    "spiffe_bridge.client",
     "spiffe_bridge.devagent",
     "spiffe_bridge.relay",
     "spiffe_bridge.sources",
@@ -111,7 +112,7 @@ def test_import_stays_cheap() -> None:
     """The root and the packages import no gRPC or cryptography until a name needs them."""
     code = (
         "import sys, spiffe_bridge, spiffe_bridge.sources, spiffe_bridge.tls, spiffe_bridge.broker, "
-        "spiffe_bridge.relay, spiffe_bridge.devagent; dir(spiffe_bridge); "
+        "spiffe_bridge.client, spiffe_bridge.relay, spiffe_bridge.devagent; dir(spiffe_bridge); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'cryptography')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

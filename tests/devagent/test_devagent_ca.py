@@ -16,11 +16,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from spiffe import JwtBundle, JwtSvid, TrustDomain, X509Bundle, X509Svid
 
-from spiffe_bridge import jwt
+from spiffe_bridge._encoding import b64url_decode
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_jwt_bundles
 from spiffe_bridge.devagent.ca import TrustDomainCA, der_concat
 from spiffe_bridge.errors import JwtSvidError
-from spiffe_bridge.jwt import b64url_decode
+from spiffe_bridge.jwtsvid import validate_jwt_svid
 
 SVID_ID = "spiffe://example.org/ns/web"
 
@@ -193,10 +194,10 @@ def test_jwt_svid_header_claims_and_jwks() -> None:
 def test_jwt_validation_rules() -> None:
     ca = TrustDomainCA("example.org")
 
-    bundles = jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
+    bundles = decode_jwt_bundles(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
 
     good = ca.mint_jwt_svid(SVID_ID, ["a", "b"], ttl=60)
-    assert str(jwt.validate_jwt_svid(good, "b", bundles).spiffe_id) == SVID_ID
+    assert str(validate_jwt_svid(good, "b", bundles).spiffe_id) == SVID_ID
     bad_tokens = {
         "audience": (good, "c"),
         "expired": (ca.sign_jwt({"sub": SVID_ID, "aud": "a", "exp": 1}), "a"),
@@ -209,5 +210,5 @@ def test_jwt_validation_rules() -> None:
     }
     for name, (token, audience) in bad_tokens.items():
         with pytest.raises(JwtSvidError):
-            jwt.validate_jwt_svid(token, audience, bundles)
+            validate_jwt_svid(token, audience, bundles)
             pytest.fail(f"accepted token with bad {name}")

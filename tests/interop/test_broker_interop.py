@@ -21,7 +21,6 @@ from cryptography import x509
 from interop_support import sidecar, spiffe_id_of, wait_for
 from spire import SpireDeployment
 
-from spiffe_bridge import model
 from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge.broker import AsyncBrokerClient, BrokerClient, TlsTunnel, WorkloadPIDReference
 from spiffe_bridge.broker.sync import broker_ssl_context
@@ -37,6 +36,7 @@ from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate, fetch_once, wor
 from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import PeerNotAuthorizedError
+from spiffe_bridge.x509context import X509Context
 
 __all__ = ["broker_spire"]  # the module-scoped deployment fixture
 
@@ -49,7 +49,7 @@ def _client(d: SpireDeployment, source: X509Source, **kwargs: Any) -> BrokerClie
     return BrokerClient(d.broker_address, source, timeout=10, **kwargs)
 
 
-def _issued(client: BrokerClient, pid: int, spiffe_id: str) -> model.X509Context:
+def _issued(client: BrokerClient, pid: int, spiffe_id: str) -> X509Context:
     """The workload's context once the agent has synced its entry (SPIRE answers no SVIDs until then)."""
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -106,7 +106,7 @@ def test_replaced_workload_process(broker_spire: SpireDeployment, source: X509So
     d = broker_spire
     a = d.create_entry("/wl/replaced", selectors=["unix:uid:1004"])
     ended: list[BaseException] = []
-    seen: list[model.X509Context] = []
+    seen: list[X509Context] = []
     try:
         with _client(d, source) as client:
             with workload(1004) as old:
@@ -134,7 +134,7 @@ def test_replaced_workload_process(broker_spire: SpireDeployment, source: X509So
                 assert new.pid != old.pid
                 replaced = _issued(client, new.pid, a.spiffe_id)
                 assert replaced.default_svid.spiffe_id == first.default_svid.spiffe_id
-                got: list[model.X509Context] = []
+                got: list[X509Context] = []
                 for ctx in client.watch_x509_contexts(new.pid):
                     got.append(ctx)
                     break
@@ -152,7 +152,7 @@ def test_workload_without_entry_is_no_identity(broker_spire: SpireDeployment, so
         assert f"pid {w.pid}" in str(info.value)
         # the watch keeps the stream and delivers once an entry is registered
         errors: list[Exception] = []
-        seen: list[model.X509Context] = []
+        seen: list[X509Context] = []
         stream = client.watch_x509_contexts(w.pid, on_error=errors.append)
         thread = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
         thread.start()
@@ -245,7 +245,7 @@ def test_async_client(broker_spire: SpireDeployment) -> None:
     d = broker_spire
     entry = d.create_entry("/wl/async", selectors=["unix:uid:1006"])
 
-    async def main(w: Workload) -> model.X509Context:
+    async def main(w: Workload) -> X509Context:
         pid = w.pid
         async with (
             AsyncX509Source(d.workload_api_address) as src,
@@ -267,7 +267,7 @@ def test_async_client(broker_spire: SpireDeployment) -> None:
             svid = await client.fetch_jwt_svid(pid, "aud-async")
             assert str(svid.spiffe_id) == entry.spiffe_id
             # the process exits while watched: the async watch ends with WorkloadExitedError too
-            seen: list[model.X509Context] = []
+            seen: list[X509Context] = []
 
             async def follow() -> None:
                 async for update in client.watch_x509_contexts(pid):
@@ -379,7 +379,7 @@ workload_pid_file = "{missing_file}"
                 assert str(replaced.context.default_svid.spiffe_id) == by_file.spiffe_id  # type: ignore[union-attr]
 
                 # one-shot: the unregistered workload is NoIdentity (exit 4); without it, all are written
-                async def once(cfg: Config) -> dict[int, model.X509Context]:
+                async def once(cfg: Config) -> dict[int, X509Context]:
                     async with AsyncX509Source(d.workload_api_address) as src:
                         return await fetch_once(cfg, src, timeout=2)
 

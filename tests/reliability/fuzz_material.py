@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import strategies as st
 from reliability_support import svid_pb
 
+from spiffe_bridge._encoding import b64url_decode
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
-from spiffe_bridge.jwt import JwtBundleSet, JwtSvid, b64url_decode
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 
 
 @dataclass(frozen=True)

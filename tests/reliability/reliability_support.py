@@ -13,12 +13,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from hypothesis import settings
 
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats import X509Options, render_x509
-from spiffe_bridge.model import X509Context, X509Svid, pem_block
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.x509context import X509Context
+from spiffe_bridge.x509svid import X509Svid
 
 SOAK = os.environ.get("SPIFFE_BRIDGE_SOAK") == "1"
 

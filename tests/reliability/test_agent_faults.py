@@ -18,8 +18,8 @@ from reliability_support import FAST, RecordingBackoff, context_problems, scale
 from spiffe_bridge import SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import DeadlineError, NoIdentityError, NotReadyError
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.sources.state import SourceState
+from spiffe_bridge.x509context import X509Context
 
 X509 = "FetchX509SVID"
 

@@ -22,10 +22,11 @@ from cryptography import x509
 from reliability_support import FAST, context_problems, scale
 from sidecar_support import PEM_FILES, FileWatcher, Published, read_or_none, running, sidecar_config
 
-from spiffe_bridge import JWTSource, SourceStatus, X509Source, jwt
+from spiffe_bridge import JWTSource, SourceStatus, X509Source
+from spiffe_bridge.client import decode_jwt_bundles, decode_x509_context
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.model import X509Context, context_from_message
 from spiffe_bridge.sidecar.runner import Daemon
+from spiffe_bridge.x509context import X509Context
 
 X509 = "FetchX509SVID"
 JWT = "FetchJWTBundles"
@@ -51,9 +52,9 @@ class Chaos:
 
     def settle(self) -> None:
         agent = self.agent
-        want = context_from_message(agent.x509_svid_response()).digest
+        want = decode_x509_context(agent.x509_svid_response()).digest
         self.source.wait_for(lambda c: c.digest == want and self.source.status is SourceStatus.READY, 20)
-        jwt_want = jwt.bundles_from_message(agent.jwt_bundles_response()).digest
+        jwt_want = decode_jwt_bundles(agent.jwt_bundles_response()).digest
         self.jwt_source.wait_for(lambda b: b.digest == jwt_want, 20)
         sidecar = self.daemon.x509_source
         assert sidecar is not None

@@ -17,10 +17,11 @@ from reliability_support import FAST, context_problems, pem_set_problems, pem_sp
 
 from spiffe_bridge import AsyncX509Source, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.fileset import FileSetWriter, FileSpec, read_current
-from spiffe_bridge.model import X509Context, context_from_message
+from spiffe_bridge.x509context import X509Context
 
 NAMES = ["svid.pem", "svid_key.pem", "svid_bundle.pem"]
 
@@ -37,7 +38,7 @@ def _rotating_sets(count: int) -> tuple[tuple[FileSpec, ...], ...]:
         if i and i % 4 == 0:
             ca = TrustDomainCA("example.org", intermediate=True)
         msg = pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")])
-        sets.append(tuple(pem_specs(context_from_message(msg))))
+        sets.append(tuple(pem_specs(decode_x509_context(msg))))
     return tuple(sets)
 
 

@@ -37,12 +37,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reliability_support import FAST, context_problems, der, examples, key_der, svid_pb
 
-from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source, jwt, model
+from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge._der import split_der
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import (
+    decode_jwt_bundles,
+    decode_jwt_validation,
+    decode_x509_bundles,
+    decode_x509_context,
+)
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import JwtSvidError, ValidationError
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtsvid import JwtSvid, validate_jwt_svid
+from spiffe_bridge.x509context import X509Context
 
 X509 = "FetchX509SVID"
 MB = 1 << 20
@@ -51,7 +58,7 @@ MB = 1 << 20
 def x509_outcome(msg: Any) -> X509Context | ValidationError:
     """Parse like the client does; anything but ValidationError fails the test."""
     try:
-        ctx = model.context_from_message(msg)
+        ctx = decode_x509_context(msg)
     except ValidationError as exc:
         assert str(exc), "a rejection must say why"
         return exc
@@ -84,7 +91,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 @given(msg=hostile_x509_bundles())
 def test_fuzz_x509_bundles(msg: Any) -> None:
     try:
-        bundles = model.bundles_from_message(msg)
+        bundles = decode_x509_bundles(msg)
     except ValidationError as exc:
         assert str(exc)
         return
@@ -97,13 +104,13 @@ def test_fuzz_x509_bundles(msg: Any) -> None:
 @given(msg=hostile_jwt_bundles())
 def test_fuzz_jwt_bundles(msg: Any) -> None:
     try:
-        bundles = jwt.bundles_from_message(msg)
+        bundles = decode_jwt_bundles(msg)
     except ValidationError as exc:
         assert str(exc)
         return
     token = pool().token()
     try:
-        svid = jwt.validate_jwt_svid(token, "svc", bundles)
+        svid = validate_jwt_svid(token, "svc", bundles)
     except JwtSvidError as exc:
         assert str(exc)
         return
@@ -114,9 +121,9 @@ def test_fuzz_jwt_bundles(msg: Any) -> None:
 @given(token=hostile_token(), audience=st.sampled_from(["svc", "other", ""]))
 def test_fuzz_jwt_svid_validation(token: str, audience: str) -> None:
     p = pool()
-    bundles = jwt.bundles_from_message(p.jwt_bundles)
+    bundles = decode_jwt_bundles(p.jwt_bundles)
     try:
-        svid = jwt.validate_jwt_svid(token, audience, bundles)
+        svid = validate_jwt_svid(token, audience, bundles)
     except JwtSvidError as exc:
         assert str(exc)
         if len(token) > 40:
@@ -124,15 +131,13 @@ def test_fuzz_jwt_svid_validation(token: str, audience: str) -> None:
     else:
         assert jwt_problems(svid, token, audience, bundles) == []
     with contextlib.suppress(JwtSvidError):
-        jwt.JwtSvid.parse_insecure(token)  # how FetchJWTSVID answers are read
+        JwtSvid.parse_insecure(token)  # how FetchJWTSVID answers are read
 
 
 @examples(100)
 @given(claims=mutated_json({"sub": "spiffe://example.org/web", "aud": "svc", "exp": 4102444800}))
 def test_fuzz_validate_jwt_svid_answer(claims: Any) -> None:
     """The agent's ValidateJWTSVID answer (claims as a protobuf Struct) is checked, never crashes."""
-    from spiffe_bridge.client._core import ClientCore
-
     response = pb.ValidateJWTSVIDResponse(spiffe_id="spiffe://example.org/web")
     if isinstance(claims, dict):
         try:
@@ -140,7 +145,7 @@ def test_fuzz_validate_jwt_svid_answer(claims: Any) -> None:
         except (ValueError, TypeError):
             return  # not representable in a Struct (e.g. integers beyond a double)
     try:
-        ClientCore.decode_validation("token", response)
+        decode_jwt_validation("token", response)
     except JwtSvidError as exc:
         assert str(exc)
 
@@ -155,7 +160,7 @@ def test_token_with_critical_header_extension_is_rejected() -> None:
     claims = {"sub": "spiffe://example.org/web", "aud": "svc", "exp": now + 600}
     token = sign_raw(p.ca, dumps(header), dumps(claims))
     with pytest.raises(JwtSvidError, match="crit"):
-        jwt.validate_jwt_svid(token, "svc", jwt.bundles_from_message(p.jwt_bundles))
+        validate_jwt_svid(token, "svc", decode_jwt_bundles(p.jwt_bundles))
 
 
 # -- structural attacks, one by one ----------------------------------------------------------------
@@ -288,21 +293,21 @@ def test_huge_and_deep_jwt_inputs() -> None:
     for name, jwks in cases.items():
         started = time.monotonic()
         try:
-            bundles = jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={td: jwks}))
+            bundles = decode_jwt_bundles(pb.JWTBundlesResponse(bundles={td: jwks}))
         except ValidationError as exc:
             assert str(exc), name
         else:
             with contextlib.suppress(JwtSvidError):
-                jwt.validate_jwt_svid(p.token(), "svc", bundles)
+                validate_jwt_svid(p.token(), "svc", bundles)
         assert time.monotonic() - started < 10, name
     deep = b64url(b"[" * 100_000 + b"]" * 100_000)
-    bundles = jwt.bundles_from_message(p.jwt_bundles)
+    bundles = decode_jwt_bundles(p.jwt_bundles)
     for token in (f"{deep}.{deep}.AA", "a" * (4 * MB) + ".b.c", p.token() + "A" * MB):
         with pytest.raises(JwtSvidError):
-            jwt.validate_jwt_svid(token, "svc", bundles)
+            validate_jwt_svid(token, "svc", bundles)
     for token in (f"{deep}.{deep}.AA", "a" * (4 * MB) + ".b.c"):
         with pytest.raises(JwtSvidError):
-            jwt.JwtSvid.parse_insecure(token)
+            JwtSvid.parse_insecure(token)
 
 
 # -- end to end: through the dev agent to a live client ---------------------------------------------
@@ -334,7 +339,7 @@ def _sentinels() -> tuple[Any, Any]:
 def test_fuzz_end_to_end_x509_source(dev_agent: DevAgent, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING", logger="spiffe_bridge.client")
     sentinels = _sentinels()
-    digests = [model.context_from_message(s).digest for s in sentinels]
+    digests = [decode_x509_context(s).digest for s in sentinels]
     checked = Checked()
     flip = [0]
     with X509Source(dev_agent.address, backoff=FAST, timeout=10) as source:
@@ -384,7 +389,7 @@ def test_garbage_on_the_wire_is_rejected_and_state_kept(dev_agent: DevAgent) -> 
             dev_agent.push_raw(X509, raw)
             assert source.context.digest == good.digest
             dev_agent.rotate()  # a valid update after it: handed out, whichever way it was handled
-            served = model.context_from_message(dev_agent.x509_svid_response()).digest
+            served = decode_x509_context(dev_agent.x509_svid_response()).digest
             source.wait_for(lambda c: c.digest == served and source.status is SourceStatus.READY, 10)
             assert source.state.rejected + source.state.reconnects == before + 1
             assert source.last_error is not None and str(source.last_error)
@@ -400,7 +405,7 @@ def test_huge_messages_through_the_client(dev_agent: DevAgent) -> None:
             rejected = source.state.rejected
             dev_agent.push_raw(X509, msg)
             dev_agent.rotate()  # a valid update after it proves the stream still works
-            served = model.context_from_message(dev_agent.x509_svid_response()).digest
+            served = decode_x509_context(dev_agent.x509_svid_response()).digest
             ctx = source.wait_for(lambda c, d=served: c.digest == d, timeout=20)
             assert context_problems(ctx) == []
             assert source.state.rejected == rejected + (0 if valid else 1), name
@@ -421,7 +426,7 @@ def test_fuzz_end_to_end_jwt(dev_agent: DevAgent) -> None:
         second = pb.JWTBundlesResponse()
         second.CopyFrom(first)
         second.bundles["spiffe://sentinel.test"] = pool().fed.jwks_json()
-        sentinels = [(m, jwt.bundles_from_message(m).digest) for m in (first, second)]
+        sentinels = [(m, decode_jwt_bundles(m).digest) for m in (first, second)]
         flip = [0]
 
         @examples(60)
@@ -429,7 +434,7 @@ def test_fuzz_end_to_end_jwt(dev_agent: DevAgent) -> None:
         def run(msg: Any, token: str) -> None:
             rejected = source.state.rejected
             try:
-                jwt.bundles_from_message(msg)
+                decode_jwt_bundles(msg)
                 valid = True
             except ValidationError:
                 valid = False

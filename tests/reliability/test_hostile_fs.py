@@ -28,6 +28,7 @@ from reliability_support import pem_set_problems, pem_specs, svid_pb
 from sidecar_support import PEM_FILES, running, sidecar_config
 
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.fileset import (
@@ -39,10 +40,10 @@ from spiffe_bridge.fileset import (
     current_version_dir,
     read_current,
 )
-from spiffe_bridge.model import X509Context, context_from_message
 from spiffe_bridge.sidecar import plan
 from spiffe_bridge.sidecar.exitcodes import EXIT_OK
 from spiffe_bridge.sidecar.oneshot import OneShot
+from spiffe_bridge.x509context import X509Context
 
 LAYOUTS = ("symlink", "flat")
 NAMES = ("svid.pem", "svid_key.pem", "svid_bundle.pem")
@@ -52,7 +53,7 @@ NAMES = ("svid.pem", "svid_key.pem", "svid_bundle.pem")
 def _contexts() -> tuple[X509Context, ...]:
     ca = TrustDomainCA("example.org", intermediate=True)
     return tuple(
-        context_from_message(pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")]))
+        decode_x509_context(pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")]))
         for _ in range(3)
     )
 

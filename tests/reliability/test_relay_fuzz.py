@@ -18,12 +18,13 @@ from fuzz_material import hostile_x509_response, pool
 from hypothesis import given
 from reliability_support import FAST, context_problems, examples, svid_pb
 
-from spiffe_bridge import X509Source, model
+from spiffe_bridge import X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import ValidationError
-from spiffe_bridge.model import X509Context
 from spiffe_bridge.relay import Kind, Relay
+from spiffe_bridge.x509context import X509Context
 
 X509 = "FetchX509SVID"
 
@@ -42,7 +43,7 @@ class Held:
 
 def _invalid(msg: Any) -> bool:
     try:
-        model.context_from_message(msg)
+        decode_x509_context(msg)
     except ValidationError:
         return True
     return False
@@ -58,7 +59,7 @@ def test_fuzz_through_the_relay(
     sentinels = [
         pb.X509SVIDResponse(svids=[svid_pb(p.ca, f"spiffe://example.org/sentinel-{n}")]) for n in "ab"
     ]
-    digests = [model.context_from_message(s).digest for s in sentinels]
+    digests = [decode_x509_context(s).digest for s in sentinels]
     flip = [0]
     held = Held()
     address = "unix://" + os.path.join(tmp_short, "relay.sock")

@@ -12,13 +12,14 @@ import tracemalloc
 
 from reliability_support import FAST, fd_count, rss_bytes, scale, svid_pb
 
-from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source, jwt
+from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
-from spiffe_bridge.client._core import X509_CONTEXTS
+from spiffe_bridge.client import X509_CONTEXTS, decode_jwt_bundles
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtsvid import validate_jwt_svid
 from spiffe_bridge.sources.state import SourceState
+from spiffe_bridge.x509context import X509Context
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -89,7 +90,7 @@ def test_memory_flat_over_many_distinct_jwt_validations() -> None:
     """The per-bundle cache of verified signatures is bounded."""
     count = scale(10_000, 50_000)
     ca = TrustDomainCA("example.org")
-    bundles = jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
+    bundles = decode_jwt_bundles(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json()}))
     now = int(time.time())
     gc.collect()
     tracemalloc.start()
@@ -97,7 +98,7 @@ def test_memory_flat_over_many_distinct_jwt_validations() -> None:
         half = 0
         for i in range(count):
             claims = {"sub": "spiffe://example.org/web", "aud": "svc", "exp": now + 600, "jti": str(i)}
-            jwt.validate_jwt_svid(ca.sign_jwt(claims), "svc", bundles)
+            validate_jwt_svid(ca.sign_jwt(claims), "svc", bundles)
             if i + 1 == count // 2:
                 gc.collect()
                 half, _ = tracemalloc.get_traced_memory()

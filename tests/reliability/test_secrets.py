@@ -18,13 +18,14 @@ import pytest
 from reliability_support import FAST
 from sidecar_support import read_or_none, running, sidecar_config
 
-from spiffe_bridge import JWTSource, WorkloadClient, X509Source, jwt
+from spiffe_bridge import JWTSource, WorkloadClient, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import X509_FORMATS, X509Options, render_x509
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.jwtsvid import validate_jwt_svid
+from spiffe_bridge.x509context import X509Context
 
 OPTIONS = X509Options(
     linkerd_workload_api_address="unix:///run/agent.sock",
@@ -189,7 +190,7 @@ def test_no_secret_in_logs_or_errors(
             forged = f"{head}.{body}.{sig[:-4]}AAAA"
             leaks.token(forged)
             with leaks.expect(SpiffeBridgeError):
-                jwt.validate_jwt_svid(svid.token, "other", bundles)
+                validate_jwt_svid(svid.token, "other", bundles)
             with leaks.expect(SpiffeBridgeError):
                 jwt_source.validate(forged, "svc")
             with leaks.expect(SpiffeBridgeError, grpc.RpcError):

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 from tls_peers import CLIENT_ID, Material, forge, material
 
 from spiffe_bridge.devagent import TrustDomainCA
-from spiffe_bridge.model import X509Bundle
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls import (
     Authorizer,
@@ -28,6 +27,7 @@ from spiffe_bridge.tls import (
 )
 from spiffe_bridge.tls._keyfiles import PrivateKeyDir
 from spiffe_bridge.tls.authorize import trust_domains_of
+from spiffe_bridge.x509bundle import X509Bundle
 
 WEB = SpiffeId.parse("spiffe://example.org/web")
 DB = SpiffeId.parse("spiffe://example.org/db")

@@ -18,15 +18,17 @@ import pytest
 from tls_peers import CLIENT_ID, SERVER_ID, TLSServer, connect, exchange, serial_of
 
 from spiffe_bridge import credential_folder
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.credential_folder import CredentialFolderError
 from spiffe_bridge.devagent import DevAgent, TrustDomainCA
 from spiffe_bridge.file_source import AsyncFileX509Source, FileX509Source, async_x509_source, x509_source
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import X509Options, render_x509
-from spiffe_bridge.model import X509Context, context_from_message, pem_block
 from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import authorize_id, client_ssl_context, server_ssl_context
+from spiffe_bridge.x509context import X509Context
 
 DEADLINE = 20.0
 
@@ -54,7 +56,7 @@ class Issuer:
             bundle=self.ca.bundle_der(),
         )
         federated = {p.id: p.bundle_der() for p in self.partners}
-        return context_from_message(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
+        return decode_x509_context(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
 
     def write(self, folder: Path, spiffe_id: str) -> int:
         ctx = self.context(spiffe_id)

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge.devagent.ca import TrustDomainCA, X509SVIDMaterial
-from spiffe_bridge.model import pem_block
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls import peer_spiffe_id
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from spiffe_bridge import WorkloadClient
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge.cli import main
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
-from spiffe_bridge.model import X509Context, pem_block
+from spiffe_bridge.x509context import X509Context
 
 PYTHON = sys.executable
 NOBODY = 65534

@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from spiffe_bridge import jwt
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_jwt_bundles
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.formats import JwtOptions, render_jwt
+from spiffe_bridge.jwtbundle import JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +20,14 @@ def cas() -> tuple[TrustDomainCA, TrustDomainCA]:
     return TrustDomainCA("example.org"), TrustDomainCA("partner.test")
 
 
-def bundle_set(*cas: TrustDomainCA) -> jwt.JwtBundleSet:
-    return jwt.bundles_from_message(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json() for ca in cas}))
+def bundle_set(*cas: TrustDomainCA) -> JwtBundleSet:
+    return decode_jwt_bundles(pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json() for ca in cas}))
 
 
 def test_tokens_are_written_verbatim(cas: tuple[TrustDomainCA, TrustDomainCA]) -> None:
     ca = cas[0]
-    a = jwt.JwtSvid.parse_insecure(ca.mint_jwt_svid("spiffe://example.org/web", ["db"], ttl=300))
-    b = jwt.JwtSvid.parse_insecure(ca.mint_jwt_svid("spiffe://example.org/web", ["cache"], ttl=300))
+    a = JwtSvid.parse_insecure(ca.mint_jwt_svid("spiffe://example.org/web", ["db"], ttl=300))
+    b = JwtSvid.parse_insecure(ca.mint_jwt_svid("spiffe://example.org/web", ["cache"], ttl=300))
     files = render_jwt([(a, "db.token"), (b, "tokens/cache.token")], None)
     assert [(f.name, f.data, f.mode) for f in files] == [
         ("db.token", a.token.encode(), 0o600),

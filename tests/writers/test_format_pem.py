@@ -13,7 +13,7 @@ from writers_pki import Pki, client_context, openssl
 
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import FormatError, X509Options, render_x509
-from spiffe_bridge.model import X509Context
+from spiffe_bridge.x509context import X509Context
 
 
 def pem(certs: object) -> bytes:

@@ -1,7 +1,7 @@
 """Test material for the writers: real dev-agent CAs, run through production validation.
 
 Every X509Context here comes from an ``X509SVIDResponse`` passed through
-``model.context_from_message``, so writers only ever see material that the
+``decode_x509_context``, so writers only ever see material that the
 sidecar itself would accept.
 """
 
@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from spiffe_bridge import model
+from spiffe_bridge._encoding import pem_block
 from spiffe_bridge._proto import workload_pb2 as pb
+from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.devagent.ca import TrustDomainCA, X509SVIDMaterial, der_concat
+from spiffe_bridge.x509context import X509Context
 
 
 def expired_root(name: str = "expired root") -> x509.Certificate:
@@ -81,8 +83,8 @@ class Pki:
 
     def context(
         self, *ids: str, hints: Sequence[str] = (), dns: Sequence[str] = ("localhost",)
-    ) -> model.X509Context:
-        return model.context_from_message(self.response(*ids, hints=hints, dns=dns))
+    ) -> X509Context:
+        return decode_x509_context(self.response(*ids, hints=hints, dns=dns))
 
     def client_files(self, directory: Path, spiffe_id: str | None = None) -> tuple[Path, Path]:
         """Write a fresh client SVID (chain + key PEM) from the same CA; return (cert, key) paths."""
@@ -92,7 +94,7 @@ class Pki:
         cert = directory / "client.pem"
         key = directory / "client_key.pem"
         cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mat.chain))
-        key.write_bytes(model.pem_block("PRIVATE KEY", mat.key_der()))
+        key.write_bytes(pem_block("PRIVATE KEY", mat.key_der()))
         return cert, key
 
 

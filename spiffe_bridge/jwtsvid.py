@@ -1,36 +1,37 @@
-"""JWT-SVIDs and JWT bundles: parsing JWKS and validating tokens locally.
+"""JWT-SVIDs: parsing a token and validating it locally against JWT bundles.
 
 Validation follows JWT-SVID.md and go-spiffe's ``jwtsvid.ParseAndValidate``:
 algorithm allow-list, optional ``typ`` (JWT or JOSE), a required ``kid`` looked
 up in the bundle of the subject's trust domain, ``aud`` containing the expected
 audience, ``exp`` in the future, ``nbf`` and ``iat`` not later than now plus
 ``CLOCK_SKEW`` (go-jose's leeway), ``sub`` a workload SPIFFE ID (with a path).
-Keys are parsed once per bundle and signature checks are remembered per
-bundle, so validating the same token again costs only the claim checks.
+Signature checks are remembered per bundle (``jwtbundle``), so validating the
+same token again costs only the claim checks.
 """
 
 from __future__ import annotations
 
-import binascii
 import functools
-import hashlib
 import json
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from spiffe_bridge.errors import JwtSvidError, SpiffeIdError, ValidationError
-from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
+from spiffe_bridge._encoding import b64url_decode
+from spiffe_bridge.errors import JwtSvidError, SpiffeIdError
+from spiffe_bridge.spiffeid import SpiffeId
 
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+if TYPE_CHECKING:  # jwtbundle imports this module (JwtBundleSet.validate); bundles are only read here
+    from spiffe_bridge.jwtbundle import JwtBundleSet, PublicKey
+
+__all__ = ["CLOCK_SKEW", "JwtSvid", "check_claims", "validate_jwt_svid"]
 
 # alg -> (hash, key family, EC curve name or None)
 _ALGS: dict[str, tuple[type[hashes.HashAlgorithm], str, str | None]] = {
@@ -44,123 +45,11 @@ _ALGS: dict[str, tuple[type[hashes.HashAlgorithm], str, str | None]] = {
     "ES384": (hashes.SHA384, "ES", "secp384r1"),
     "ES512": (hashes.SHA512, "ES", "secp521r1"),
 }
-_CURVES: dict[str, ec.EllipticCurve] = {
-    "P-256": ec.SECP256R1(),
-    "P-384": ec.SECP384R1(),
-    "P-521": ec.SECP521R1(),
-}
-_VERIFIED_CACHE_SIZE = 4096
 # Seconds an ``nbf``/``iat`` may lie ahead of our clock (agent and workload clocks differ a little);
 # go-jose uses the same minute. ``exp`` gets none: a token is never accepted after it expires.
 CLOCK_SKEW = 60.0
 #: One ECDSA parameter object per algorithm, made once rather than per token.
 _ECDSA: dict[str, ec.ECDSA] = {alg: ec.ECDSA(h()) for alg, (h, family, _) in _ALGS.items() if family == "ES"}
-
-
-_URLSAFE = bytes.maketrans(b"-_", b"+/")
-
-
-def b64url_decode(data: str) -> bytes:
-    """Decode unpadded base64url; raise ValueError on bad input."""
-    if not isinstance(data, str):
-        raise ValueError("not a string")
-    try:  # what base64.urlsafe_b64decode does, without its per-call conversions
-        raw = data.encode("ascii").translate(_URLSAFE)
-        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("invalid base64url") from exc
-
-
-def _b64_int(value: Any) -> int:
-    return int.from_bytes(b64url_decode(value), "big")
-
-
-def _parse_jwk(jwk: Mapping[str, Any]) -> PublicKey | None:
-    kty = jwk.get("kty")
-    if kty == "EC":
-        curve = _CURVES.get(str(jwk.get("crv")))
-        if curve is None:
-            return None
-        return ec.EllipticCurvePublicNumbers(_b64_int(jwk["x"]), _b64_int(jwk["y"]), curve).public_key()
-    if kty == "RSA":
-        return rsa.RSAPublicNumbers(_b64_int(jwk["e"]), _b64_int(jwk["n"])).public_key()
-    return None
-
-
-@dataclass(frozen=True, eq=False)
-class JwtBundle:
-    """The JWT authorities (public keys by ``kid``) of one trust domain, plus the raw JWKS."""
-
-    trust_domain: TrustDomain
-    keys: Mapping[str, PublicKey]
-    jwks: bytes
-    _verified: OrderedDict[str, bool] = field(default_factory=OrderedDict, repr=False)
-
-    @classmethod
-    def parse(cls, trust_domain: TrustDomain, jwks: bytes) -> JwtBundle:
-        """Parse a JWKS document; keys without ``kid``, of unknown type or other ``use`` are skipped."""
-        try:
-            doc = json.loads(jwks)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
-            raise ValidationError(f"JWT bundle for {trust_domain} is not valid JSON") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys", []), list):
-            raise ValidationError(f"JWT bundle for {trust_domain} is not a JWK Set")
-        keys: dict[str, PublicKey] = {}
-        for i, jwk in enumerate(doc.get("keys", [])):
-            if not isinstance(jwk, dict):
-                raise ValidationError(f"JWT bundle for {trust_domain}: key {i} is not an object")
-            use = jwk.get("use", "jwt-svid")
-            kid = jwk.get("kid")
-            if use != "jwt-svid" or not isinstance(kid, str) or not kid:
-                continue
-            if kid in keys:
-                raise ValidationError(f"JWT bundle for {trust_domain}: duplicate kid {kid!r}")
-            try:
-                key = _parse_jwk(jwk)
-            except (KeyError, ValueError, TypeError) as exc:
-                raise ValidationError(
-                    f"JWT bundle for {trust_domain}: key {kid!r} is malformed ({type(exc).__name__})"
-                ) from None
-            if key is not None:
-                keys[kid] = key
-        return cls(trust_domain, keys, bytes(jwks))
-
-    def _remember(self, signed: str) -> None:
-        self._verified[signed] = True
-        if len(self._verified) > _VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
-
-
-@dataclass(frozen=True, eq=False)
-class JwtBundleSet:
-    """JWT bundles by trust domain, as one FetchJWTBundles message delivers them."""
-
-    bundles: Mapping[TrustDomain, JwtBundle]
-    digest: bytes
-
-    def bundle_for(self, trust_domain: TrustDomain | str) -> JwtBundle | None:
-        """The bundle for a trust domain, or None."""
-        td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(trust_domain)
-        return self.bundles.get(td)
-
-    def validate(self, token: str, audience: str, now: float | None = None) -> JwtSvid:
-        """Validate ``token`` for ``audience`` against these bundles (see ``validate_jwt_svid``)."""
-        return validate_jwt_svid(token, audience, self, now)
-
-
-def bundles_from_message(message: Any) -> JwtBundleSet:
-    """Validate a ``JWTBundlesResponse``; raise ValidationError on any malformed bundle."""
-    bundles: dict[TrustDomain, JwtBundle] = {}
-    h = hashlib.sha256()
-    for key in sorted(message.bundles):
-        try:
-            td = TrustDomain.parse(key)
-        except SpiffeIdError as exc:
-            raise ValidationError(f"JWT bundle key {key!r} is not a trust domain ID: {exc}") from None
-        blob = message.bundles[key]
-        h.update(key.encode() + b"\0" + blob + b"\0")
-        bundles[td] = JwtBundle.parse(td, blob)
-    return JwtBundleSet(bundles, h.digest())
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +73,7 @@ class JwtSvid:
     def parse_insecure(cls, token: str, hint: str = "") -> JwtSvid:
         """Parse without checking the signature (for tokens the agent just minted for us)."""
         _header, claims, _signed, _sig = _split(token)
-        sid, aud, exp = _check_claims(claims)
+        sid, aud, exp = check_claims(claims)
         return cls(sid, token, aud, exp, claims, hint)
 
 
@@ -221,7 +110,14 @@ def _header(head_b64: str) -> Any:
     return json.loads(b64url_decode(head_b64))
 
 
-def _check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...], int]:
+def check_claims(claims: Mapping[str, Any]) -> tuple[SpiffeId, tuple[str, ...], int]:
+    """The JWT-SVID claim rules that hold at any time; returns (subject, audiences, ``exp``).
+
+    ``sub`` a SPIFFE ID with a path, ``aud`` a string or a non-empty list of strings,
+    ``exp`` present, and ``exp``/``nbf``/``iat`` finite numbers when present. Raises
+    JwtSvidError naming the failed rule. Whoever checked the signature (this module,
+    or the agent's ValidateJWTSVID) applies it to the claims.
+    """
     sub = claims.get("sub")
     if not isinstance(sub, str):
         raise JwtSvidError("token has no 'sub' claim")
@@ -297,7 +193,7 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
         raise JwtSvidError(f"token type {typ!r} is not JWT or JOSE")
     if "crit" in header:  # RFC 7515 4.1.11: we understand no JWS extension
         raise JwtSvidError("token names critical header extensions ('crit'); none are supported")
-    sid, auds, exp = _check_claims(claims)
+    sid, auds, exp = check_claims(claims)
     if audience not in auds:
         raise JwtSvidError(f"token audience {list(auds)!r} does not contain {audience!r}")
     _check_times(claims, sid, exp, time.time() if now is None else now)
@@ -307,11 +203,11 @@ def validate_jwt_svid(token: str, audience: str, bundles: JwtBundleSet, now: flo
     bundle = bundles.bundles.get(sid.trust_domain)
     if bundle is None:
         raise JwtSvidError(f"no JWT bundle for trust domain {sid.trust_domain}")
-    if token not in bundle._verified:  # key on the whole token: signature included
+    if not bundle.has_verified(token):  # keyed on the whole token: signature included
         key = bundle.keys.get(kid)
         if key is None:
             raise JwtSvidError(f"token key ID {kid!r} is not in the bundle of {sid.trust_domain}")
         if not _verify_signature(key, alg, signed.encode(), signature):
             raise JwtSvidError(f"token signature for {sid} does not verify")
-        bundle._remember(token)
+        bundle.remember_verified(token)
     return JwtSvid(sid, token, auds, exp, claims)
