@@ -135,12 +135,8 @@ def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any], bool], Callable[..
     return handler
 
 
-class SpiffeServerInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Authorize every RPC's client by SPIFFE ID (sync ``grpc.server``).
-
-    Use with ``grpc_server_credentials`` (client certificates required). The
-    ``authorizer`` attribute may be replaced at any time.
-    """
+class _Authorizing:
+    """What both interceptors hold: the peer checker, and its replaceable ``authorizer``."""
 
     def __init__(self, source: X509SourceLike, authorizer: Authorizer) -> None:
         self._checker = _PeerChecker(source, authorizer)
@@ -153,6 +149,14 @@ class SpiffeServerInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     @authorizer.setter
     def authorizer(self, value: Authorizer) -> None:
         self._checker.authorizer = value
+
+
+class SpiffeServerInterceptor(_Authorizing, grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Authorize every RPC's client by SPIFFE ID (sync ``grpc.server``).
+
+    Use with ``grpc_server_credentials`` (client certificates required). The
+    ``authorizer`` attribute may be replaced at any time.
+    """
 
     def _check(self, context: grpc.ServicerContext) -> None:
         verdict = self._checker.verdict(context.auth_context())
@@ -175,20 +179,8 @@ class SpiffeServerInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         return _rewrap(handler, wrap)
 
 
-class AioSpiffeServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AioSpiffeServerInterceptor(_Authorizing, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authorize every RPC's client by SPIFFE ID (``grpc.aio.server``)."""
-
-    def __init__(self, source: X509SourceLike, authorizer: Authorizer) -> None:
-        self._checker = _PeerChecker(source, authorizer)
-
-    @property
-    def authorizer(self) -> Authorizer:
-        """The rule clients must pass."""
-        return self._checker.authorizer
-
-    @authorizer.setter
-    def authorizer(self, value: Authorizer) -> None:
-        self._checker.authorizer = value
 
     async def _check(self, context: Any) -> None:
         verdict = self._checker.verdict(context.auth_context())
