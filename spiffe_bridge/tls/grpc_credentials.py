@@ -27,6 +27,7 @@ from spiffe_bridge.tls._follow import log
 
 
 def _roots_pem(context: X509Context, trust_domain: TrustDomain | str | None) -> bytes:
+    """The roots to trust as PEM: one trust domain's bundle, or all bundles when None."""
     if trust_domain is None:
         return b"".join(b.pem for b in context.bundles.values())
     bundle = context.bundle_for(trust_domain)

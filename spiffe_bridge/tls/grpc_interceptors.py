@@ -34,6 +34,7 @@ _CACHE_SIZE = 1024
 
 
 def _first(values: Any) -> bytes:
+    """The first value of an auth-context property (gRPC gives a list of bytes), b"" when absent."""
     if not values:
         return b""
     if isinstance(values, bytes):
@@ -42,6 +43,7 @@ def _first(values: Any) -> bytes:
 
 
 def _pem_ders(blob: bytes) -> list[bytes]:
+    """Each certificate of a PEM blob as DER (what ``verify_peer`` takes)."""
     if not blob.strip():
         return []
     from cryptography.hazmat.primitives.serialization import Encoding
