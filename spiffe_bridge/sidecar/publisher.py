@@ -133,7 +133,11 @@ class Publisher:
     async def publish(self, kind: str, paths: list[str]) -> None:
         """Write every directory, run the reload action once all is in place, then fsync off the loop."""
         if self.lost and self.config.on_identity_lost == "delete":
-            log.info("identity lost: not writing until it is back")
+            log.info("identity lost: not writing the bridge's own outputs until it is back")
+            await self.outputs.settled()
+            changed, _ = self.outputs.write_all(None, {}, None, self.workloads.contexts, own=False)
+            if changed:
+                self.outputs.make_durable()
             return
         await self.outputs.settled()  # the previous set is durable before this one replaces it
         changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.contexts)
@@ -185,6 +189,6 @@ class Publisher:
         self._retry_delay = min(self._retry_delay * 2, WRITE_RETRY_MAX)
 
     async def _remove_files(self) -> None:
-        await self.outputs.remove_all()
+        await self.outputs.remove_own()
         self.status.files_removed()
-        log.warning("removed every output file (on_identity_lost = delete)")
+        log.warning("removed the bridge's own output files (on_identity_lost = delete)")
