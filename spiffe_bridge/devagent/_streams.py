@@ -1,17 +1,25 @@
-"""Open-stream bookkeeping, and counters tests wait on instead of sleeping."""
+"""Open calls and streams of the dev agent, and the counters tests wait on instead of sleeping.
+
+``StreamTable`` owns every handle, the server generation and the call/stream/message counters;
+``StreamCounters`` is the read-only face of it that ``DevAgent`` offers to tests. Both use the
+agent's one condition variable, so a state change and the push it causes are atomic.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from spiffe_bridge._wire import Rpc
 
-from .faults import RawResponse, as_rpc
+from .faults import FaultPlan, RawResponse, as_rpc
 
+_log = logging.getLogger("spiffe_bridge.devagent")
 DEFAULT_WAIT = 10.0
 
 
@@ -33,44 +41,186 @@ class Outgoing:
 
 @dataclass(eq=False)
 class StreamHandle:
-    """One open server stream and the messages queued for it."""
+    """One call being answered: an open server stream (``id`` > 0) or a unary call (``id`` 0)."""
 
     id: int
     rpc: Rpc
-    epoch: int
+    generation: int
     outbox: deque[RawResponse | Signal] = field(default_factory=deque)
     ended: bool = False
 
 
+class StreamTable:
+    """Every open stream, the server generation, and how many calls, streams and messages there were.
+
+    ``denied`` and ``build`` come from the agent: whether callers get PermissionDenied now, and
+    the full-state message of a streaming RPC. Fault plans are read for hang and delay faults.
+    """
+
+    def __init__(
+        self,
+        cond: threading.Condition,
+        faults: Mapping[Rpc, FaultPlan],
+        denied: Callable[[], bool],
+        build: Callable[[Rpc], Outgoing],
+    ) -> None:
+        self._cond = cond
+        self._faults = faults
+        self._denied = denied
+        self._build = build
+        self._handles: dict[int, StreamHandle] = {}
+        self._next_id = 1
+        self._generation = 0
+        #: Calls received, streams ever opened, responses handed to gRPC; per RPC.
+        self.calls: Counter[Rpc] = Counter()
+        self.opened: Counter[Rpc] = Counter()
+        self.sent: Counter[Rpc] = Counter()
+
+    # ----- counters (read them under the agent's lock) -----
+    def open_count(self, rpc: Rpc | None = None) -> int:
+        """Streams open now (of ``rpc``, or all)."""
+        with self._cond:
+            return sum(1 for s in self._handles.values() if rpc is None or s.rpc is rpc)
+
+    def count_call(self, rpc: Rpc) -> None:
+        """One more call of ``rpc`` arrived."""
+        with self._cond:
+            self.calls[rpc] += 1
+            self._cond.notify_all()
+
+    def record_sent(self, rpc: Rpc, summary: str, stream_id: int | None = None) -> None:
+        """One more response of ``rpc`` goes out; logged with ``summary``."""
+        with self._cond:
+            self.sent[rpc] += 1
+            self._cond.notify_all()
+        where = f" stream #{stream_id}" if stream_id is not None else ""
+        _log.info("pushed %s%s: %s", rpc, where, summary)
+
+    # ----- handles -----
+    @property
+    def generation(self) -> int:
+        """Bumped by every ``end_all``; handles of an older generation are over."""
+        with self._cond:
+            return self._generation
+
+    def open(self, rpc: Rpc, generation: int) -> StreamHandle | None:
+        """A handle for a new call; None if ``generation`` is over (its server stopped).
+
+        A stream is registered with the full state queued, after the scripted raw response
+        if one is pending; a unary call's handle only lets it wait out hang and delay faults.
+        """
+        with self._cond:
+            if generation != self._generation:
+                return None
+            if not rpc.streaming:
+                return StreamHandle(0, rpc, generation)
+            handle = StreamHandle(self._next_id, rpc, generation)
+            self._next_id += 1
+            raw = self._faults[rpc].take_raw()
+            if raw is not None:
+                handle.outbox.append(raw)
+            handle.outbox.append(Signal.STATE)
+            self._handles[handle.id] = handle
+            self.opened[rpc] += 1
+            self._cond.notify_all()
+            return handle
+
+    def close(self, handle: StreamHandle) -> None:
+        """The call ended (client gone, or the handler returned)."""
+        with self._cond:
+            handle.ended = True
+            self._handles.pop(handle.id, None)
+            self._cond.notify_all()
+
+    def end_all(self) -> None:
+        """End every handle and start a new generation (the server is stopping)."""
+        with self._cond:
+            self._generation += 1
+            for handle in self._handles.values():
+                handle.ended = True
+            self._handles.clear()
+            self._cond.notify_all()
+
+    def _over(self, handle: StreamHandle) -> bool:
+        return handle.ended or handle.generation != self._generation
+
+    def await_first(self, handle: StreamHandle) -> bool:
+        """Wait out hang and first-message-delay faults; False if the call ended meanwhile."""
+        with self._cond:
+            plan = self._faults[handle.rpc]
+            deadline = time.monotonic() + plan.first_message_delay
+            while True:
+                if self._over(handle):
+                    return False
+                remaining = deadline - time.monotonic()
+                if not plan.hang and remaining <= 0:
+                    return True
+                self._cond.wait(remaining if remaining > 0 else None)
+
+    def next_outgoing(self, handle: StreamHandle) -> Outgoing | Signal:
+        """Block until the stream has something to send, must deny, or must end."""
+        with self._cond:
+            while True:
+                if self._over(handle):
+                    return Signal.END
+                if self._denied():
+                    return Signal.DENY
+                if handle.outbox and not self._faults[handle.rpc].hang:
+                    item = handle.outbox.popleft()
+                    if item is Signal.STATE:
+                        return self._build(handle.rpc)
+                    assert not isinstance(item, Signal)
+                    return Outgoing(item, f"raw {type(item).__name__} ({_size(item)} bytes)")
+                self._cond.wait()
+
+    # ----- pushes -----
+    def broadcast(self, rpcs: Iterable[Rpc]) -> None:
+        """Queue a full-state push on every open stream of ``rpcs``."""
+        wanted = set(rpcs)
+        with self._cond:
+            for stream in self._handles.values():
+                if stream.rpc in wanted and (not stream.outbox or stream.outbox[-1] is not Signal.STATE):
+                    stream.outbox.append(Signal.STATE)
+            self._cond.notify_all()
+
+    def push_raw(self, rpc: Rpc, message: RawResponse) -> int:
+        """Queue ``message`` as-is on every open ``rpc`` stream; returns how many."""
+        with self._cond:
+            targets = [s for s in self._handles.values() if s.rpc is rpc]
+            for stream in targets:
+                stream.outbox.append(message)
+            self._cond.notify_all()
+            return len(targets)
+
+
+def _size(item: RawResponse) -> int:
+    return len(item) if isinstance(item, bytes) else item.ByteSize()
+
+
 class StreamCounters:
-    """Mixin: call/stream/message counters and blocking waits on them."""
+    """Mixin: call/stream/message counters of the agent and blocking waits on them."""
 
     _cond: threading.Condition
-    _streams: dict[int, StreamHandle]
-    _calls: Counter[Rpc]
-    _opened: Counter[Rpc]
-    _sent: Counter[Rpc]
+    _streams: StreamTable
 
     def calls(self, rpc: Rpc | str) -> int:
         """Calls received for ``rpc``, including rejected ones."""
         with self._cond:
-            return self._calls[as_rpc(rpc)]
+            return self._streams.calls[as_rpc(rpc)]
 
     def open_streams(self, rpc: Rpc | str | None = None) -> int:
         """Streams currently open (for one RPC or all)."""
-        with self._cond:
-            want = None if rpc is None else as_rpc(rpc)
-            return sum(1 for s in self._streams.values() if want is None or s.rpc is want)
+        return self._streams.open_count(None if rpc is None else as_rpc(rpc))
 
     def streams_opened(self, rpc: Rpc | str) -> int:
         """Streams ever opened for ``rpc`` (grows on every reconnect)."""
         with self._cond:
-            return self._opened[as_rpc(rpc)]
+            return self._streams.opened[as_rpc(rpc)]
 
     def messages_sent(self, rpc: Rpc | str) -> int:
         """Responses handed to gRPC for ``rpc`` (stream messages and unary answers)."""
         with self._cond:
-            return self._sent[as_rpc(rpc)]
+            return self._streams.sent[as_rpc(rpc)]
 
     def wait_until(
         self, predicate: Callable[[], bool], timeout: float = DEFAULT_WAIT, what: str = "condition"
