@@ -1,22 +1,49 @@
 """What answering one Workload API call needs from the dev agent: the servicer's whole interface.
 
-``servicer.py`` depends on ``AgentCalls`` only, and the agent's state offers it as
-``AgentState.call_desk`` (a ``CallDesk``), so neither side touches the other's internals.
-A call goes: ``count_call``, ``take_error``, ``open_call``, ``await_first``, then for a
-stream ``next_outgoing`` / ``record_sent`` until it ends, and ``close_call``.
+``servicer.py`` depends on ``AgentCalls`` only; the agent offers it as ``AgentState.call_desk``
+(a ``desk.CallDesk``), so neither side touches the other's internals. A call goes:
+``count_call``, ``take_error``, ``open_call``, ``await_first``, then for a stream
+``next_outgoing`` and ``record_sent`` until it ends, and ``close_call``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._wire import Rpc
 
-from ._streams import Outgoing, Signal, StreamHandle, StreamTable
-from .faults import FaultPlan, InjectedError, RawResponse
+from .faults import InjectedError, RawResponse
+
+
+class Signal(Enum):
+    """What a stream handler must do instead of sending a message."""
+
+    END = "end"  # client gone or agent stopping: return quietly
+    DENY = "deny"  # no identity for the caller: abort with PermissionDenied
+    STATE = "state"  # outbox marker: send the full current state
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for one stream plus a log line without key material."""
+
+    payload: RawResponse
+    summary: str
+
+
+@dataclass(eq=False)
+class CallHandle:
+    """One call being answered: an open server stream (``id`` > 0) or a unary call (``id`` 0)."""
+
+    id: int
+    rpc: Rpc
+    generation: int
+    outbox: deque[RawResponse | Signal] = field(default_factory=deque)
+    ended: bool = False
 
 
 class AgentCalls(Protocol):
@@ -44,19 +71,19 @@ class AgentCalls(Protocol):
         """The scripted raw answer of a unary call, if any (consumed)."""
         ...
 
-    def open_call(self, rpc: Rpc, generation: int) -> StreamHandle | None:
-        """A handle for this call (streams start with the full state queued); None if stopping."""
+    def open_call(self, rpc: Rpc, generation: int) -> CallHandle | None:
+        """A handle for this call (a stream starts with the full state queued); None if stopping."""
         ...
 
-    def close_call(self, handle: StreamHandle) -> None:
+    def close_call(self, handle: CallHandle) -> None:
         """The call is over; safe to call more than once."""
         ...
 
-    def await_first(self, handle: StreamHandle) -> bool:
+    def await_first(self, handle: CallHandle) -> bool:
         """Wait out hang and delay faults before the first answer; False if the call ended."""
         ...
 
-    def next_outgoing(self, handle: StreamHandle) -> Outgoing | Signal:
+    def next_outgoing(self, handle: CallHandle) -> Outgoing | Signal:
         """Block until a stream has a message to send, must be denied, or must end."""
         ...
 
@@ -75,74 +102,3 @@ class AgentCalls(Protocol):
     def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
         """(SPIFFE ID, claims) of a valid JWT-SVID; ``JwtSvidError`` otherwise."""
         ...
-
-
-class Issuer(Protocol):
-    """The part of the agent that answers with identities (``AgentState`` is one)."""
-
-    @property
-    def denied(self) -> bool: ...
-
-    def jwt_svid_response(self, audience: list[str], spiffe_id: str) -> pb.JWTSVIDResponse: ...
-
-    def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]: ...
-
-
-class CallDesk:
-    """``AgentCalls`` made of the agent's parts: its stream table, fault plans and issuer."""
-
-    def __init__(
-        self,
-        cond: threading.Condition,
-        streams: StreamTable,
-        faults: Mapping[Rpc, FaultPlan],
-        issuer: Issuer,
-    ) -> None:
-        self._cond = cond
-        self._streams = streams
-        self._faults = faults
-        self._issuer = issuer
-
-    @property
-    def generation(self) -> int:
-        return self._streams.generation
-
-    @property
-    def denied(self) -> bool:
-        return self._issuer.denied
-
-    def count_call(self, rpc: Rpc) -> None:
-        self._streams.count_call(rpc)
-
-    def take_error(self, rpc: Rpc) -> InjectedError | None:
-        with self._cond:
-            return self._faults[rpc].take_error()
-
-    def take_scripted_response(self, rpc: Rpc) -> RawResponse | None:
-        with self._cond:
-            return self._faults[rpc].take_raw()
-
-    def open_call(self, rpc: Rpc, generation: int) -> StreamHandle | None:
-        return self._streams.open(rpc, generation)
-
-    def close_call(self, handle: StreamHandle) -> None:
-        self._streams.close(handle)
-
-    def await_first(self, handle: StreamHandle) -> bool:
-        return self._streams.await_first(handle)
-
-    def next_outgoing(self, handle: StreamHandle) -> Outgoing | Signal:
-        return self._streams.next_outgoing(handle)
-
-    def record_sent(self, rpc: Rpc, summary: str, stream_id: int | None = None) -> None:
-        self._streams.record_sent(rpc, summary, stream_id)
-
-    def closes_after_message(self, rpc: Rpc) -> bool:
-        with self._cond:
-            return self._faults[rpc].close_after_message
-
-    def jwt_svid_response(self, audience: list[str], spiffe_id: str) -> pb.JWTSVIDResponse:
-        return self._issuer.jwt_svid_response(audience, spiffe_id)
-
-    def validate_jwt_svid(self, token: str, audience: str) -> tuple[str, dict[str, Any]]:
-        return self._issuer.validate_jwt_svid(token, audience)

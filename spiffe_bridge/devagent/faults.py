@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from spiffe_bridge._wire import Rpc
 
 if TYPE_CHECKING:
-    from ._streams import StreamTable
+    from .desk import CallDesk
 
 
 # A response as sent on the wire: a message, or raw bytes that need not even
@@ -73,7 +73,7 @@ class FaultControls:
 
     _cond: threading.Condition
     _faults: dict[Rpc, FaultPlan]
-    _streams: StreamTable
+    _desk: CallDesk
 
     def fail_next(
         self, rpc: Rpc | str, code: grpc.StatusCode, message: str = "injected failure", times: int = 1
@@ -113,7 +113,7 @@ class FaultControls:
         rpc = as_rpc(rpc)
         if not rpc.streaming:
             raise ValueError(f"{rpc} is not a streaming RPC; use respond_next_with")
-        return self._streams.push_raw(rpc, message)
+        return self._desk.push_raw(rpc, message)
 
     def clear_faults(self, rpc: Rpc | str | None = None) -> None:
         """Remove scripted faults for one RPC or all."""

@@ -18,8 +18,7 @@ from spiffe_bridge._wire import MISSING_HEADER, Rpc, has_header, workload_api_ha
 from spiffe_bridge.errors import JwtSvidError
 from spiffe_bridge.loglist import capped
 
-from ._streams import Outgoing, Signal
-from .calls import AgentCalls
+from .calls import AgentCalls, CallHandle, Outgoing, Signal
 from .faults import RawResponse
 from .identity import split_spiffe_id
 
@@ -118,26 +117,30 @@ class WorkloadAPIServicer:
             context.abort(error.code, error.message)
         if rpc.streaming:
             return None
-        opened = agent.open_call(rpc, self._generation)
-        if opened is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
-        call = opened
-        context.add_callback(lambda: agent.close_call(call))  # a cancel ends a hang
-        if not agent.await_first(call):
+        call = self._open(rpc, context)
+        if call is None or not agent.await_first(call):
             context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
         return agent.take_scripted_response(rpc)
 
-    def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
+    def _open(self, rpc: Rpc, context: grpc.ServicerContext) -> CallHandle | None:
+        """A handle that ends when the client goes (ending a hang too); None if it has gone."""
         agent = self._agent
-        self._admit(rpc, context)
-        if agent.denied:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
         opened = agent.open_call(rpc, self._generation)
         if opened is None:  # accepted just before stop(); the client already saw the drop
             context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
         handle = opened
         if not context.add_callback(lambda: agent.close_call(handle)):
             agent.close_call(handle)
+            return None
+        return handle
+
+    def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
+        agent = self._agent
+        self._admit(rpc, context)
+        if agent.denied:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+        handle = self._open(rpc, context)
+        if handle is None:
             return
         try:
             if not agent.await_first(handle):

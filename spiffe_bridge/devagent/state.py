@@ -3,9 +3,9 @@
 Everything a test may change lives behind one condition variable, so a mutation and the
 push it causes are atomic, and tests can wait on counters (calls, open streams, sent
 messages) instead of sleeping. ``AgentState`` keeps the identities and trust domains
-itself and composes the rest: fault plans (``faults.py``), streams and counters
-(``_streams.py``), the PermissionDenied window (``denial.py``). The gRPC handlers in
-``servicer.py`` see it only through ``call_desk`` (``calls.AgentCalls``).
+itself and composes the rest: fault plans (``faults.py``), the calls being answered and
+their counters (``desk.py``), the PermissionDenied window (``denial.py``). The gRPC handlers
+in ``servicer.py`` see it only through ``call_desk`` (the ``calls.AgentCalls`` interface).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._wire import STREAMING_RPCS, Rpc
 from spiffe_bridge.loglist import capped
 
-from ._streams import Outgoing, StreamCounters, StreamTable
 from .ca import KeyType, TrustDomainCA, X509SvidMaterial
-from .calls import AgentCalls, CallDesk
+from .calls import AgentCalls, Outgoing
 from .denial import DenialWindow
+from .desk import CallDesk, StreamCounters
 from .faults import FaultControls, FaultPlan
 from .identity import Identity, as_identity, trust_domain_name
 
@@ -58,8 +58,7 @@ class AgentState(FaultControls, StreamCounters):
         self._crls: list[bytes] = []
         self._denial = DenialWindow(self._cond)
         self._faults = {rpc: FaultPlan() for rpc in Rpc}
-        self._streams = StreamTable(self._cond, self._faults, lambda: self.denied, self._build)
-        self._desk = CallDesk(self._cond, self._streams, self._faults, self)
+        self._desk = CallDesk(self._cond, self._faults, self, self._build)
         ids = identities if identities is not None else [f"{self._ca.id}/workload"]
         self._identities = self._checked(ids)
         self._svids = self._issue(self._identities)
@@ -109,7 +108,7 @@ class AgentState(FaultControls, StreamCounters):
             checked = self._checked(identities)
             self._identities = checked
             self._svids = self._issue(checked)
-            self._streams.broadcast(ALL_STREAMS)
+            self._desk.broadcast(ALL_STREAMS)
 
     def add_identity(self, identity: Identity | str) -> None:
         """Append one identity and push."""
@@ -126,7 +125,7 @@ class AgentState(FaultControls, StreamCounters):
         with self._cond:
             self._svids = self._issue(self._identities)
             _log.info("rotated %d X509-SVIDs", len(self._svids))
-            self._streams.broadcast(X509_STREAMS)
+            self._desk.broadcast(X509_STREAMS)
             return tuple(self._svids)
 
     def rotate_x509_bundle(self, *, keep_previous: bool = True) -> None:
@@ -139,26 +138,26 @@ class AgentState(FaultControls, StreamCounters):
             self._ca.rotate_x509_authority(keep_previous=keep_previous)
             self._svids = self._issue(self._identities)
             _log.info("rotated X.509 authority of %s", self._ca.id)
-            self._streams.broadcast(X509_STREAMS)
+            self._desk.broadcast(X509_STREAMS)
 
     def drop_previous_x509_authorities(self) -> None:
         """Remove old roots from the bundle and push."""
         with self._cond:
             self._ca.drop_previous_x509_authorities()
-            self._streams.broadcast(X509_STREAMS)
+            self._desk.broadcast(X509_STREAMS)
 
     def set_crls(self, crls: Iterable[bytes]) -> None:
         """DER CRLs to include in X.509 responses; pushed."""
         with self._cond:
             self._crls = list(crls)
-            self._streams.broadcast(X509_STREAMS)
+            self._desk.broadcast(X509_STREAMS)
 
     # ----- JWT -----
     def rotate_jwt_bundle(self, *, keep_previous: bool = True) -> str:
         """New JWT signing key (returned kid); JWT bundles pushed."""
         with self._cond:
             kid = self._ca.rotate_jwt_authority(keep_previous=keep_previous).kid
-            self._streams.broadcast({Rpc.FETCH_JWT_BUNDLES})
+            self._desk.broadcast({Rpc.FETCH_JWT_BUNDLES})
             return kid
 
     def mint_jwt_svid(
@@ -224,14 +223,14 @@ class AgentState(FaultControls, StreamCounters):
             if name == self.trust_domain:
                 raise ValueError("cannot federate with the agent's own trust domain")
             ca = self._federated.setdefault(name, TrustDomainCA(name))
-            self._streams.broadcast(ALL_STREAMS)
+            self._desk.broadcast(ALL_STREAMS)
             return ca
 
     def remove_federated_trust_domain(self, trust_domain: str) -> None:
         """Stop federating; the next pushes omit its bundles (a redaction)."""
         with self._cond:
             self._federated.pop(trust_domain_name(trust_domain), None)
-            self._streams.broadcast(ALL_STREAMS)
+            self._desk.broadcast(ALL_STREAMS)
 
     def rotate_federated_bundle(self, trust_domain: str, *, keep_previous: bool = True) -> None:
         """Rotate a federated domain's root and JWT key and push."""
@@ -239,7 +238,7 @@ class AgentState(FaultControls, StreamCounters):
             ca = self._federated[trust_domain_name(trust_domain)]
             ca.rotate_x509_authority(keep_previous=keep_previous)
             ca.rotate_jwt_authority(keep_previous=keep_previous)
-            self._streams.broadcast(ALL_STREAMS)
+            self._desk.broadcast(ALL_STREAMS)
 
     # ----- permission denied window -----
     def deny(self, duration: float | None = None) -> None:
@@ -330,4 +329,4 @@ class AgentState(FaultControls, StreamCounters):
 
     def _end_all_streams(self) -> None:
         """Make every current call handler return (``DevAgent.stop``)."""
-        self._streams.end_all()
+        self._desk.end_all()
