@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from _support.wire import HEADER
 from cryptography.hazmat.primitives import serialization
-from relay_helpers import HEADER, RawStream, RelayFactory, raw_method
+from relay_helpers import RawStream, RelayFactory, raw_method
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.client.sync import WorkloadClient
