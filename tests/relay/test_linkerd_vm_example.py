@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _support.ci import require
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "linkerd-vm" / "local-check.sh"
@@ -58,8 +59,8 @@ def test_with_dev_agent_standing_in_for_spire() -> None:
 @pytest.mark.interop
 def test_with_real_spire() -> None:
     bin_dir = _spire_bin_dir()
-    if bin_dir is None:
-        pytest.skip("SPIRE binaries not found (scripts/install-spire.sh or SPIRE_BIN_DIR)")
+    require(bin_dir, "SPIRE binaries not found (scripts/install-spire.sh or SPIRE_BIN_DIR)")
+    assert bin_dir is not None
     done = _run(bin_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("OK (spire)")

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _support.ci import require_binary
 from cryptography import x509
-from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
+from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509

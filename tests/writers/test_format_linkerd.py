@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _support.ci import require_binary
 from cryptography.hazmat.primitives import serialization
 from writers_pki import Pki
 
@@ -108,9 +108,7 @@ def test_legacy_socket_variable_on_request(pki: Pki) -> None:
 
 
 def test_shell_sourcing_gives_the_exact_pem(tmp_path: Path, pki: Pki) -> None:
-    bash = shutil.which("bash")
-    if not bash:
-        pytest.skip("bash not installed")
+    bash = require_binary("bash")
     FileSetWriter(tmp_path).write(render_x509("linkerd", pki.context(), OPTIONS))
     script = 'set -a; . "$1"; printf %s "$LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"'
     done = subprocess.run(

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require_binary
 from cryptography import x509
-from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
+from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updates, plan

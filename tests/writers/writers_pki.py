@@ -8,8 +8,6 @@ sidecar itself would accept.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require_binary
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,17 +93,6 @@ class Pki:
         cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mat.chain))
         key.write_bytes(model.pem_block("PRIVATE KEY", mat.key_der()))
         return cert, key
-
-
-def require_binary(name: str) -> str:
-    """Path of a consumer binary; fail under CI=true, else skip with how to install it."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
-    if found:
-        return found
-    message = f"{name} not installed: run scripts/install-system-deps.sh"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
