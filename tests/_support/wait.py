@@ -24,13 +24,15 @@ def wait_until(
     *,
     interval: float = 0.02,
     ignore: tuple[type[BaseException], ...] = (),
+    fatal: tuple[type[BaseException], ...] = (),
     detail: Callable[[], str] | None = None,
     error: type[Exception] = AssertionError,
 ) -> T:
     """Poll ``condition`` until it returns something truthy and return that value.
 
     Exceptions of the ``ignore`` types count as "not yet" (a file mid-replace, a socket
-    not listening yet); the last one is named in the message. At the deadline raise
+    not listening yet) unless they are also ``fatal`` ones, which end the wait at once;
+    the last ignored one is named in the message. At the deadline raise
     ``error`` (AssertionError: the test fails) saying ``what`` was awaited, plus ``detail()``.
     """
     deadline = time.monotonic() + timeout
@@ -39,6 +41,8 @@ def wait_until(
         value: Any = None
         try:
             value = condition()
+        except fatal:
+            raise
         except ignore as exc:
             last_exc = exc
         if value:

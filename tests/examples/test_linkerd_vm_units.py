@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 from _support.ci import missing
-from unit_runner import Unit, UnitProcess, moved, run_as, wait_for
+from _support.wait import wait_until
+from unit_runner import Unit, UnitProcess, moved, run_as
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "linkerd-vm"
@@ -124,7 +125,7 @@ def _wait_served(path: Path, proc: UnitProcess) -> None:
         assert proc.proc.poll() is None, proc.output()
         return subprocess.run([sys.executable, "-c", CONNECT, str(path)], check=False).returncode == 0
 
-    wait_for(served, f"the stand-in agent on {path}")
+    wait_until(served, f"the stand-in agent on {path}", 20.0)
 
 
 def test_relay_socket_belongs_to_the_proxy_group(running: tuple[VM, dict[str, UnitProcess]]) -> None:
@@ -259,13 +260,13 @@ def test_units_with_real_spire(vm: VM) -> None:
             vm.units["spire-server.service"], vm.root / "run", vm.root / "server.log"
         )
         server_socket = vm.root / "run" / "spire" / "server" / "private" / "api.sock"
-        wait_for(_healthy(opt / "bin" / "spire-server", server_socket, procs["server"]), "spire-server", 60)
+        wait_until(_healthy(opt / "bin" / "spire-server", server_socket, procs["server"]), "spire-server", 60)
         registered = subprocess.run([str(opt / "bin" / "register.sh")], capture_output=True, text=True)
         assert registered.returncode == 0, registered.stdout + registered.stderr
         assert pwd.getpwuid((opt / "join-token").stat().st_uid).pw_name == "spire"
 
         procs["agent"] = UnitProcess(vm.units["spire-agent.service"], vm.root / "run", vm.root / "agent.log")
-        wait_for(_healthy(opt / "bin" / "spire-agent", vm.agent_socket, procs["agent"]), "spire-agent", 60)
+        wait_until(_healthy(opt / "bin" / "spire-agent", vm.agent_socket, procs["agent"]), "spire-agent", 60)
         for name in ("spiffe-relay.service", "linkerd-identity.service"):
             procs[name] = UnitProcess(vm.units[name], vm.root / "run", vm.root / f"{name}.log")
             procs[name].wait_ready(timeout=60)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _support.wait import wait_until as _wait_until
 from spire_ca import FederatedCA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,24 +129,20 @@ def wait_until(
     what: str = "condition",
     on_timeout: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except SpireProcessDied:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            detail = on_timeout() if on_timeout else ""
-            if last_exc is not None:
-                detail = f"last error: {last_exc!r}\n{detail}"
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}\n{detail}")
-        time.sleep(interval)
+    """``_support.wait.wait_until`` for SPIRE: any error means "not yet" except a dead process.
+
+    Raises TimeoutError with ``on_timeout()`` (a log tail) at the deadline.
+    """
+    return _wait_until(
+        condition,
+        what,
+        timeout,
+        interval=interval,
+        ignore=(Exception,),
+        fatal=(SpireProcessDied,),
+        detail=on_timeout,
+        error=TimeoutError,
+    )
 
 
 # --------------------------------------------------------------------------

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _support.wait import wait_until
 from tls_peers import CLIENT_ID, SERVER_ID, TLSServer, connect, exchange, serial_of
 
 from spiffe_bridge import credential_folder
@@ -29,14 +27,6 @@ from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import authorize_id, client_ssl_context, server_ssl_context
 
 DEADLINE = 20.0
-
-
-def until(condition: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Issuer:
@@ -123,7 +113,7 @@ def test_a_bad_folder_never_replaces_the_good_context(issuer: Issuer, tmp_path: 
                 FileSpec("example.org.spiffe-trust-bundle.pem", bundle, 0o644),
             ]
         )
-        until(lambda: source.state.rejected >= 1, "the broken folder to be rejected")
+        wait_until(lambda: source.state.rejected >= 1, "the broken folder to be rejected", DEADLINE)
         assert source.svid().leaf.serial_number == good
         assert "PRIVATE KEY" in str(source.last_error)
         rotated = issuer.write(tmp_path, SERVER_ID)
