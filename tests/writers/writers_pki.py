@@ -11,7 +11,6 @@ import datetime as dt
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from _support.ci import require_binary
+from _support.wait import wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -132,14 +132,12 @@ def free_port() -> int:
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Block until something accepts on ``port``; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def accepts() -> bool:
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
             pytest.fail(f"{proc.args!r} exited with {proc.returncode}: {out}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    pytest.fail(f"nothing listened on port {port} within {timeout}s")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+
+    wait_until(accepts, f"something to listen on port {port}", timeout, ignore=(OSError,))
