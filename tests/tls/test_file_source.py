@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _support.pki import svid_message
 from _support.wait import wait_until
 from tls_peers import CLIENT_ID, SERVER_ID, TLSServer, connect, exchange, serial_of
 
@@ -36,13 +37,7 @@ class Issuer:
         self.ca, self.partners = ca, partners
 
     def context(self, spiffe_id: str) -> X509Context:
-        mat = self.ca.issue_x509_svid(spiffe_id, ttl=3600, dns_names=("localhost",))
-        svid = pb.X509SVID(
-            spiffe_id=spiffe_id,
-            x509_svid=mat.chain_der(),
-            x509_svid_key=mat.key_der(),
-            bundle=self.ca.bundle_der(),
-        )
+        svid = svid_message(self.ca, spiffe_id, dns=("localhost",))
         federated = {p.id: p.bundle_der() for p in self.partners}
         return context_from_message(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from _support.ci import require_binary
-from cryptography.hazmat.primitives import serialization
+from _support.pki import certs_pem
+from cryptography import x509
 from writers_pki import Pki
 
 from spiffe_bridge.fileset import FileSetWriter
@@ -83,8 +85,8 @@ def parse_environment_file(text: str) -> dict[str, str]:
     return env
 
 
-def pem(certs: object) -> str:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs).decode()  # type: ignore[attr-defined]
+def pem(certs: Iterable[x509.Certificate]) -> str:
+    return certs_pem(certs).decode()
 
 
 def test_files_and_values(pki: Pki) -> None:
