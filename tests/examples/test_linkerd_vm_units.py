@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _support.ci import missing
+from _support.binaries import spire_bin_dir
 from _support.wait import wait_until
 from unit_runner import Unit, UnitProcess, moved, run_as
 
@@ -176,22 +176,6 @@ def test_identity_env_file_points_the_proxy_at_the_relay(running: tuple[VM, dict
 # with real SPIRE: spire-server and spire-agent run their own units' ExecStart as user spire
 
 
-def _spire_bin_dir() -> Path:
-    """SPIRE binaries ($SPIRE_BIN_DIR or scripts/install-spire.sh's cache); skip, or fail under CI."""
-    found = os.environ.get("SPIRE_BIN_DIR", "")
-    if not found:
-        out = subprocess.run(
-            ["bash", str(REPO / "scripts" / "install-spire.sh"), "--print-bin-dir"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        found = out.splitlines()[-1] if out else ""
-    if found and all(os.access(Path(found, b), os.X_OK) for b in ("spire-server", "spire-agent")):
-        return Path(found)
-    missing("SPIRE binaries not found (scripts/install-spire.sh or SPIRE_BIN_DIR)")
-
-
 def _lay_out_spire(vm: VM, spire_bin: Path) -> None:
     """What install.sh does for SPIRE, under the VM's root; a stand-in Linkerd anchor made with openssl."""
     opt = vm.root / "opt" / "spire"
@@ -251,7 +235,7 @@ def _healthy(binary: Path, sock: Path, proc: UnitProcess) -> Callable[[], bool]:
 
 @pytest.mark.interop
 def test_units_with_real_spire(vm: VM) -> None:
-    spire_bin = _spire_bin_dir()
+    spire_bin = spire_bin_dir()
     _lay_out_spire(vm, spire_bin)
     opt = vm.root / "opt" / "spire"
     procs: dict[str, UnitProcess] = {}

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.binaries import spire_bin_dir as find_spire_bin_dir
 from _support.ci import missing, require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spire import Entry, SpireBinariesMissing, SpireDeployment, find_bin_dir
+from spire import Entry, SpireDeployment
 
 _HERE = Path(__file__).resolve().parent
 _TIMINGS: list[tuple[str, dict[str, float]]] = []
@@ -59,10 +60,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def spire_bin_dir() -> Path:
-    try:
-        return find_bin_dir()
-    except SpireBinariesMissing as exc:
-        missing(str(exc))
+    return find_spire_bin_dir()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ Layout of one deployment:
   (:class:`FederatedCA`); its bundle is set with ``spire-server bundle set``.
 
 Binaries come from ``$SPIRE_BIN_DIR`` or the cache dir printed by
-``scripts/install-spire.sh --print-bin-dir``.
+``scripts/install-spire.sh --print-bin-dir`` (``_support.binaries.spire_bin_dir``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ from _support.wait import wait_until as _wait_until
 from spire_ca import FederatedCA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-spire.sh"
-REQUIRED_BINARIES = ("spire-server", "spire-agent")
 
 
 class SpireError(RuntimeError):
@@ -54,45 +52,8 @@ class SpireProcessDied(SpireError):
     """A SPIRE server or agent process exited while it should be running."""
 
 
-class SpireBinariesMissing(SpireError):
-    """The SPIRE binaries are not installed where we look."""
-
-
 # --------------------------------------------------------------------------
 # binaries, ports, paths
-
-
-def find_bin_dir() -> Path:
-    """Return the directory holding spire-server/spire-agent (and spiffe-helper).
-
-    ``$SPIRE_BIN_DIR`` wins; otherwise the install script's cache dir.
-    Raises :class:`SpireBinariesMissing` with a how-to-fix message.
-    """
-    env = os.environ.get("SPIRE_BIN_DIR")
-    if env:
-        bin_dir = Path(env)
-        origin = "$SPIRE_BIN_DIR"
-    else:
-        origin = f"{INSTALL_SCRIPT.relative_to(REPO_ROOT)} --print-bin-dir"
-        try:
-            out = subprocess.run(
-                ["bash", str(INSTALL_SCRIPT), "--print-bin-dir"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise SpireBinariesMissing(f"cannot ask {INSTALL_SCRIPT} for the bin dir: {exc}") from exc
-        bin_dir = Path(out.splitlines()[-1]) if out else Path()
-    missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
-    if missing:
-        raise SpireBinariesMissing(
-            f"SPIRE binaries {', '.join(missing)} not found in {bin_dir} (from {origin}); "
-            "run scripts/install-spire.sh (needs Go) to enable, or point SPIRE_BIN_DIR at a "
-            "directory holding spire-server and spire-agent"
-        )
-    return bin_dir
 
 
 def free_port() -> int:
