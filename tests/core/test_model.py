@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_material import svid_message
-from cryptography.hazmat.primitives import serialization
+from _support.pki import key_der, svid_message
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spiffe_bridge import model
@@ -16,12 +15,6 @@ from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA, der_concat
 from spiffe_bridge.errors import ValidationError
 from spiffe_bridge.spiffeid import TrustDomain
-
-
-def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def test_valid_context(make_response: Callable[..., Any], ca: TrustDomainCA) -> None:
@@ -96,7 +89,7 @@ def test_malformed_svid_fields(ca: TrustDomainCA, fields: dict[str, Any], reason
 
 
 def test_key_must_match_leaf(ca: TrustDomainCA) -> None:
-    other_key = _pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    other_key = key_der(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(ValidationError, match="does not match the leaf"):
         model.context_from_message(_bad(ca, x509_svid_key=other_key))
 
@@ -127,14 +120,14 @@ def test_leaf_rules(ca: TrustDomainCA, kwargs: dict[str, Any], reason: str) -> N
     if "not_after" in kwargs:  # notBefore must precede notAfter
         kwargs["not_after"] = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     cert, key = ca.forge_leaf(**kwargs)
-    msg = _bad(ca, x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
+    msg = _bad(ca, x509_svid=der_concat([cert]), x509_svid_key=key_der(key))
     with pytest.raises(ValidationError, match=reason):
         model.context_from_message(msg)
 
 
 def test_root_id_rejected_for_leaf(ca: TrustDomainCA) -> None:
     cert, key = ca.forge_leaf(uris=["spiffe://example.org"])
-    msg = _bad(ca, spiffe_id="spiffe://example.org", x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
+    msg = _bad(ca, spiffe_id="spiffe://example.org", x509_svid=der_concat([cert]), x509_svid_key=key_der(key))
     with pytest.raises(ValidationError, match="needs a path"):
         model.context_from_message(msg)
 
