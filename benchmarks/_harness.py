@@ -19,14 +19,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks._env import REPO, probe_env
-from spiffe_bridge.devagent import DevAgent
-from spiffe_bridge.devagent.faults import Rpc
+from spiffe_bridge.devagent import DevAgent, Rpc
+from spiffe_bridge.devagent.calls import AgentCalls
 
 PY = sys.executable
 RECORDER = str(REPO / "benchmarks" / "_recorder.py")
@@ -41,11 +41,26 @@ class Push:
     at: float
 
 
+class _TimedCalls:
+    """The agent's call interface with ``record_sent`` timestamped; everything else passes through."""
+
+    def __init__(self, calls: AgentCalls, stamp: Callable[[Rpc, int | None], None]) -> None:
+        self._calls = calls
+        self._stamp = stamp
+
+    def record_sent(self, rpc: Rpc, summary: str, stream_id: int | None = None) -> None:
+        self._stamp(rpc, stream_id)
+        self._calls.record_sent(rpc, summary, stream_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._calls, name)
+
+
 class TimedAgent(DevAgent):
     """A DevAgent that timestamps every message right before it goes on the wire.
 
-    ``_record_sent`` is the agent's hook called by a stream handler just before
-    it yields the payload to gRPC, so ``pushes`` holds the moment the push
+    A handler calls ``record_sent`` of the agent's call interface (``call_desk``) just
+    before it yields the payload to gRPC, so ``pushes`` holds the moment the push
     happens (after the message was built), not the moment ``rotate()`` began
     issuing new keys.
     """
@@ -55,11 +70,15 @@ class TimedAgent(DevAgent):
         self.pushes: list[Push] = []
         self._push_lock = threading.Lock()
 
-    def _record_sent(self, rpc: Rpc, summary: str, stream_id: int | None = None) -> None:
+    @property
+    def call_desk(self) -> AgentCalls:
+        """The interface the servicer uses, with every answer timestamped into ``pushes``."""
+        return _TimedCalls(super().call_desk, self._stamp)
+
+    def _stamp(self, rpc: Rpc, stream_id: int | None) -> None:
         at = time.monotonic()
         with self._push_lock:
             self.pushes.append(Push(rpc, stream_id, at))
-        super()._record_sent(rpc, summary, stream_id)
 
     def __enter__(self) -> TimedAgent:
         """Start serving; typed as TimedAgent so ``with TimedAgent(...) as agent`` keeps ``pushes``."""

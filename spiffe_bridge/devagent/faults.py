@@ -2,7 +2,8 @@
 
 Client reliability tests script failures here (errors, dropped or hanging
 streams, malformed messages, slow first answers) instead of patching the
-client. The agent's lock guards every plan.
+client. The agent's lock guards every plan; the plan's ``take_*`` methods
+expect the caller to hold it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.message import Message
 from spiffe_bridge._wire import Rpc
 
 if TYPE_CHECKING:
-    from ._streams import StreamHandle
+    from .desk import CallDesk
 
 
 # A response as sent on the wire: a message, or raw bytes that need not even
@@ -45,6 +46,14 @@ class FaultPlan:
     hang: bool = False
     first_message_delay: float = 0.0
 
+    def take_error(self) -> InjectedError | None:
+        """The failure scripted for the next call, if any (consumed)."""
+        return self.errors.popleft() if self.errors else None
+
+    def take_raw(self) -> RawResponse | None:
+        """The raw answer scripted for the next call, if any (consumed)."""
+        return self.raw_next.popleft() if self.raw_next else None
+
     def clear(self) -> None:
         """Back to normal behaviour."""
         self.errors.clear()
@@ -64,7 +73,7 @@ class FaultControls:
 
     _cond: threading.Condition
     _faults: dict[Rpc, FaultPlan]
-    _streams: dict[int, StreamHandle]
+    _desk: CallDesk
 
     def fail_next(
         self, rpc: Rpc | str, code: grpc.StatusCode, message: str = "injected failure", times: int = 1
@@ -104,12 +113,7 @@ class FaultControls:
         rpc = as_rpc(rpc)
         if not rpc.streaming:
             raise ValueError(f"{rpc} is not a streaming RPC; use respond_next_with")
-        with self._cond:
-            targets = [s for s in self._streams.values() if s.rpc is rpc]
-            for stream in targets:
-                stream.outbox.append(message)
-            self._cond.notify_all()
-            return len(targets)
+        return self._desk.push_raw(rpc, message)
 
     def clear_faults(self, rpc: Rpc | str | None = None) -> None:
         """Remove scripted faults for one RPC or all."""

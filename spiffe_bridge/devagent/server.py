@@ -123,7 +123,7 @@ class DevAgent(AgentState):
             socketfile.make_parents(self._socket_path)
             socketfile.clear_stale(self._socket_path, "Workload API server")
             staged = socketfile.Staged(self._socket_path)  # first: it may fail (EACCES)
-            servicer = WorkloadAPIServicer(self)
+            servicer = WorkloadAPIServicer(self.call_desk)
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="devagent")
             server = grpc.server(executor, handlers=[servicer.generic_handler()])
             try:

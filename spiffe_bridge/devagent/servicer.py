@@ -1,4 +1,4 @@
-"""gRPC handlers of the five Workload API RPCs, backed by ``AgentState``.
+"""gRPC handlers of the five Workload API RPCs, backed by the agent's ``AgentCalls`` interface.
 
 The handlers are registered through a generic handler (not the generated
 ``add_..._to_server``) so that a fault can put raw bytes on the wire that are
@@ -18,10 +18,9 @@ from spiffe_bridge._wire import MISSING_HEADER, Rpc, has_header, workload_api_ha
 from spiffe_bridge.errors import JwtSvidError
 from spiffe_bridge.loglist import capped
 
-from ._streams import Outgoing, Signal
+from .calls import AgentCalls, CallHandle, Outgoing, Signal
 from .faults import RawResponse
 from .identity import split_spiffe_id
-from .state import AgentState
 
 NO_IDENTITY = "no identity issued"
 
@@ -31,11 +30,11 @@ def _serialize(message: RawResponse) -> bytes:
 
 
 class WorkloadAPIServicer:
-    """Implements SpiffeWorkloadAPI on top of the agent's state, faults included."""
+    """Implements SpiffeWorkloadAPI on top of the agent's call interface, faults included."""
 
-    def __init__(self, state: AgentState) -> None:
-        self._state = state
-        self._epoch = state._serving_epoch  # this server's generation; stop() bumps the state's
+    def __init__(self, agent: AgentCalls) -> None:
+        self._agent = agent
+        self._generation = agent.generation  # this server's; stop() makes it stale
         self._active = 0
         self._idle = threading.Condition()
 
@@ -70,16 +69,16 @@ class WorkloadAPIServicer:
                     split_spiffe_id(request.spiffe_id)
                 except ValueError as err:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {err}")
-            if self._state.denied:
+            if self._agent.denied:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
             try:
-                raw = self._state._jwt_svids(list(request.audience), request.spiffe_id)
+                raw = self._agent.jwt_svid_response(list(request.audience), request.spiffe_id)
             except LookupError:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
             ids = capped(s.spiffe_id for s in raw.svids)
-            self._state._record_sent(rpc, f"JWT-SVIDs for [{ids}] aud={list(request.audience)}")
+            self._agent.record_sent(rpc, f"JWT-SVIDs for [{ids}] aud={list(request.audience)}")
         else:
-            self._state._record_sent(rpc, "raw response")
+            self._agent.record_sent(rpc, "raw response")
         return raw
 
     def ValidateJWTSVID(
@@ -94,13 +93,13 @@ class WorkloadAPIServicer:
             if not request.svid:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
             try:
-                spiffe_id, claims = self._state.validate_jwt_svid(request.svid, request.audience)
+                spiffe_id, claims = self._agent.validate_jwt_svid(request.svid, request.audience)
             except JwtSvidError as err:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             response = pb.ValidateJWTSVIDResponse(spiffe_id=spiffe_id)
             response.claims.update(claims)
             raw = response
-        self._state._record_sent(rpc, "validation result")
+        self._agent.record_sent(rpc, "validation result")
         return raw
 
     # ----- shared -----
@@ -109,49 +108,56 @@ class WorkloadAPIServicer:
 
         Returns a scripted raw response if one is queued for this call.
         """
-        state = self._state
-        state._count_call(rpc)
+        agent = self._agent
+        agent.count_call(rpc)
         if not has_header(context.invocation_metadata()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, MISSING_HEADER)
-        error = state._take_error(rpc)
+        error = agent.take_error(rpc)
         if error is not None:
             context.abort(error.code, error.message)
         if rpc.streaming:
             return None
-        call = state._unary_handle(rpc, self._epoch)
-        context.add_callback(lambda: state._close_stream(call))
-        if not state._await_first(call):
+        call = self._open(rpc, context)
+        if call is None or not agent.await_first(call):
             context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
-        return state._take_raw_next(rpc)
+        return agent.take_scripted_response(rpc)
 
-    def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
-        state = self._state
-        self._admit(rpc, context)
-        if state.denied:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
-        opened = state._open_stream(rpc, self._epoch)
+    def _open(self, rpc: Rpc, context: grpc.ServicerContext) -> CallHandle | None:
+        """A handle that ends when the client goes (ending a hang too); None if it has gone."""
+        agent = self._agent
+        opened = agent.open_call(rpc, self._generation)
         if opened is None:  # accepted just before stop(); the client already saw the drop
             context.abort(grpc.StatusCode.UNAVAILABLE, "dev agent stopping")
         handle = opened
-        if not context.add_callback(lambda: state._close_stream(handle)):
-            state._close_stream(handle)
+        if not context.add_callback(lambda: agent.close_call(handle)):
+            agent.close_call(handle)
+            return None
+        return handle
+
+    def _stream(self, rpc: Rpc, context: grpc.ServicerContext) -> Iterator[RawResponse]:
+        agent = self._agent
+        self._admit(rpc, context)
+        if agent.denied:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+        handle = self._open(rpc, context)
+        if handle is None:
             return
         try:
-            if not state._await_first(handle):
+            if not agent.await_first(handle):
                 return
             while True:
-                item = state._next_outgoing(handle)
+                item = agent.next_outgoing(handle)
                 if item is Signal.END:
                     return
                 if item is Signal.DENY:
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
                 assert isinstance(item, Outgoing)
-                state._record_sent(rpc, item.summary, handle.id)
+                agent.record_sent(rpc, item.summary, handle.id)
                 yield item.payload
-                if state._close_after_message(rpc):
+                if agent.closes_after_message(rpc):
                     return
         finally:
-            state._close_stream(handle)
+            agent.close_call(handle)
 
     # ----- handler bookkeeping so stop() can wait for handler threads -----
     def _tracked(self, fn: Callable[[Any, grpc.ServicerContext], Any], streaming: bool) -> Callable[..., Any]:

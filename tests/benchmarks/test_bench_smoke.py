@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("rotation", "recovery", "coldstart", "idle", "jwt", "scale", "relay", "haproxy")
@@ -109,8 +110,8 @@ def test_relay(report: dict[str, Any]) -> None:
 
 def test_haproxy(report: dict[str, Any]) -> None:
     notes = report["benchmarks"]["haproxy"].get("notes", [])
-    if any("not installed" in n for n in notes) and os.environ.get("CI", "").lower() != "true":
-        pytest.skip("haproxy not installed: run scripts/install-system-deps.sh")
+    installed = not any("not installed" in n for n in notes)
+    require(installed, "haproxy not installed: run scripts/install-system-deps.sh")
     results = _result(report, "haproxy")["results"]
     for method in ("runtime-api", "sigusr2"):
         assert results[method]["visible"]["n"] == 2 and results[method]["requests"] > 0, method

@@ -1,4 +1,4 @@
-"""Shared material for core tests: a dev CA and hand-built Workload API messages."""
+"""Fixtures for core tests: dev-agent CAs and hand-built Workload API messages from them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_material import svid_message
+from _support.pki import svid_message
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.ca import TrustDomainCA

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_material import svid_message
-from cryptography.hazmat.primitives import serialization
+from _support.pki import key_der, svid_message
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spiffe_bridge import x509svid
@@ -18,12 +17,6 @@ from spiffe_bridge.devagent.ca import TrustDomainCA, der_concat
 from spiffe_bridge.errors import ValidationError
 from spiffe_bridge.spiffeid import TrustDomain
 from spiffe_bridge.x509bundle import X509Bundle
-
-
-def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def test_valid_context(make_response: Callable[..., Any], ca: TrustDomainCA) -> None:
@@ -98,7 +91,7 @@ def test_malformed_svid_fields(ca: TrustDomainCA, fields: dict[str, Any], reason
 
 
 def test_key_must_match_leaf(ca: TrustDomainCA) -> None:
-    other_key = _pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    other_key = key_der(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(ValidationError, match="does not match the leaf"):
         decode_x509_context(_bad(ca, x509_svid_key=other_key))
 
@@ -129,14 +122,14 @@ def test_leaf_rules(ca: TrustDomainCA, kwargs: dict[str, Any], reason: str) -> N
     if "not_after" in kwargs:  # notBefore must precede notAfter
         kwargs["not_after"] = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     cert, key = ca.forge_leaf(**kwargs)
-    msg = _bad(ca, x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
+    msg = _bad(ca, x509_svid=der_concat([cert]), x509_svid_key=key_der(key))
     with pytest.raises(ValidationError, match=reason):
         decode_x509_context(msg)
 
 
 def test_root_id_rejected_for_leaf(ca: TrustDomainCA) -> None:
     cert, key = ca.forge_leaf(uris=["spiffe://example.org"])
-    msg = _bad(ca, spiffe_id="spiffe://example.org", x509_svid=der_concat([cert]), x509_svid_key=_pkcs8(key))
+    msg = _bad(ca, spiffe_id="spiffe://example.org", x509_svid=der_concat([cert]), x509_svid_key=key_der(key))
     with pytest.raises(ValidationError, match="needs a path"):
         decode_x509_context(msg)
 

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import pytest
-
-
-def _require(binary: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
-    if path:
-        return path
-    message = f"{binary} not installed: run scripts/install-system-deps.sh"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+from _support.ci import require_binary
 
 
 def _free_port() -> int:
@@ -77,7 +66,7 @@ def test_every_format_written(demo_dir: pathlib.Path) -> None:
 
 @pytest.mark.consumers
 def test_nginx_accepts_demo_files(demo_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    nginx = _require("nginx")
+    nginx = require_binary("nginx")
     pem = demo_dir / "pem"
     conf = tmp_path / "nginx.conf"
     conf.write_text(

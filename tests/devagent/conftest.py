@@ -1,4 +1,4 @@
-"""Helpers for the dev agent tests: raw gRPC stubs that bypass any client library."""
+"""Fixtures for the dev agent tests: raw gRPC stubs that bypass any client library."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import pytest
 
 from spiffe_bridge._proto import workload_pb2_grpc
 from spiffe_bridge.devagent.server import DevAgent
-
-HEADER = (("workload.spiffe.io", "true"),)
-CALL_TIMEOUT = 10.0
 
 
 @pytest.fixture

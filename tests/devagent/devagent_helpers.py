@@ -1,4 +1,4 @@
-"""Test helpers: a thread-safe collector that tests wait on instead of sleeping."""
+"""Helpers for the dev agent tests: a per-call deadline and a collector tests wait on instead of sleeping."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+#: Deadline of one raw gRPC call to the dev agent (seconds).
+CALL_TIMEOUT = 10.0
 
 
 class Collector(Generic[T]):

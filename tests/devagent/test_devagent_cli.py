@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 from devagent_helpers import Collector
@@ -20,13 +17,6 @@ from spiffe_bridge.devagent.identity import Identity
 from spiffe_bridge.duration import parse_duration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[str]:
-    directory = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
@@ -52,8 +42,8 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, s
     return proc.returncode, err
 
 
-def test_cli_serves_rotates_on_sigusr1_and_exits_cleanly(socket_dir: str) -> None:
-    sock = os.path.join(socket_dir, "api.sock")
+def test_cli_serves_rotates_on_sigusr1_and_exits_cleanly(tmp_short: str) -> None:
+    sock = os.path.join(tmp_short, "api.sock")
     proc = start_cli(
         "--socket", sock, "--trust-domain", "demo.test",
         "--spiffe-id", "spiffe://demo.test/web#web", "--spiffe-id", "spiffe://demo.test/db",
@@ -95,9 +85,9 @@ def test_cli_serves_rotates_on_sigusr1_and_exits_cleanly(socket_dir: str) -> Non
             proc.communicate()
 
 
-def test_cli_permission_denied_window_and_sigint(socket_dir: str) -> None:
+def test_cli_permission_denied_window_and_sigint(tmp_short: str) -> None:
     proc = start_cli(
-        "--socket", "unix://" + os.path.join(socket_dir, "a.sock"), "--permission-denied-for", "1h"
+        "--socket", "unix://" + os.path.join(tmp_short, "a.sock"), "--permission-denied-for", "1h"
     )
     try:
         address = read_banner(proc)
@@ -154,8 +144,8 @@ def test_identity_spec() -> None:
             Identity.parse(bad)
 
 
-def test_cli_sigusr2_rotates_the_root_keeping_the_old_one(socket_dir: str) -> None:
-    proc = start_cli("--socket", os.path.join(socket_dir, "a.sock"))
+def test_cli_sigusr2_rotates_the_root_keeping_the_old_one(tmp_short: str) -> None:
+    proc = start_cli("--socket", os.path.join(tmp_short, "a.sock"))
     try:
         address = read_banner(proc)
         root_counts: Collector[int] = Collector()

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import CALL_TIMEOUT, HEADER
-from devagent_helpers import Collector
+from _support.wire import HEADER
+from devagent_helpers import CALL_TIMEOUT, Collector
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge._proto import workload_pb2_grpc

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import CALL_TIMEOUT, HEADER
+from _support.wire import HEADER
 from cryptography import x509
-from devagent_helpers import Collector
+from devagent_helpers import CALL_TIMEOUT, Collector
 from google.protobuf import json_format
 
 from spiffe_bridge._proto import workload_pb2 as pb

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from unit_runner import Unit, UnitProcess, moved, run_as, wait_for
+from _support.binaries import spire_bin_dir
+from _support.wait import wait_until
+from unit_runner import Unit, UnitProcess, moved, run_as
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "linkerd-vm"
@@ -123,7 +125,7 @@ def _wait_served(path: Path, proc: UnitProcess) -> None:
         assert proc.proc.poll() is None, proc.output()
         return subprocess.run([sys.executable, "-c", CONNECT, str(path)], check=False).returncode == 0
 
-    wait_for(served, f"the stand-in agent on {path}")
+    wait_until(served, f"the stand-in agent on {path}", 20.0)
 
 
 def test_relay_socket_belongs_to_the_proxy_group(running: tuple[VM, dict[str, UnitProcess]]) -> None:
@@ -172,25 +174,6 @@ def test_identity_env_file_points_the_proxy_at_the_relay(running: tuple[VM, dict
 
 # --------------------------------------------------------------------------
 # with real SPIRE: spire-server and spire-agent run their own units' ExecStart as user spire
-
-
-def _spire_bin_dir() -> Path:
-    """SPIRE binaries ($SPIRE_BIN_DIR or scripts/install-spire.sh's cache); skip, or fail under CI."""
-    found = os.environ.get("SPIRE_BIN_DIR", "")
-    if not found:
-        out = subprocess.run(
-            ["bash", str(REPO / "scripts" / "install-spire.sh"), "--print-bin-dir"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        found = out.splitlines()[-1] if out else ""
-    if found and all(os.access(Path(found, b), os.X_OK) for b in ("spire-server", "spire-agent")):
-        return Path(found)
-    reason = "SPIRE binaries not found (scripts/install-spire.sh or SPIRE_BIN_DIR)"
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _lay_out_spire(vm: VM, spire_bin: Path) -> None:
@@ -252,7 +235,7 @@ def _healthy(binary: Path, sock: Path, proc: UnitProcess) -> Callable[[], bool]:
 
 @pytest.mark.interop
 def test_units_with_real_spire(vm: VM) -> None:
-    spire_bin = _spire_bin_dir()
+    spire_bin = spire_bin_dir()
     _lay_out_spire(vm, spire_bin)
     opt = vm.root / "opt" / "spire"
     procs: dict[str, UnitProcess] = {}
@@ -261,13 +244,13 @@ def test_units_with_real_spire(vm: VM) -> None:
             vm.units["spire-server.service"], vm.root / "run", vm.root / "server.log"
         )
         server_socket = vm.root / "run" / "spire" / "server" / "private" / "api.sock"
-        wait_for(_healthy(opt / "bin" / "spire-server", server_socket, procs["server"]), "spire-server", 60)
+        wait_until(_healthy(opt / "bin" / "spire-server", server_socket, procs["server"]), "spire-server", 60)
         registered = subprocess.run([str(opt / "bin" / "register.sh")], capture_output=True, text=True)
         assert registered.returncode == 0, registered.stdout + registered.stderr
         assert pwd.getpwuid((opt / "join-token").stat().st_uid).pw_name == "spire"
 
         procs["agent"] = UnitProcess(vm.units["spire-agent.service"], vm.root / "run", vm.root / "agent.log")
-        wait_for(_healthy(opt / "bin" / "spire-agent", vm.agent_socket, procs["agent"]), "spire-agent", 60)
+        wait_until(_healthy(opt / "bin" / "spire-agent", vm.agent_socket, procs["agent"]), "spire-agent", 60)
         for name in ("spiffe-relay.service", "linkerd-identity.service"):
             procs[name] = UnitProcess(vm.units[name], vm.root / "run", vm.root / f"{name}.log")
             procs[name].wait_ready(timeout=60)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from unit_runner import Unit, UnitProcess, moved, run_as, wait_for
+from _support.wait import wait_until
+from unit_runner import Unit, UnitProcess, moved, run_as
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "sidecar"
@@ -163,9 +164,10 @@ def test_sidecar_unit_runs_as_its_user_and_nginx_group(
         _, hups = master
         before = hashlib.sha256((d / "svid.pem").read_bytes()).hexdigest()
         agent.send_signal(signal.SIGUSR1)
-        wait_for(
+        wait_until(
             lambda: hups.exists() and any(h not in ("", before) for h in hups.read_text().split("\n")),
             "SIGHUP to the nginx master with the rotated certificate in place",
+            20.0,
         )
         assert sidecar.proc.poll() is None, sidecar.output()
     finally:

@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,15 +200,6 @@ class UnitProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._notify.close()
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    """Poll ``condition`` (for things that send no event) until truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_as(unit: Unit, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.ci import require
 from interop_support import wait_for
 from spire import EntrySpec, SpireDeployment
 
@@ -35,23 +36,14 @@ def _uid_of(pid: int) -> int | None:
     return None
 
 
-def _need(condition: bool, why: str) -> None:
-    """Skip without ``condition``; under CI (CI=true) fail instead: these tests never skip there."""
-    if condition:
-        return
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and {why}", pytrace=False)
-    pytest.skip(why)
-
-
 class Workload:
     """A ``sleep`` process as ``uid`` (group ``gid``, default ``uid``); the broker references ``pid``."""
 
     def __init__(self, uid: int, gid: int | None = None) -> None:
         setpriv = shutil.which("setpriv")
         sleep = shutil.which("sleep")
-        _need(bool(setpriv and sleep), "setpriv (util-linux) and sleep (coreutils) are needed")
-        _need(os.geteuid() == 0, "workloads under other uids need root (setpriv --reuid)")
+        require(setpriv and sleep, "setpriv (util-linux) and sleep (coreutils) are needed")
+        require(os.geteuid() == 0, "workloads under other uids need root (setpriv --reuid)")
         assert setpriv and sleep
         self.uid = uid
         self.gid = uid if gid is None else gid

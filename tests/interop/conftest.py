@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.binaries import spire_bin_dir as find_spire_bin_dir
+from _support.ci import missing, require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spire import Entry, SpireBinariesMissing, SpireDeployment, find_bin_dir
+from spire import Entry, SpireDeployment
 
 _HERE = Path(__file__).resolve().parent
 _TIMINGS: list[tuple[str, dict[str, float]]] = []
@@ -56,29 +58,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{name}: {parts}")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
 @pytest.fixture(scope="session")
 def spire_bin_dir() -> Path:
-    try:
-        return find_bin_dir()
-    except SpireBinariesMissing as exc:
-        if _ci():
-            pytest.fail(f"CI=true and {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    return find_spire_bin_dir()
 
 
 @pytest.fixture(scope="session")
 def spiffe_helper_bin(spire_bin_dir: Path) -> Path:
     """The spiffe-helper binary built next to SPIRE (skip, or fail with CI=true, when absent)."""
     path = spire_bin_dir / "spiffe-helper"
-    if not os.access(path, os.X_OK):
-        msg = f"spiffe-helper not found in {spire_bin_dir}; run scripts/install-spire.sh (needs Go) to enable"
-        if _ci():
-            pytest.fail(f"CI=true and {msg}", pytrace=False)
-        pytest.skip(msg)
+    require(
+        os.access(path, os.X_OK),
+        f"spiffe-helper not found in {spire_bin_dir}; run scripts/install-spire.sh (needs Go) to enable",
+    )
     return path
 
 
@@ -90,9 +82,7 @@ def linkerd_proxy_bin() -> Path:
     try:
         return find_proxy_bin()
     except ProxyBinaryMissing as exc:
-        if _ci():
-            pytest.fail(f"CI=true and {exc}", pytrace=False)
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 def _start(bin_dir: Path, base: Path, name: str, **kwargs: Any) -> SpireDeployment:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.wait import wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,20 +54,10 @@ DEADLINE = 20.0
 def wait_for(
     condition: Callable[[], Any], what: str, timeout: float = DEADLINE, interval: float = 0.05
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = condition()
-        except (OSError, ValueError, KeyError) as exc:  # a file mid-replace, a socket not up yet
-            value, last_exc = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
-        time.sleep(interval)
+    """``_support.wait.wait_until`` with interop's deadline; a file mid-replace is "not yet", so is a
+    socket that is not up.
+    """
+    return wait_until(condition, what, timeout, interval=interval, ignore=(OSError, ValueError, KeyError))
 
 
 def short_socket_dir(prefix: str = "sbi-") -> Path:

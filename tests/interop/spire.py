@@ -18,7 +18,7 @@ Layout of one deployment:
   (:class:`FederatedCA`); its bundle is set with ``spire-server bundle set``.
 
 Binaries come from ``$SPIRE_BIN_DIR`` or the cache dir printed by
-``scripts/install-spire.sh --print-bin-dir``.
+``scripts/install-spire.sh --print-bin-dir`` (``_support.binaries.spire_bin_dir``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _support.wait import wait_until as _wait_until
 from spire_ca import FederatedCA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-spire.sh"
-REQUIRED_BINARIES = ("spire-server", "spire-agent")
 
 
 class SpireError(RuntimeError):
@@ -53,45 +52,8 @@ class SpireProcessDied(SpireError):
     """A SPIRE server or agent process exited while it should be running."""
 
 
-class SpireBinariesMissing(SpireError):
-    """The SPIRE binaries are not installed where we look."""
-
-
 # --------------------------------------------------------------------------
 # binaries, ports, paths
-
-
-def find_bin_dir() -> Path:
-    """Return the directory holding spire-server/spire-agent (and spiffe-helper).
-
-    ``$SPIRE_BIN_DIR`` wins; otherwise the install script's cache dir.
-    Raises :class:`SpireBinariesMissing` with a how-to-fix message.
-    """
-    env = os.environ.get("SPIRE_BIN_DIR")
-    if env:
-        bin_dir = Path(env)
-        origin = "$SPIRE_BIN_DIR"
-    else:
-        origin = f"{INSTALL_SCRIPT.relative_to(REPO_ROOT)} --print-bin-dir"
-        try:
-            out = subprocess.run(
-                ["bash", str(INSTALL_SCRIPT), "--print-bin-dir"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise SpireBinariesMissing(f"cannot ask {INSTALL_SCRIPT} for the bin dir: {exc}") from exc
-        bin_dir = Path(out.splitlines()[-1]) if out else Path()
-    missing = [b for b in REQUIRED_BINARIES if not os.access(bin_dir / b, os.X_OK)]
-    if missing:
-        raise SpireBinariesMissing(
-            f"SPIRE binaries {', '.join(missing)} not found in {bin_dir} (from {origin}); "
-            "run scripts/install-spire.sh (needs Go) to enable, or point SPIRE_BIN_DIR at a "
-            "directory holding spire-server and spire-agent"
-        )
-    return bin_dir
 
 
 def free_port() -> int:
@@ -128,24 +90,20 @@ def wait_until(
     what: str = "condition",
     on_timeout: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except SpireProcessDied:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            detail = on_timeout() if on_timeout else ""
-            if last_exc is not None:
-                detail = f"last error: {last_exc!r}\n{detail}"
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}\n{detail}")
-        time.sleep(interval)
+    """``_support.wait.wait_until`` for SPIRE: any error means "not yet" except a dead process.
+
+    Raises TimeoutError with ``on_timeout()`` (a log tail) at the deadline.
+    """
+    return _wait_until(
+        condition,
+        what,
+        timeout,
+        interval=interval,
+        ignore=(Exception,),
+        fatal=(SpireProcessDied,),
+        detail=on_timeout,
+        error=TimeoutError,
+    )
 
 
 # --------------------------------------------------------------------------

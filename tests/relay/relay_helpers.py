@@ -7,13 +7,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from _support.wire import HEADER
 
 from spiffe_bridge._proto import workload_pb2 as pb
 
 if TYPE_CHECKING:
     from spiffe_bridge.relay import Relay
 
-HEADER = (("workload.spiffe.io", "true"),)
 WAIT = 10.0
 
 #: method -> (request, response parser)

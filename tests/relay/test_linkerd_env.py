@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from _support.pki import roots_pem
 from relay_helpers import RelayFactory
 
-from spiffe_bridge._der import split_der
 from spiffe_bridge.devagent.server import DevAgent
 
 PROXY = "spiffe://example.org/proxy"
@@ -27,8 +25,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _roots_pem(agent: DevAgent) -> str:
-    ders = split_der(agent.ca.bundle_der(), "bundle")
-    return "".join(x509.load_der_x509_certificate(d).public_bytes(Encoding.PEM).decode() for d in ders)
+    return roots_pem(agent.ca).decode()
 
 
 def _sourced(env_file: Path, name: str) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _support.binaries import spire_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "linkerd-vm" / "local-check.sh"
@@ -26,24 +27,6 @@ def _run(spire_bin_dir: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=180, env=env)
 
 
-def _spire_bin_dir() -> str | None:
-    candidates = [os.environ.get("SPIRE_BIN_DIR", "")]
-    try:
-        out = subprocess.run(
-            ["bash", str(REPO / "scripts" / "install-spire.sh"), "--print-bin-dir"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        candidates.append(out.splitlines()[-1] if out else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for directory in candidates:
-        if directory and all(os.access(Path(directory, b), os.X_OK) for b in ("spire-server", "spire-agent")):
-            return directory
-    return None
-
-
 @NEEDS
 def test_with_dev_agent_standing_in_for_spire() -> None:
     done = _run("/nonexistent")
@@ -57,9 +40,6 @@ def test_with_dev_agent_standing_in_for_spire() -> None:
 @NEEDS
 @pytest.mark.interop
 def test_with_real_spire() -> None:
-    bin_dir = _spire_bin_dir()
-    if bin_dir is None:
-        pytest.skip("SPIRE binaries not found (scripts/install-spire.sh or SPIRE_BIN_DIR)")
-    done = _run(bin_dir)
+    done = _run(str(spire_bin_dir()))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("OK (spire)")

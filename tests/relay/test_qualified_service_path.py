@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from relay_helpers import HEADER, STREAMS
+from _support.wire import HEADER
+from relay_helpers import STREAMS
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.server import DevAgent

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 import pytest
-from relay_helpers import HEADER, RelayFactory, serials
+from _support.wire import HEADER
+from relay_helpers import RelayFactory, serials
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.devagent.server import DevAgent

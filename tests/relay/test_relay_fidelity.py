@@ -8,11 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
+from _support.wire import HEADER
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from relay_helpers import HEADER, STREAMS, RawStream, RelayFactory, raw_method
+from relay_helpers import STREAMS, RawStream, RelayFactory, raw_method
 from spiffe import WorkloadApiClient
 from spiffe import X509Source as PyX509Source
 

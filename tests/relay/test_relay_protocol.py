@@ -8,7 +8,8 @@ import stat
 
 import grpc
 import pytest
-from relay_helpers import HEADER, STREAMS, RelayFactory, raw_method
+from _support.wire import HEADER
+from relay_helpers import STREAMS, RelayFactory, raw_method
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.client.sync import WorkloadClient

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _support.pki import key_der
 from relay_helpers import RawStream, serials
 
 from spiffe_bridge.client.sync import WorkloadClient
@@ -25,23 +22,16 @@ DB = "spiffe://example.org/db"
 TWO = pytest.mark.dev_agent(identities=[f"{WEB}#web", f"{DB}#db"])
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    directory = tempfile.mkdtemp(prefix="sbs-", dir="/tmp")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def _ids(address: str) -> list[str]:
     with WorkloadClient(address) as client:
         return [str(s.spiffe_id) for s in client.fetch_x509_context().svids]
 
 
 @TWO
-def test_each_socket_shows_its_own_identity(dev_agent: DevAgent, sock_dir: str) -> None:
-    web = Listener.of(f"unix://{sock_dir}/web.sock", allow_ids=[WEB], socket_mode=0o600)
-    db = Listener.of(f"unix://{sock_dir}/db.sock", allow_hints=["db"])
-    everything = Listener.of(f"unix://{sock_dir}/all.sock")
+def test_each_socket_shows_its_own_identity(dev_agent: DevAgent, tmp_short: str) -> None:
+    web = Listener.of(f"unix://{tmp_short}/web.sock", allow_ids=[WEB], socket_mode=0o600)
+    db = Listener.of(f"unix://{tmp_short}/db.sock", allow_hints=["db"])
+    everything = Listener.of(f"unix://{tmp_short}/all.sock")
     with Relay(dev_agent.address, [web, db, everything]) as relay:
         for listener in relay.listeners:
             relay.wait_serving(listen=listener.address)
@@ -67,18 +57,16 @@ def test_each_socket_shows_its_own_identity(dev_agent: DevAgent, sock_dir: str) 
 
 
 @TWO
-def test_an_invalid_update_is_taken_back_on_every_socket(dev_agent: DevAgent, sock_dir: str) -> None:
-    web = Listener.of(f"unix://{sock_dir}/web.sock", allow_ids=[WEB])
-    everything = Listener.of(f"unix://{sock_dir}/all.sock")
+def test_an_invalid_update_is_taken_back_on_every_socket(dev_agent: DevAgent, tmp_short: str) -> None:
+    web = Listener.of(f"unix://{tmp_short}/web.sock", allow_ids=[WEB])
+    everything = Listener.of(f"unix://{tmp_short}/all.sock")
     with Relay(dev_agent.address, [web, everything], forward_before_verify=True) as relay:
         relay.wait_serving()
         streams = [RawStream("unix:" + item.path) for item in (web, everything)]
         try:
             firsts = [stream.next() for stream in streams]
             bad = dev_agent.x509_svid_response()
-            bad.svids[0].x509_svid_key = generate_private_key().private_bytes(
-                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+            bad.svids[0].x509_svid_key = key_der(generate_private_key())
             assert dev_agent.push_raw("FetchX509SVID", bad) == 1
             for stream, first in zip(streams, firsts, strict=True):
                 assert stream.next() != first  # the (filtered) bad update, handed on at once
@@ -90,9 +78,9 @@ def test_an_invalid_update_is_taken_back_on_every_socket(dev_agent: DevAgent, so
 
 
 @TWO
-def test_a_socket_allowed_nothing_is_denied_while_others_serve(dev_agent: DevAgent, sock_dir: str) -> None:
-    web = Listener.of(f"unix://{sock_dir}/web.sock", allow_ids=[WEB])
-    nobody = Listener.of(f"unix://{sock_dir}/nobody.sock", allow_ids=["spiffe://example.org/nobody"])
+def test_a_socket_allowed_nothing_is_denied_while_others_serve(dev_agent: DevAgent, tmp_short: str) -> None:
+    web = Listener.of(f"unix://{tmp_short}/web.sock", allow_ids=[WEB])
+    nobody = Listener.of(f"unix://{tmp_short}/nobody.sock", allow_ids=["spiffe://example.org/nobody"])
     with Relay(dev_agent.address, [web, nobody]) as relay:
         relay.wait_serving()
         denied = RawStream("unix:" + nobody.path)
@@ -103,14 +91,14 @@ def test_a_socket_allowed_nothing_is_denied_while_others_serve(dev_agent: DevAge
         assert _ids(web.address) == [WEB]
 
 
-def test_listener_options_are_checked(dev_agent: DevAgent, sock_dir: str) -> None:
-    one = Listener.parse(f"unix://{sock_dir}/a.sock,id={WEB},hint=db,mode=0640")
-    assert one.path == f"{sock_dir}/a.sock" and one.mode == 0o640
+def test_listener_options_are_checked(dev_agent: DevAgent, tmp_short: str) -> None:
+    one = Listener.parse(f"unix://{tmp_short}/a.sock,id={WEB},hint=db,mode=0640")
+    assert one.path == f"{tmp_short}/a.sock" and one.mode == 0o640
     assert one.filter.ids == frozenset({WEB}) and one.filter.hints == frozenset({"db"})
-    for bad in (f"unix://{sock_dir}/a.sock,colour=red", f"unix://{sock_dir}/a.sock,id", "tcp://1.2.3.4:5"):
+    for bad in (f"unix://{tmp_short}/a.sock,colour=red", f"unix://{tmp_short}/a.sock,id", "tcp://1.2.3.4:5"):
         with pytest.raises(ValueError):
             Listener.parse(bad)
-    same = Listener.of(f"unix://{sock_dir}/a.sock")
+    same = Listener.of(f"unix://{tmp_short}/a.sock")
     with pytest.raises(ValueError, match="listed twice"):
         Relay(dev_agent.address, [same, same])
     with pytest.raises(ValueError, match="per Listener"):
@@ -118,8 +106,8 @@ def test_listener_options_are_checked(dev_agent: DevAgent, sock_dir: str) -> Non
 
 
 @TWO
-def test_cli_serves_several_sockets(dev_agent: DevAgent, sock_dir: str) -> None:
-    web, db = f"unix://{sock_dir}/web.sock", f"unix://{sock_dir}/db.sock"
+def test_cli_serves_several_sockets(dev_agent: DevAgent, tmp_short: str) -> None:
+    web, db = f"unix://{tmp_short}/web.sock", f"unix://{tmp_short}/db.sock"
     cmd = [sys.executable, "-m", "spiffe_bridge", "relay", "--upstream", dev_agent.address]
     cmd += ["--listen", f"{web},id={WEB},mode=0660", "--listen", db, "--allow-hint", "db"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,7 +117,7 @@ def test_cli_serves_several_sockets(dev_agent: DevAgent, sock_dir: str) -> None:
         assert [line.split()[2] for line in lines] == [web, db], lines
         assert _ids(web) == [WEB]
         assert _ids(db) == [DB]  # the --allow-hint flag applies to the socket without its own
-        assert os.stat(f"{sock_dir}/web.sock").st_mode & 0o777 == 0o660
+        assert os.stat(f"{tmp_short}/web.sock").st_mode & 0o777 == 0o660
         proc.terminate()
         assert proc.wait(timeout=30) == 0
     finally:

@@ -6,7 +6,8 @@ import os
 
 import grpc
 import pytest
-from relay_helpers import HEADER, STREAMS, RawStream, RelayFactory, raw_method, serials
+from _support.wire import HEADER
+from relay_helpers import STREAMS, RawStream, RelayFactory, raw_method, serials
 
 from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.devagent.server import DevAgent

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives import serialization
-from relay_helpers import HEADER, RawStream, RelayFactory, raw_method
+from _support.pki import key_der
+from _support.wire import HEADER
+from relay_helpers import RawStream, RelayFactory, raw_method
 
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.client.sync import WorkloadClient
@@ -20,9 +21,7 @@ def _wrong_key(dev_agent: DevAgent) -> pb.X509SVIDResponse:
     """The agent's current response with the SVID's key swapped for another: fails validation."""
     response = dev_agent.x509_svid_response()
     other = generate_private_key()
-    response.svids[0].x509_svid_key = other.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    response.svids[0].x509_svid_key = key_der(other)
     return response
 
 

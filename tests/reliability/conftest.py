@@ -1,4 +1,4 @@
-"""Reliability suite: the ``--soak`` switch, hypothesis profiles and shared fixtures.
+"""Reliability suite: the ``--soak`` switch, hypothesis profiles and the soak-only skip.
 
 ``pytest tests/reliability`` runs the CI-sized suite (bounded to a few minutes on
 2 cores). ``pytest tests/reliability --soak`` (or ``SPIFFE_BRIDGE_SOAK=1`` with any
@@ -9,7 +9,6 @@ counts and loop lengths of the others (see ``reliability_support.scale``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,16 +63,3 @@ def _soak_only(request: pytest.FixtureRequest) -> None:
     """Skip ``@pytest.mark.soak`` tests unless soaking."""
     if request.node.get_closest_marker("soak") and os.environ.get(SOAK_ENV) != "1":
         pytest.skip("soak variant: run with --soak or SPIFFE_BRIDGE_SOAK=1")
-
-
-@pytest.fixture
-def tmp_short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh directory under /tmp with a short path (Unix socket paths must stay < 108 bytes)."""
-    import shutil
-    import tempfile
-
-    directory = tempfile.mkdtemp(prefix="sbr-", dir="/tmp")
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

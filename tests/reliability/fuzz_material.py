@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from _support.pki import crl as make_crl
+from _support.pki import svid_message
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from hypothesis import strategies as st
-from reliability_support import svid_pb
 
 from spiffe_bridge._encoding import b64url_decode
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -49,35 +48,25 @@ class Pool:
         return self._token
 
 
-def _crl(ca: TrustDomainCA) -> bytes:
-    issuer = ca._current_issuer()
-    now = dt.datetime.now(dt.UTC)
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.cert.subject)
-        .last_update(now)
-        .next_update(now + dt.timedelta(days=1))
-        .sign(issuer.key, hashes.SHA256())
-    )
-    return crl.public_bytes(serialization.Encoding.DER)
-
-
 @functools.cache
 def pool() -> Pool:
     ca = TrustDomainCA("example.org", intermediate=True)
     other = TrustDomainCA("example.org")
     fed = TrustDomainCA("partner.test")
-    crl = _crl(ca)
-    svids = [svid_pb(ca, "spiffe://example.org/web", "web"), svid_pb(ca, "spiffe://example.org/db", "db")]
+    crl = make_crl(ca)
+    svids = [
+        svid_message(ca, "spiffe://example.org/web", "web"),
+        svid_message(ca, "spiffe://example.org/db", "db"),
+    ]
     x509_response = pb.X509SVIDResponse(svids=svids, crl=[crl], federated_bundles={fed.id: fed.bundle_der()})
     bundles = pb.X509BundlesResponse(crl=[crl], bundles={ca.id: ca.bundle_der(), fed.id: fed.bundle_der()})
     jwt_bundles = pb.JWTBundlesResponse(bundles={ca.id: ca.jwks_json(), fed.id: fed.jwks_json()})
     spare = (
         other.bundle_der(),
         fed.bundle_der(),
-        svid_pb(other, "spiffe://example.org/web").x509_svid,
-        svid_pb(other, "spiffe://example.org/web").x509_svid_key,
-        svid_pb(fed, "spiffe://partner.test/x").x509_svid,
+        svid_message(other, "spiffe://example.org/web").x509_svid,
+        svid_message(other, "spiffe://example.org/web").x509_svid_key,
+        svid_message(fed, "spiffe://partner.test/x").x509_svid,
         crl,
     )
     return Pool(ca, other, fed, x509_response, bundles, jwt_bundles, crl, spare, int(time.time()))

@@ -1,4 +1,4 @@
-"""Helpers for the reliability suite: sizing, independent checks of handed-out material, forging."""
+"""Helpers for the reliability suite: sizing, and independent checks of handed-out material."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from hypothesis import settings
 
-from spiffe_bridge._encoding import pem_block
-from spiffe_bridge._proto import workload_pb2 as pb
-from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats import X509Options, render_x509
 from spiffe_bridge.retry import Backoff
@@ -169,32 +166,3 @@ def pem_set_problems(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> lis
 def pem_specs(ctx: X509Context) -> list[FileSpec]:
     """spiffe-helper's three PEM files for the default SVID, as the pem format renders them."""
     return render_x509("pem", ctx, X509Options())
-
-
-# -- building (possibly hostile) Workload API messages ------------------------------------------
-
-
-def svid_pb(ca: TrustDomainCA, spiffe_id: str, hint: str = "", ttl: float = 3600) -> Any:
-    mat = ca.issue_x509_svid(spiffe_id, ttl=ttl, hint=hint)
-    return pb.X509SVID(
-        spiffe_id=spiffe_id,
-        x509_svid=mat.chain_der(),
-        x509_svid_key=mat.key_der(),
-        bundle=ca.bundle_der(),
-        hint=hint,
-    )
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def key_der(key: Any) -> bytes:
-    data: bytes = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return data
-
-
-def pem(label: str, data: bytes) -> bytes:
-    return pem_block(label, data)

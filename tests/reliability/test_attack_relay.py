@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _support.wait import wait_until
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.loglist import capped
@@ -72,7 +71,7 @@ def test_an_update_with_many_svids_logs_a_short_line(
     thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
     thread.start()
     try:
-        _wait_until(daemon.status.ready, "the sidecar's first write")
+        wait_until(daemon.status.ready, "the sidecar's first write")
     finally:
         daemon.request_stop()
         thread.join(10)
@@ -82,11 +81,3 @@ def test_an_update_with_many_svids_logs_a_short_line(
     assert len(lines) >= 2, [r.getMessage() for r in caplog.records]
     for line in lines:
         assert f"… and {MANY - 10} more" in line and len(line) < 1200, line
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from _support.ci import require
 
 from spiffe_bridge import socketfile
 from spiffe_bridge.devagent.server import DevAgent
@@ -43,10 +44,7 @@ print(json.dumps({"connect": "ok", "key": bool(svid.private_key)}))
 
 
 def _root_or_fail() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI=true: these tests must run as root to act as another user")
-        pytest.skip("needs root to act as uid 65534")
+    require(os.geteuid() == 0, "needs root to act as uid 65534")
 
 
 def attack(path: str) -> dict[str, object]:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_support import FAST, context_problems, pem_set_problems, pem_specs, scale, svid_pb
+from _support.pki import svid_message
+from reliability_support import FAST, context_problems, pem_set_problems, pem_specs, scale
 
 from spiffe_bridge import AsyncX509Source, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -37,7 +38,7 @@ def _rotating_sets(count: int) -> tuple[tuple[FileSpec, ...], ...]:
     for i in range(count):
         if i and i % 4 == 0:
             ca = TrustDomainCA("example.org", intermediate=True)
-        msg = pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")])
+        msg = pb.X509SVIDResponse(svids=[svid_message(ca, "spiffe://example.org/web")])
         sets.append(tuple(pem_specs(decode_x509_context(msg))))
     return tuple(sets)
 

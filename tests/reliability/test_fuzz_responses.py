@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _support.pki import der, key_der, svid_message
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from fuzz_material import (
@@ -35,7 +36,7 @@ from fuzz_material import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from reliability_support import FAST, context_problems, der, examples, key_der, svid_pb
+from reliability_support import FAST, context_problems, examples
 
 from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge._der import split_der
@@ -330,8 +331,8 @@ class Checked:
 
 def _sentinels() -> tuple[Any, Any]:
     p = pool()
-    a = pb.X509SVIDResponse(svids=[svid_pb(p.ca, "spiffe://example.org/sentinel-a")])
-    b = pb.X509SVIDResponse(svids=[svid_pb(p.ca, "spiffe://example.org/sentinel-b")])
+    a = pb.X509SVIDResponse(svids=[svid_message(p.ca, "spiffe://example.org/sentinel-a")])
+    b = pb.X509SVIDResponse(svids=[svid_message(p.ca, "spiffe://example.org/sentinel-b")])
     return a, b
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _support.pki import svid_message
 from cryptography import x509
-from reliability_support import pem_set_problems, pem_specs, svid_pb
+from reliability_support import pem_set_problems, pem_specs
 from sidecar_support import PEM_FILES, running, sidecar_config
 
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -53,7 +54,7 @@ NAMES = ("svid.pem", "svid_key.pem", "svid_bundle.pem")
 def _contexts() -> tuple[X509Context, ...]:
     ca = TrustDomainCA("example.org", intermediate=True)
     return tuple(
-        decode_x509_context(pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web")]))
+        decode_x509_context(pb.X509SVIDResponse(svids=[svid_message(ca, "spiffe://example.org/web")]))
         for _ in range(3)
     )
 

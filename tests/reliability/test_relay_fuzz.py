@@ -14,9 +14,10 @@ import os
 from typing import Any
 
 import pytest
+from _support.pki import svid_message
 from fuzz_material import hostile_x509_response, pool
 from hypothesis import given
-from reliability_support import FAST, context_problems, examples, svid_pb
+from reliability_support import FAST, context_problems, examples
 
 from spiffe_bridge import X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -57,7 +58,7 @@ def test_fuzz_through_the_relay(
     caplog.set_level("ERROR", logger="spiffe_bridge")  # a warning per invalid update is expected
     p = pool()
     sentinels = [
-        pb.X509SVIDResponse(svids=[svid_pb(p.ca, f"spiffe://example.org/sentinel-{n}")]) for n in "ab"
+        pb.X509SVIDResponse(svids=[svid_message(p.ca, f"spiffe://example.org/sentinel-{n}")]) for n in "ab"
     ]
     digests = [decode_x509_context(s).digest for s in sentinels]
     flip = [0]

@@ -10,7 +10,8 @@ import threading
 import time
 import tracemalloc
 
-from reliability_support import FAST, fd_count, rss_bytes, scale, svid_pb
+from _support.pki import svid_message
+from reliability_support import FAST, fd_count, rss_bytes, scale
 
 from spiffe_bridge import JWTSource, SourceStatus, WorkloadClient, X509Source
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -29,7 +30,7 @@ def _messages(count: int) -> list[bytes]:
     """Serialized X509SVIDResponses, pre-generated (one SVID each, so 10,000 decodes stay quick)."""
     ca = TrustDomainCA("example.org")
     return [
-        pb.X509SVIDResponse(svids=[svid_pb(ca, "spiffe://example.org/web", "web")]).SerializeToString()
+        pb.X509SVIDResponse(svids=[svid_message(ca, "spiffe://example.org/web", "web")]).SerializeToString()
         for _ in range(count)
     ]
 

@@ -1,6 +1,6 @@
 """Helpers for the sidecar tests: run the CLI as a subprocess and wait for observable events.
 
-Nothing here sleeps to synchronise: ``wait_until`` polls a condition (a file
+Nothing here sleeps to synchronise: tests poll with ``_support.wait.wait_until`` (a file
 appears, an HTTP endpoint answers, a line shows up in a child's record) and
 fails with a useful message when its deadline passes.
 """
@@ -19,7 +19,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +50,6 @@ RECORDER = textwrap.dedent(
         signal.pause()
     """
 )
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_helpers import lines, recorder, wait_until
+from _support.wait import wait_until
+from sidecar_helpers import lines, recorder
 
 from spiffe_bridge.sidecar.actions import (
     MAX_COMMAND_SECONDS,

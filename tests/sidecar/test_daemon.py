@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _support.wait import wait_until
 from cryptography import x509
-from sidecar_helpers import lines, wait_until
+from sidecar_helpers import lines
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import plan

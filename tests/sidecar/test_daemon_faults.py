@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.wait import wait_until
 from cryptography import x509
-from sidecar_helpers import free_port, health, http_get, wait_until, write_conf
+from sidecar_helpers import free_port, health, http_get, write_conf
 
 from spiffe_bridge import fileset
 from spiffe_bridge.devagent.server import DevAgent

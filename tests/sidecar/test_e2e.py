@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.wait import wait_until
 from cryptography import x509
 from sidecar_helpers import (
     free_port,
@@ -26,7 +27,6 @@ from sidecar_helpers import (
     recorder,
     run_once,
     sidecar,
-    wait_until,
     write_conf,
 )
 

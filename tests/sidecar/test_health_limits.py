@@ -7,7 +7,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from sidecar_helpers import http_get, wait_until
+from _support.wait import wait_until
+from sidecar_helpers import http_get
 
 from spiffe_bridge.health import HealthServer
 

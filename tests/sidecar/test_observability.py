@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.wait import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_helpers import check_exposition, free_port, http_get, sidecar, wait_until, write_conf
+from sidecar_helpers import check_exposition, free_port, http_get, sidecar, write_conf
 
 import spiffe_bridge
 from spiffe_bridge import logs

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _support.pki import svid_message
+from _support.wait import wait_until
 from tls_peers import CLIENT_ID, SERVER_ID, TLSServer, connect, exchange, serial_of
 
 from spiffe_bridge import credential_folder
@@ -33,14 +32,6 @@ from spiffe_bridge.x509context import X509Context
 DEADLINE = 20.0
 
 
-def until(condition: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 class Issuer:
     """Writes spiffe-fs folders for SVIDs of one CA (federated with ``partners``)."""
 
@@ -48,13 +39,7 @@ class Issuer:
         self.ca, self.partners = ca, partners
 
     def context(self, spiffe_id: str) -> X509Context:
-        mat = self.ca.issue_x509_svid(spiffe_id, ttl=3600, dns_names=("localhost",))
-        svid = pb.X509SVID(
-            spiffe_id=spiffe_id,
-            x509_svid=mat.chain_der(),
-            x509_svid_key=mat.key_der(),
-            bundle=self.ca.bundle_der(),
-        )
+        svid = svid_message(self.ca, spiffe_id, dns=("localhost",))
         federated = {p.id: p.bundle_der() for p in self.partners}
         return decode_x509_context(pb.X509SVIDResponse(svids=[svid], federated_bundles=federated))
 
@@ -125,7 +110,7 @@ def test_a_bad_folder_never_replaces_the_good_context(issuer: Issuer, tmp_path: 
                 FileSpec("example.org.spiffe-trust-bundle.pem", bundle, 0o644),
             ]
         )
-        until(lambda: source.state.rejected >= 1, "the broken folder to be rejected")
+        wait_until(lambda: source.state.rejected >= 1, "the broken folder to be rejected", DEADLINE)
         assert source.svid().leaf.serial_number == good
         assert "PRIVATE KEY" in str(source.last_error)
         rotated = issuer.write(tmp_path, SERVER_ID)

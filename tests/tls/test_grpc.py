@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from _support.pki import roots_pem
 from cryptography import x509
 from tls_peers import (
     CLIENT_ID,
@@ -20,7 +21,6 @@ from tls_peers import (
     connect,
     forge,
     material,
-    roots_pem,
     serial_of,
 )
 

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tls_peers import CLIENT_ID, SERVER_ID, forge, plain_context, roots_pem, serial_of
+from _support.pki import roots_pem
+from tls_peers import CLIENT_ID, SERVER_ID, forge, plain_context, serial_of
 
 from spiffe_bridge import AsyncX509Source
 from spiffe_bridge.devagent import DevAgent

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.pki import roots_pem
 from tls_peers import (
     CLIENT_ID,
     SERVER_ID,
@@ -21,7 +22,6 @@ from tls_peers import (
     material,
     plain_context,
     refused_by_server,
-    roots_pem,
     serial_of,
 )
 

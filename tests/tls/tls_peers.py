@@ -17,12 +17,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from _support.pki import certs_pem, issuer, key_pem
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from spiffe_bridge._encoding import pem_block
 from spiffe_bridge.devagent.ca import TrustDomainCA, X509SVIDMaterial
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls import peer_spiffe_id
@@ -45,14 +45,7 @@ class Material:
 
 
 def material(svid: X509SVIDMaterial) -> Material:
-    chain = b"".join(pem_block("CERTIFICATE", c.public_bytes(serialization.Encoding.DER)) for c in svid.chain)
-    return Material(chain, pem_block("PRIVATE KEY", svid.key_der()))
-
-
-def roots_pem(*cas: TrustDomainCA) -> bytes:
-    return b"".join(
-        pem_block("CERTIFICATE", r.public_bytes(serialization.Encoding.DER)) for ca in cas for r in ca.roots
-    )
+    return Material(certs_pem(svid.chain), key_pem(svid.private_key))
 
 
 def forge(
@@ -63,7 +56,7 @@ def forge(
     uris: list[str] | None = None,
 ) -> Material:
     """A leaf for ``spiffe_id`` signed by ``signer``'s real issuing key, whatever the ID's trust domain."""
-    issuer = signer._current_issuer()
+    issuer_cert, issuer_key = issuer(signer)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usage = x509.KeyUsage(True, False, True, False, True, False, False, False, False)
@@ -72,7 +65,7 @@ def forge(
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
-        .issuer_name(issuer.cert.subject)
+        .issuer_name(issuer_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=2))
@@ -81,14 +74,9 @@ def forge(
         .add_extension(usage, critical=True)
         .add_extension(eku, critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .sign(issuer.key, hashes.SHA256())
+        .sign(issuer_key, hashes.SHA256())
     )
-    chain = [cert, *signer.intermediates]
-    chain_pem = b"".join(pem_block("CERTIFICATE", c.public_bytes(serialization.Encoding.DER)) for c in chain)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return Material(chain_pem, key_pem)
+    return Material(certs_pem([cert, *signer.intermediates]), key_pem(key))
 
 
 def plain_context(

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _support.pki import der, key_der
 from tools_helpers import NOBODY, cli_as, need_root, run, run_json
 
 from spiffe_bridge._proto import workload_pb2 as pb
@@ -207,15 +207,12 @@ def test_permission_denied_as_nobody_names_nobody(dev_agent: Any) -> None:
 
 def _forged_response(agent: Any, **window: dt.datetime) -> Any:
     leaf, key = agent.ca.forge_leaf(uris=["spiffe://example.org/workload"], **window)
-    key_der = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     return pb.X509SVIDResponse(
         svids=[
             pb.X509SVID(
                 spiffe_id="spiffe://example.org/workload",
-                x509_svid=leaf.public_bytes(serialization.Encoding.DER),
-                x509_svid_key=key_der,
+                x509_svid=der(leaf),
+                x509_svid_key=key_der(key),
                 bundle=agent.ca.bundle_der(),
             )
         ]

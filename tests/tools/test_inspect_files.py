@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _support.pki import der, key_der
 from tools_helpers import context, pem_files, run, run_json, write_format, write_spiffe_fs
 
 from spiffe_bridge.formats import X509_FORMATS
@@ -110,11 +110,7 @@ def test_expired_leaf_from_the_agents_ca_fails(
         not_before=now - dt.timedelta(hours=2),
         not_after=now - dt.timedelta(hours=1),
     )
-    key_der = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    leaf_der = leaf.public_bytes(serialization.Encoding.DER)
-    pem_files(tmp_path, [leaf_der], key_der, [dev_agent.ca.bundle_der()])
+    pem_files(tmp_path, [der(leaf)], key_der(key), [dev_agent.ca.bundle_der()])
     code, doc = run_json(capsys, "inspect", str(tmp_path))
     assert code == 1
     assert any(f.startswith("leaf expired at") for f in failures(doc))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require
 
 from spiffe_bridge import WorkloadClient
 from spiffe_bridge._encoding import pem_block
@@ -104,8 +105,4 @@ def _nobody_problem() -> str:
 def need_root() -> None:
     """Tests that run the CLI as uid 65534 need root and setpriv; under CI a missing one fails."""
     problem = _nobody_problem()
-    if not problem:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(problem)
-    pytest.skip(problem)
+    require(not problem, problem)

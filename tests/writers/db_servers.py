@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from _support.ci import missing
 from cryptography import x509
 from writers_pki import free_port, openssl, wait_for_port
 
@@ -31,17 +31,11 @@ from writers_pki import free_port, openssl, wait_for_port
 WriteCerts = Callable[[Path, int, int], None]
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _account(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        _missing(f"no {name!r} user: run scripts/install-system-deps.sh")
+        missing(f"no {name!r} user: run scripts/install-system-deps.sh")
         raise
 
 
@@ -98,7 +92,7 @@ class Server:
 def _postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
     if not found:
-        _missing("PostgreSQL not installed: run scripts/install-system-deps.sh")
+        missing("PostgreSQL not installed: run scripts/install-system-deps.sh")
     return Path(found[-1]).parent
 
 
@@ -151,7 +145,7 @@ def mariadb_server(write_certs: WriteCerts) -> Iterator[Server]:
     server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or shutil.which("mysqld", path="/usr/sbin")
     installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if not server or not installer:
-        _missing("MariaDB not installed: run scripts/install-system-deps.sh")
+        missing("MariaDB not installed: run scripts/install-system-deps.sh")
     assert server and installer
     owner = _account("mysql")
     with _private_dir("spiffe-bridge-mariadb-", owner) as base:

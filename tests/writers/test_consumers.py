@@ -15,13 +15,14 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _support.ci import require_binary
+from _support.wait import wait_until
 from cryptography import x509
-from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
+from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
@@ -37,12 +38,12 @@ def _served_serial(port: int, cafile: Path, cert: Path, key: Path) -> int:
 def _wait_for_serial(
     port: int, cafile: Path, cert: Path, key: Path, serial: int, timeout: float = 20
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _served_serial(port, cafile, cert, key) == serial:
-            return
-        time.sleep(0.05)
-    pytest.fail("the server did not pick up the rotated certificate")
+    wait_until(
+        lambda: _served_serial(port, cafile, cert, key) == serial,
+        "the server to pick up the rotated certificate",
+        timeout,
+        interval=0.05,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require
 
 from spiffe_bridge.cli import main
 from spiffe_bridge.formats import X509_FORMATS
@@ -180,8 +181,7 @@ def test_a_socket_that_cannot_be_opened_fails_at_once(tmp_path: Path, command: s
     import sys
     import time
 
-    if os.geteuid() != 0:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("needs root to give a socket away")
+    require(os.geteuid() == 0, "needs root to give a socket away")
     # Another user's private socket; the command runs as root without CAP_DAC_OVERRIDE, so the
     # kernel refuses it as it would refuse any other user (Python itself lives under /root).
     sock_dir = tmp_path / "private"

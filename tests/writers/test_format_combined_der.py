@@ -5,15 +5,12 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from _support.pki import certs_pem, key_pem
 from cryptography.hazmat.primitives import serialization
 from writers_pki import Pki, openssl
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
-
-
-def pem(certs: object) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)  # type: ignore[attr-defined]
 
 
 def der(certs: object) -> bytes:
@@ -25,12 +22,10 @@ def test_combined_is_chain_then_key_with_key_mode(pki: Pki) -> None:
         f.name: f for f in render_x509("combined", pki.context(), X509Options(include_federated_domains=True))
     }
     issued = pki.issued[-1]
-    key_pem = issued.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    assert out["svid_combined.pem"].data == pem(issued.chain) + key_pem
+    key = key_pem(issued.private_key)
+    assert out["svid_combined.pem"].data == certs_pem(issued.chain) + key
     assert out["svid_combined.pem"].mode == 0o600
-    assert out["svid_bundle.pem"].data == pem(pki.ca.roots)
+    assert out["svid_bundle.pem"].data == certs_pem(pki.ca.roots)
     assert {n for n in out if n.startswith("federated/")} == {
         "federated/another.test.pem",
         "federated/partner.test.pem",

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from _support.pki import certs_pem
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from writers_pki import Pki
@@ -66,10 +67,6 @@ def spiffe_domains(context: dict[str, Any]) -> dict[str, bytes]:
     return {d["name"]: inline(d["trust_bundle"]) for d in typed["trust_domains"]}
 
 
-def pem(certs: Any) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
 def test_tls_certificate_secret(pki: Pki) -> None:
     docs = load(pki)
     doc, mode = docs["sds_tls_certificate.json"]
@@ -87,13 +84,13 @@ def test_validation_contexts_use_the_spiffe_validator(pki: Pki) -> None:
     docs = load(pki)
     rootca = only_secret(docs["sds_validation_context.json"][0])
     assert rootca["name"] == "ROOTCA" and set(rootca["validation_context"]) <= VALIDATION_CONTEXT
-    assert spiffe_domains(rootca["validation_context"]) == {"example.org": pem(pki.ca.roots)}
+    assert spiffe_domains(rootca["validation_context"]) == {"example.org": certs_pem(pki.ca.roots)}
     everything = only_secret(docs["sds_all_bundles.json"][0])
     assert everything["name"] == "ALL"
     assert spiffe_domains(everything["validation_context"]) == {
-        "another.test": pem(pki.federated[1].roots),
-        "example.org": pem(pki.ca.roots),
-        "partner.test": pem(pki.federated[0].roots),
+        "another.test": certs_pem(pki.federated[1].roots),
+        "example.org": certs_pem(pki.ca.roots),
+        "partner.test": certs_pem(pki.federated[0].roots),
     }
 
 
@@ -110,7 +107,7 @@ def test_plain_trusted_ca_and_custom_names(pki: Pki) -> None:
     bundle = only_secret(docs["bundle.json"][0])
     assert bundle["name"] == "bundle"
     assert set(bundle["validation_context"]) == {"trusted_ca"}
-    assert inline(bundle["validation_context"]["trusted_ca"]) == pem(pki.ca.roots)
+    assert inline(bundle["validation_context"]["trusted_ca"]) == certs_pem(pki.ca.roots)
 
 
 def test_output_is_stable_for_the_same_material(pki: Pki) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _support.ci import require_binary
+from _support.pki import certs_pem
+from cryptography import x509
 from writers_pki import Pki
 
 from spiffe_bridge.fileset import FileSetWriter
@@ -83,8 +85,8 @@ def parse_environment_file(text: str) -> dict[str, str]:
     return env
 
 
-def pem(certs: object) -> str:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs).decode()  # type: ignore[attr-defined]
+def pem(certs: Iterable[x509.Certificate]) -> str:
+    return certs_pem(certs).decode()
 
 
 def test_files_and_values(pki: Pki) -> None:
@@ -108,9 +110,7 @@ def test_legacy_socket_variable_on_request(pki: Pki) -> None:
 
 
 def test_shell_sourcing_gives_the_exact_pem(tmp_path: Path, pki: Pki) -> None:
-    bash = shutil.which("bash")
-    if not bash:
-        pytest.skip("bash not installed")
+    bash = require_binary("bash")
     FileSetWriter(tmp_path).write(render_x509("linkerd", pki.context(), OPTIONS))
     script = 'set -a; . "$1"; printf %s "$LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"'
     done = subprocess.run(

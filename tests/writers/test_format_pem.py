@@ -8,16 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from _support.pki import certs_pem, key_pem
 from writers_pki import Pki, client_context, openssl
 
 from spiffe_bridge.fileset import FileSetWriter, FileSpec
 from spiffe_bridge.formats import FormatError, X509Options, render_x509
 from spiffe_bridge.x509context import X509Context
-
-
-def pem(certs: object) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)  # type: ignore[attr-defined]
 
 
 def files(ctx: X509Context, **options: object) -> dict[str, FileSpec]:
@@ -30,12 +26,10 @@ def test_default_layout_is_spiffe_helpers(pki: Pki) -> None:
     out = files(ctx)
     assert list(out) == ["svid.pem", "svid_key.pem", "svid_bundle.pem"]
     # OpenSSL's PEM writer and Go's pem.Encode agree: 64 columns, newline after every line
-    assert out["svid.pem"].data == pem(issued.chain)
-    assert out["svid_key.pem"].data == issued.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    assert out["svid.pem"].data == certs_pem(issued.chain)
+    assert out["svid_key.pem"].data == key_pem(issued.private_key)
     assert out["svid_key.pem"].data.startswith(b"-----BEGIN PRIVATE KEY-----\n")
-    assert out["svid_bundle.pem"].data == pem(pki.ca.roots)
+    assert out["svid_bundle.pem"].data == certs_pem(pki.ca.roots)
     assert (out["svid.pem"].mode, out["svid_key.pem"].mode, out["svid_bundle.pem"].mode) == (
         0o644,
         0o600,
@@ -47,22 +41,24 @@ def test_add_intermediates_to_bundle_moves_them(pki: Pki) -> None:
     ctx = pki.context()
     issued = pki.issued[-1]
     out = files(ctx, add_intermediates_to_bundle=True)
-    assert out["svid.pem"].data == pem(issued.chain[:1])
-    assert out["svid_bundle.pem"].data == pem(pki.ca.roots) + pem(issued.chain[1:])
+    assert out["svid.pem"].data == certs_pem(issued.chain[:1])
+    assert out["svid_bundle.pem"].data == certs_pem(pki.ca.roots) + certs_pem(issued.chain[1:])
 
 
 def test_merged_federation_appends_other_domains_sorted(pki: Pki) -> None:
     out = files(pki.context(), include_federated_domains=True, federated_layout="merged")
     another, partner = sorted(pki.federated, key=lambda ca: ca.trust_domain)
-    assert out["svid_bundle.pem"].data == pem(pki.ca.roots) + pem(another.roots) + pem(partner.roots)
+    assert out["svid_bundle.pem"].data == certs_pem(pki.ca.roots) + certs_pem(another.roots) + certs_pem(
+        partner.roots
+    )
     assert not [n for n in out if n.startswith("federated/")]
 
 
 def test_federation_defaults_to_one_file_per_trust_domain(pki: Pki) -> None:
     out = files(pki.context(), include_federated_domains=True)
-    assert out["svid_bundle.pem"].data == pem(pki.ca.roots)
+    assert out["svid_bundle.pem"].data == certs_pem(pki.ca.roots)
     for ca in pki.federated:
-        assert out[f"federated/{ca.trust_domain}.pem"].data == pem(ca.roots)
+        assert out[f"federated/{ca.trust_domain}.pem"].data == certs_pem(ca.roots)
     assert not [n for n in files(pki.context()) if n.startswith("federated/")]
     custom = files(pki.context(), include_federated_domains=True, federated_dir="trust/others")
     assert "trust/others/partner.test.pem" in custom
@@ -72,17 +68,17 @@ def test_omit_expired_drops_expired_authorities(expiring_pki: Pki) -> None:
     ctx = expiring_pki.context()
     kept = files(ctx)["svid_bundle.pem"].data
     dropped = files(ctx, omit_expired=True)["svid_bundle.pem"].data
-    assert kept == pem(expiring_pki.ca.roots) + pem(expiring_pki.extra_roots)
-    assert dropped == pem(expiring_pki.ca.roots)
+    assert kept == certs_pem(expiring_pki.ca.roots) + certs_pem(expiring_pki.extra_roots)
+    assert dropped == certs_pem(expiring_pki.ca.roots)
 
 
 def test_svid_selection_by_hint_and_id(flat_pki: Pki) -> None:
     ctx = flat_pki.context("spiffe://example.org/a", "spiffe://example.org/b", hints=("first", "second"))
-    b_chain = pem(flat_pki.issued[-1].chain)
+    b_chain = certs_pem(flat_pki.issued[-1].chain)
     assert files(ctx, hint="second")["svid.pem"].data == b_chain
     assert files(ctx, spiffe_id="spiffe://example.org/b")["svid.pem"].data == b_chain
-    assert files(ctx)["svid.pem"].data == pem(flat_pki.issued[-2].chain)
-    assert files(ctx, hint="")["svid.pem"].data == pem(
+    assert files(ctx)["svid.pem"].data == certs_pem(flat_pki.issued[-2].chain)
+    assert files(ctx, hint="")["svid.pem"].data == certs_pem(
         flat_pki.issued[-2].chain
     )  # "" = default, like the helper
     with pytest.raises(FormatError, match="hint='nope'"):
@@ -113,7 +109,7 @@ def test_openssl_verifies_the_written_files(tmp_path: Path, pki: Pki, move: bool
         render_x509("pem", pki.context(), X509Options(add_intermediates_to_bundle=move))
     )
     leaf = tmp_path / "leaf.pem"
-    leaf.write_bytes(pem(pki.issued[-1].chain[:1]))
+    leaf.write_bytes(certs_pem(pki.issued[-1].chain[:1]))
     untrusted = [] if move else ["-untrusted", str(tmp_path / "svid.pem")]
     result = openssl(
         "verify", "-CAfile", str(tmp_path / "svid_bundle.pem"), *untrusted, str(leaf), check=False

@@ -6,8 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _support.ci import require_binary
 from cryptography.hazmat.primitives.serialization import pkcs12
-from writers_pki import Pki, openssl, require_binary
+from writers_pki import Pki, openssl
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509

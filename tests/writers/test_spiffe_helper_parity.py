@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.binaries import spire_bin_dir
 
 from spiffe_bridge import WorkloadClient
 from spiffe_bridge.fileset import FileSetWriter
@@ -26,22 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def helper_binary() -> Path:
-    candidates = []
-    if os.environ.get("SPIRE_BIN_DIR"):
-        candidates.append(Path(os.environ["SPIRE_BIN_DIR"]) / "spiffe-helper")
-    script = REPO / "scripts" / "install-spire.sh"
-    if script.exists():
-        done = subprocess.run(["bash", str(script), "--print-bin-dir"], capture_output=True, text=True)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode == 0 and lines:
-            candidates.append(Path(lines[-1]) / "spiffe-helper")
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    message = "spiffe-helper not built: run scripts/install-spire.sh"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    return spire_bin_dir("spiffe-helper") / "spiffe-helper"
 
 
 def run_helper(agent: Any, out: Path, **settings: object) -> None:

@@ -9,11 +9,11 @@ certificate while the server process stays the same.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _support.wait import wait_until
 from db_servers import Server, mariadb_server, postgres_server
 from writers_pki import Pki
 
@@ -31,11 +31,13 @@ def _writer(server_certs: Path, uid: int, gid: int) -> FileSetWriter:
 
 
 def _wait_serial(server: Server, starttls: str, serial: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while (served := server.served_serial(starttls)) != serial:
-        if time.monotonic() > deadline:
-            pytest.fail(f"server still serves {served}, not {serial}")
-        time.sleep(0.05)
+    wait_until(
+        lambda: server.served_serial(starttls) == serial,
+        f"the server to serve serial {serial}",
+        DEADLINE,
+        interval=0.05,
+        detail=lambda: f"it still serves {server.served_serial(starttls)}",
+    )
 
 
 @pytest.fixture(scope="module")

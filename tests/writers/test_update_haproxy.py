@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _support.ci import require_binary
+from _support.wait import wait_until
 from cryptography import x509
-from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
+from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSetWriter
@@ -125,11 +127,9 @@ class Load:
             worker.join(20)
 
     def wait_for_serial(self, serial: int) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while serial not in self.serials:
-            if time.monotonic() > deadline:
-                pytest.fail(f"the load never saw serial {serial}")
-            time.sleep(0.01)
+        wait_until(
+            lambda: serial in self.serials, f"the load to see serial {serial}", DEADLINE, interval=0.01
+        )
 
 
 def test_rotations_under_load_fail_no_request_and_keep_the_pid(

@@ -10,15 +10,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _support.ci import require_binary
+from _support.wait import wait_until
 from cryptography import x509
-from writers_pki import Pki, client_context, free_port, https_get, require_binary, wait_for_port
+from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updates, plan
@@ -41,15 +41,6 @@ frontend fe
     bind 127.0.0.1:{port} ssl crt {certs}/svid_combined.pem ca-file {certs}/svid_bundle.pem verify required
     http-request return status 200 content-type text/plain string "ok"
 """
-
-
-def until(condition: Any, what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def config_for(text: str, address: str = "unix:///tmp/none.sock") -> Config:
@@ -84,8 +75,14 @@ def test_reload_haproxy_after_each_write(
     with running(config_for(text, dev_agent.address)) as daemon:
         label = f"reload_haproxy unix://{admin}"
         # HAProxy is not up yet: the first update fails, is retried, then shows in the status
-        entry = until(lambda: daemon.status.snapshot()["hot_updates"].get(label), "the first update")
-        until(lambda: daemon.status.snapshot()["hot_updates"][label]["failures"] == 1, "a recorded failure")
+        entry = wait_until(
+            lambda: daemon.status.snapshot()["hot_updates"].get(label), "the first update", DEADLINE
+        )
+        wait_until(
+            lambda: daemon.status.snapshot()["hot_updates"][label]["failures"] == 1,
+            "a recorded failure",
+            DEADLINE,
+        )
         assert entry["action"] == "reload_haproxy"
         assert "admin.sock" in daemon.status.snapshot()["hot_updates"][label]["last_error"]
 
@@ -100,14 +97,18 @@ def test_reload_haproxy_after_each_write(
             context = client_context(certs / "svid_bundle.pem", cert, key)
             context.check_hostname = False  # the dev agent's SVID has no DNS name; the chain is verified
             # the failed first push is tried again without a new rotation, and now succeeds
-            until(lambda: daemon.status.snapshot()["hot_updates"][label]["last_error"] is None, "a retry")
+            wait_until(
+                lambda: daemon.status.snapshot()["hot_updates"][label]["last_error"] is None,
+                "a retry",
+                DEADLINE,
+            )
             rotated = dev_agent.rotate()[0].serial_number
 
             def served() -> bool:
                 _, leaf = https_get(port, context)
                 return x509.load_der_x509_certificate(leaf).serial_number == rotated
 
-            until(served, "HAProxy to serve the rotated SVID")
+            wait_until(served, "HAProxy to serve the rotated SVID", DEADLINE)
             snap = daemon.status.snapshot()["hot_updates"][label]
             # one or more failures before HAProxy came up, then the retry and the rotation succeeded
             assert snap["failures"] >= 1 and snap["last_error"] is None

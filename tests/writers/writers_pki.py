@@ -8,24 +8,20 @@ sidecar itself would accept.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.ci import require_binary
+from _support.pki import TTL, certs_pem, key_pem, message, self_signed_ca
+from _support.wait import wait_until
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from spiffe_bridge._encoding import pem_block
 from spiffe_bridge._proto import workload_pb2 as pb
 from spiffe_bridge.client import decode_x509_context
 from spiffe_bridge.devagent.ca import TrustDomainCA, X509SVIDMaterial, der_concat
@@ -34,20 +30,8 @@ from spiffe_bridge.x509context import X509Context
 
 def expired_root(name: str = "expired root") -> x509.Certificate:
     """A self-signed CA certificate whose validity ended yesterday."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=30))
-        .not_valid_after(now - dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed_ca(name, not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
 
 
 @dataclass
@@ -63,15 +47,9 @@ class Pki:
         return self.ca.bundle_der() + der_concat(self.extra_roots)
 
     def svid_message(self, spiffe_id: str, hint: str = "", dns: Sequence[str] = ()) -> Any:
-        mat = self.ca.issue_x509_svid(spiffe_id, ttl=3600, hint=hint, dns_names=dns)
+        mat = self.ca.issue_x509_svid(spiffe_id, ttl=TTL, hint=hint, dns_names=dns)
         self.issued.append(mat)
-        return pb.X509SVID(
-            spiffe_id=spiffe_id,
-            x509_svid=mat.chain_der(),
-            x509_svid_key=mat.key_der(),
-            bundle=self.bundle_der(),
-            hint=hint,
-        )
+        return message(mat, self.bundle_der())
 
     def response(self, *ids: str, hints: Sequence[str] = (), dns: Sequence[str] = ("localhost",)) -> Any:
         ids = ids or (f"spiffe://{self.ca.trust_domain}/workload",)
@@ -89,24 +67,13 @@ class Pki:
     def client_files(self, directory: Path, spiffe_id: str | None = None) -> tuple[Path, Path]:
         """Write a fresh client SVID (chain + key PEM) from the same CA; return (cert, key) paths."""
         sid = spiffe_id or f"spiffe://{self.ca.trust_domain}/client"
-        mat = self.ca.issue_x509_svid(sid, ttl=3600)
+        mat = self.ca.issue_x509_svid(sid, ttl=TTL)
         directory.mkdir(parents=True, exist_ok=True)
         cert = directory / "client.pem"
         key = directory / "client_key.pem"
-        cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mat.chain))
-        key.write_bytes(pem_block("PRIVATE KEY", mat.key_der()))
+        cert.write_bytes(certs_pem(mat.chain))
+        key.write_bytes(key_pem(mat.private_key))
         return cert, key
-
-
-def require_binary(name: str) -> str:
-    """Path of a consumer binary; fail under CI=true, else skip with how to install it."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
-    if found:
-        return found
-    message = f"{name} not installed: run scripts/install-system-deps.sh"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -146,14 +113,12 @@ def free_port() -> int:
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Block until something accepts on ``port``; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def accepts() -> bool:
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
             pytest.fail(f"{proc.args!r} exited with {proc.returncode}: {out}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    pytest.fail(f"nothing listened on port {port} within {timeout}s")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+
+    wait_until(accepts, f"something to listen on port {port}", timeout, ignore=(OSError,))
