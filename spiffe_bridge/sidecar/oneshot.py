@@ -45,7 +45,10 @@ log = logging.getLogger("spiffe_bridge.sidecar")
 BACKOFF = Backoff(initial=0.1, maximum=2.0)
 
 
-class _Interrupted(Exception):
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT while waiting; a BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way (a logging handler's, say) swallows it."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum

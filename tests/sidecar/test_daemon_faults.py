@@ -9,6 +9,7 @@ small file-descriptor limit (the last one as a real ``spiffe-bridge run`` subpro
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import select
@@ -247,3 +248,41 @@ def test_idle_health_connections_under_a_small_fd_limit_do_not_stop_rotation(
         proc.terminate()
         assert proc.wait(15) == 0
         log.close()
+
+
+def test_sigterm_during_a_log_write_still_ends_a_one_shot_run(tmp_path: Path) -> None:
+    """The interrupt raised by the SIGTERM handler was an Exception, which a logging handler swallows.
+
+    A SIGTERM that landed while the one-shot run was writing a log line (as right after
+    "waiting up to ..." under load) was lost: the run waited out its whole timeout.
+    """
+    from spiffe_bridge.sidecar.oneshot import OneShot
+
+    text = f'agent_address = "unix://{tmp_path}/none.sock"\ncert_dir = "{tmp_path}/certs"\n'
+    text += 'svid_file_name = "svid.pem"\nsvid_key_file_name = "key.pem"\nsvid_bundle_file_name = "b.pem"\n'
+    text += 'daemon_mode = false\none_shot_timeout = "10s"\n'
+    config = build(parse_text(text, "hcl"), environ={})
+    plans, _ = plan.build(config, {})
+
+    class SignalDuringFlush(logging.StreamHandler):  # type: ignore[type-arg]
+        def flush(self) -> None:
+            super().flush()
+            if "waiting up to" in self.last:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside emit()
+                self.last = ""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.last = record.getMessage()
+            super().emit(record)
+
+    handler = SignalDuringFlush(sys.stderr)
+    handler.last = ""
+    logger = logging.getLogger("spiffe_bridge.sidecar")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert OneShot(config, plans).run() == 128 + signal.SIGTERM
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
