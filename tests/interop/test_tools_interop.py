@@ -18,7 +18,7 @@ import pytest
 from interop_support import wait_for
 from spire import SpireDeployment
 
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 
 NOBODY = 65534
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 from spiffe_bridge.formats import X509_FORMATS
 
 

@@ -13,36 +13,16 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from spiffe_bridge.argtypes import duration, mode
+from spiffe_bridge.cli.argtypes import duration, host_port, mode, owner
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.listener import Listener
-from spiffe_bridge.relay.sockets import Owner
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 
 if TYPE_CHECKING:
     from spiffe_bridge.health import HealthServer
-
-
-def _owner(text: str) -> Owner:
-    try:
-        return Owner.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _health_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") if sep else "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT") from None
-    if not 0 <= number <= 65535 or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT")
-    return host, number
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--socket-owner",
-        type=_owner,
+        type=owner,
         default=None,
         metavar="UID[:GID]",
         help="socket owner and group, numbers or names (needs privileges)",
@@ -125,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--health-addr",
-        type=_health_addr,
+        type=host_port,
         default=None,
         metavar="[HOST:]PORT",
         help="serve /live, /ready and /metrics over HTTP here (HOST defaults to 127.0.0.1; off by default)",

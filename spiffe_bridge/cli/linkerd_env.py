@@ -36,19 +36,10 @@ log = logging.getLogger("spiffe_bridge.linkerd_env")
 RESTART_TIMEOUT = 120.0
 
 
-def _argv(text: str) -> list[str]:
-    try:
-        argv = shlex.split(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"cannot split {text!r}: {exc}") from None
-    if not argv:
-        raise argparse.ArgumentTypeError("the restart command is empty")
-    return argv
-
-
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``linkerd-env`` subcommand."""
-    from spiffe_bridge.fetch_cli import add_common, add_x509_selection
+    from spiffe_bridge.cli.argtypes import argv
+    from spiffe_bridge.cli.fetch import add_common, add_x509_selection
 
     p = subparsers.add_parser(
         "linkerd-env",
@@ -72,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--restart-command",
-        type=_argv,
+        type=argv,
         metavar="'CMD ARG...'",
         help="with --watch: run this argv after the env changed, e.g. "
         "'systemctl try-restart linkerd-proxy.service' (the proxy reads anchors only at start)",
@@ -82,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _options(args: argparse.Namespace, endpoint: str) -> X509Options:
     import dataclasses
 
-    from spiffe_bridge.fetch_cli import x509_options
+    from spiffe_bridge.cli.fetch import x509_options
 
     return dataclasses.replace(
         x509_options(args, endpoint),
@@ -107,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _once(args: argparse.Namespace) -> int:
     from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.cli.fetch import print_summary, write_files, x509_summary
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.fetch_cli import print_summary, write_files, x509_summary
     from spiffe_bridge.formats import linkerd, render_x509
 
     try:

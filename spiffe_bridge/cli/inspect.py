@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from spiffe_bridge.argtypes import duration
+from spiffe_bridge.cli.argtypes import duration
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,8 +51,8 @@ def _agent(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Inspect the agent or the paths; print text or JSON."""
+    from spiffe_bridge.cli.fetch import pkcs12_password
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.fetch_cli import pkcs12_password
     from spiffe_bridge.inspect.report import inspect_path, path_lines
 
     if bool(args.paths) == bool(args.address):
