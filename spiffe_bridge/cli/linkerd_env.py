@@ -5,35 +5,23 @@ on stdout, or with ``--write DIR`` write ``linkerd.env`` and ``trust_anchors.pem
 atomically. ``--workload-api-address`` is the socket the *proxy* will use (agent or
 relay); it defaults to ``--address``.
 
-``--watch`` (needs ``--write``): keep following the Workload API and rewrite the pair
-whenever the env file's content changes -- new trust anchors, or another SPIFFE ID
-for the chosen SVID. The proxy parses its trust anchors only at start, so each such
-change then runs ``--restart-command`` (an argv, split like a shell would but run
-without one), e.g. ``systemctl try-restart linkerd-proxy.service``. An SVID rotation
-alone changes nothing here: the proxy follows the Workload API stream itself.
+``--watch`` (needs ``--write``) is the sidecar (``spiffe-bridge run``) with one
+``linkerd`` output built from these flags: it follows the Workload API, rewrites the
+pair whenever it changes -- new trust anchors, or another SPIFFE ID for the chosen
+SVID -- and then runs ``--restart-command`` (the output's ``restart_command``: an
+argv, split like a shell would but run without one), e.g. ``systemctl try-restart
+linkerd-proxy.service``, since the proxy parses its trust anchors only at start. An
+SVID rotation alone changes nothing here: the proxy follows the Workload API itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
-import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from spiffe_bridge.formats import X509Options
-    from spiffe_bridge.model import X509Context
-
-log = logging.getLogger("spiffe_bridge.linkerd_env")
-
-#: Seconds the restart command may take before it is killed.
-RESTART_TIMEOUT = 120.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,112 +114,42 @@ def _once(args: argparse.Namespace) -> int:
         return 1
 
 
-class EnvKeeper:
-    """Writes the env file set for each update whose env text differs; restarts the proxy on changes.
-
-    The first write counts as a change only if an env file with other content was
-    already there (a proxy may be running with it); creating it is not.
-    """
-
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        options: X509Options,
-        restart: list[str] | None,
-        on_first_write: Callable[[], object] | None = None,
-    ) -> None:
-        from spiffe_bridge.fileset import FileSetWriter
-
-        self._args = args
-        self._options = options
-        self._restart = restart
-        self._on_first_write = on_first_write
-        self._writer = FileSetWriter(args.write, layout=args.layout)
-        self._last: bytes | None = None
-        self.restarts = 0
-
-    def update(self, ctx: X509Context) -> None:
-        """Called for each new X.509 context (on the source's subscriber thread)."""
-        from spiffe_bridge.errors import SpiffeBridgeError
-        from spiffe_bridge.formats import linkerd, render_x509
-
-        try:
-            env = linkerd.env_file(ctx, self._options)
-            if env == self._last:
-                return  # e.g. an SVID rotation: same ID, same anchors
-            previous = self._last if self._last is not None else self._on_disk()
-            self._writer.write(render_x509("linkerd", ctx, self._options))
-        except (SpiffeBridgeError, OSError) as exc:
-            log.error("linkerd-env: not written: %s", exc)
-            return
-        first, self._last = self._last is None, env
-        changed = previous is not None and previous != env
-        state = "created" if previous is None else "changed" if changed else "unchanged"
-        print(f"wrote {self._args.write}: {state}", flush=True)
-        if first and self._on_first_write is not None:
-            self._on_first_write()
-        if changed and self._restart:
-            self._run_restart()
-
-    def _on_disk(self) -> bytes | None:
-        try:
-            return (Path(self._args.write) / self._options.linkerd_env_file_name).read_bytes()
-        except OSError:
-            return None
-
-    def _run_restart(self) -> None:
-        assert self._restart is not None
-        self.restarts += 1
-        try:
-            done = subprocess.run(self._restart, capture_output=True, text=True, timeout=RESTART_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("linkerd-env: restart command %s failed: %s", self._restart, exc)
-            return
-        if done.returncode != 0:
-            log.error(
-                "linkerd-env: restart command %s exited %d: %s",
-                self._restart,
-                done.returncode,
-                done.stderr.strip(),
-            )
-            return
-        print(f"restarted: {shlex.join(self._restart)}", flush=True)
+def sidecar_config(args: argparse.Namespace, address: str) -> dict[str, Any]:
+    """The sidecar configuration ``--watch`` runs: one ``linkerd`` output restarting ``--restart-command``."""
+    output: dict[str, Any] = {
+        "format": "linkerd",
+        "dir": args.write,
+        "layout": args.layout,
+        "linkerd_server_name": args.server_name,
+        "linkerd_workload_api_address": args.workload_api_address or address,
+        "linkerd_legacy_socket_env": args.legacy_socket_env,
+        "cert_file_mode": f"{args.cert_file_mode:04o}",
+        "add_intermediates_to_bundle": args.add_intermediates_to_bundle,
+        "include_federated_domains": args.include_federated_domains,
+        "federated_layout": args.federated_layout,
+        "omit_expired": args.omit_expired,
+    }
+    output.update({k: v for k in ("hint", "spiffe_id") if (v := getattr(args, k))})
+    if args.restart_command:
+        output["restart_command"] = list(args.restart_command)
+    return {"agent_address": address, "outputs": [output]}
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from spiffe_bridge import X509Source
-    from spiffe_bridge.address import resolve
+    import json
+
+    from spiffe_bridge.address import ENV_VAR, resolve
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.sdnotify import notify
-    from spiffe_bridge.sources.state import SourceStatus
+    from spiffe_bridge.sidecar import config, plan
+    from spiffe_bridge.sidecar.runner import Daemon
 
-    stop = threading.Event()
-    failure: list[Exception | None] = []
-
-    def on_status(status: SourceStatus, exc: Exception | None) -> None:
-        if status is SourceStatus.FAILED:
-            failure.append(exc)
-            stop.set()
-
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            options = _options(args, resolve(args.address).uri)
-            source = X509Source(args.address, timeout=args.timeout)
-        except SpiffeBridgeError as exc:
-            print(f"spiffe-bridge linkerd-env: error: {exc}", file=sys.stderr)
-            return 1
-        with source:
-            source.state.add_status_listener(on_status)
-            keeper = EnvKeeper(args, options, args.restart_command, on_first_write=lambda: notify("READY=1"))
-            source.subscribe(keeper.update)
-            while not stop.wait(3600):
-                pass
-            notify("STOPPING=1")
-        if failure:
-            print(f"spiffe-bridge linkerd-env: error: {failure[0]}", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        address = resolve(args.address).uri
+        raw = config.parse_text(json.dumps(sidecar_config(args, address)), "json")
+        # the flags alone configure it: no SPIFFE_BRIDGE_* overrides from the environment
+        settings = config.build(raw, "linkerd-env --watch", environ={ENV_VAR: address})
+        plans, _ = plan.build(settings, {})
+    except SpiffeBridgeError as exc:  # ConfigError and AddressError among them
+        print(f"spiffe-bridge linkerd-env: error: {exc}", file=sys.stderr)
+        return 1
+    return Daemon(settings, plans).run()
