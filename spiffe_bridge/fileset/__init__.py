@@ -18,9 +18,9 @@ Nothing is ever written through an existing name, and nothing read back from the
 directory is trusted to lead anywhere: every name is resolved one component at a time
 from the directory's fd with ``O_NOFOLLOW``, so a planted link (or manifest) cannot make
 the writer (usually root) write, chmod or delete outside it. A symlink or hard link
-planted at a visible name (or a symlink where a flat-layout subdirectory belongs) is
-replaced, never followed, logged at WARNING and counted in
-:attr:`FileSetWriter.links_replaced`; a directory or special file there is refused with
+or special file (FIFO, socket, device) planted at a visible name (or a symlink where a
+flat-layout subdirectory belongs) is replaced, never followed or opened, logged at WARNING
+and counted in :attr:`FileSetWriter.links_replaced`; a directory there is refused with
 :class:`WriteError`. The previous set stays intact on every failure. One writer per
 directory (the sidecar's wiring guarantees it).
 

@@ -68,7 +68,11 @@ class OutputDir:
         return io.readlink(self.fd, name) == f"{DATA_LINK}/{name}"
 
     def check_target(self, name: str) -> None:
-        """Refuse a directory or special file at a visible name (links there get replaced)."""
+        """Refuse a directory at a visible name; links and special files there get replaced.
+
+        A rename over a FIFO, socket or device node opens nothing, so replacing one is as safe
+        as replacing a link; refusing it would let whoever planted it stop every write.
+        """
         try:
             pfd, base = io.open_parent(self.fd, name)
         except OSError:
@@ -81,16 +85,27 @@ class OutputDir:
             return
         if stat.S_ISDIR(st.st_mode):
             raise WriteError(self.path(name), "a directory is in the way; remove it", errno.EISDIR)
-        if not stat.S_ISREG(st.st_mode):
-            raise WriteError(self.path(name), "not a regular file; remove it", errno.EEXIST)
 
     def note_replaced(self, name: str, planted: str | None) -> None:
-        """Log and count a planted link the rename replaced (it was never followed)."""
+        """Log and count a planted link or special file the rename replaced (never followed or opened)."""
         if planted is None:
             return
         self.links_replaced += 1
         path = self.path(name)
-        log.warning("replaced %s at %s that spiffe-bridge did not create; it was not followed", planted, path)
+        log.warning(
+            "replaced %s at %s that spiffe-bridge did not create; it was neither followed nor opened",
+            planted,
+            path,
+        )
+
+
+#: How a replaced special file is named in the warning.
+_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def planted(pfd: int, base: str, ours: str | None) -> str | None:
@@ -104,6 +119,8 @@ def planted(pfd: int, base: str, ours: str | None) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         target = io.readlink(pfd, base)
         return None if target == ours else f"a symlink to {target!r}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"a {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}"
     if st.st_nlink > 1:
         return f"a file with {st.st_nlink} hard links"
     return None

@@ -87,7 +87,8 @@ OUTPUT_KEYS = (
         "Per-attempt timeout (seconds) of the `reload_*` actions above. They run on their own event loop "
         "thread: the daemon never waits for a server; a failure is logged, counted (`hot_updates` in the "
         "health JSON, `spiffe_bridge_hot_update_failures`) and tried again after 30 s (doubling up to "
-        "5 min) or with the next change, whichever comes first.",
+        "5 min) or with the next change, whichever comes first; a refusal no retry can mend (HAProxy: "
+        "an unknown certificate path) waits for the next change.",
         ours=True,
     ),
     Key(
@@ -245,7 +246,8 @@ class HotUpdater:
     Per update one run at a time; files arriving meanwhile replace each other, so a
     slow server gets only the newest set. A run that failed (the server was down, say)
     is tried again after ``RETRY_FIRST`` seconds, doubling up to ``RETRY_MAX``, unless
-    newer files came meanwhile. An asyncio daemon can ``await run(...)`` directly
+    newer files came meanwhile; one the server refused for good (``retryable`` False:
+    a bad path, say) waits for the next files instead. An asyncio daemon can ``await run(...)`` directly
     instead of using the thread.
     """
 
@@ -261,6 +263,7 @@ class HotUpdater:
         self._futures: list[Future[None]] = []
         self._generation: dict[HotUpdate, int] = {}
         self._retry_delay: dict[HotUpdate, float] = {}
+        self._retries: dict[HotUpdate, asyncio.TimerHandle] = {}
         #: restart_command: what each directory held before this run's first write into it
         self._before = {u: restart.names_in(u.directory) for u in self.updates if u.action == restart.ACTION}
 
@@ -298,7 +301,13 @@ class HotUpdater:
             future = asyncio.run_coroutine_threadsafe(self._drain(update), self._ensure_loop())
             self._futures = [f for f in self._futures if not f.done()] + [future]
 
+    def retry_pending(self, update: HotUpdate) -> bool:
+        """Whether a failed run of ``update`` is scheduled to be tried again."""
+        handle = self._retries.get(update)
+        return handle is not None and not handle.cancelled()
+
     def _retry(self, update: HotUpdate, files: Sequence[FileSpec], generation: int) -> None:
+        self._retries.pop(update, None)
         with self._lock:
             stale = self._generation.get(update) != generation or update in self._pending
         if not stale:  # newer files were handed over meanwhile: they are the ones to push
@@ -313,30 +322,39 @@ class HotUpdater:
                     self._busy.discard(update)
                     self._lock.notify_all()
                     return
-            if await self.run(update, files):
+            failure = await self._run(update, files)
+            if failure is None:
                 self._retry_delay.pop(update, None)
+                continue
+            if isinstance(failure, UpdateError) and not failure.retryable:
+                log.info("%s: not trying again until new files are written", update.label)
                 continue
             delay = self._retry_delay.get(update, RETRY_FIRST)
             self._retry_delay[update] = min(delay * 2, RETRY_MAX)
             log.info("%s: trying again in %gs", update.label, delay)
-            asyncio.get_running_loop().call_later(delay, self._retry, update, files, generation)
+            loop = asyncio.get_running_loop()
+            self._retries[update] = loop.call_later(delay, self._retry, update, files, generation)
 
     async def run(self, update: HotUpdate, files: Sequence[FileSpec]) -> bool:
         """Apply one update for this file set; records and logs the outcome, never raises."""
+        return await self._run(update, files) is None
+
+    async def _run(self, update: HotUpdate, files: Sequence[FileSpec]) -> Exception | None:
+        """``run``, returning the failure (None when the server took the files)."""
         try:
             await self._apply(update, {f.name: f.data for f in files})
         except UpdateError as exc:
             log.error("%s failed after %d attempt(s): %s", update.action, exc.attempts, exc.reason)
             self._record(update.action, update.label, str(exc))
-            return False
+            return exc
         except Exception as exc:  # a bug or an unexpected library error: keep the daemon going
             log.exception("%s failed", update.label)
             self._record(update.action, update.label, f"{type(exc).__name__}: {exc}")
-            return False
+            return exc
         if update.action != restart.ACTION:  # the command logged its own success
             log.info("%s: the server took the new credentials", update.label)
         self._record(update.action, update.label, None)
-        return True
+        return None
 
     async def _apply(self, update: HotUpdate, files: Mapping[str, bytes]) -> None:
         if update.action == restart.ACTION:

@@ -244,19 +244,40 @@ def test_version_named_symlink_to_outside_is_never_followed(scene: Scene) -> Non
         assert tree(scene.outside) == before_outside
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_non_file_planted_at_a_visible_name(scene: Scene, layout: str, kind: str) -> None:
+def test_fifo_planted_at_a_visible_name_is_replaced(
+    scene: Scene, layout: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO at a visible name used to be refused on every write: a permanent outage.
+
+    The rename replaces it without opening it (an open would block), like a planted link.
+    """
     writer = scene.writer(layout)
     writer.write(material(0))
     key = scene.out / "svid_key.pem"
     os.unlink(key)
-    if kind == "fifo":
-        os.mkfifo(key)
-    else:
-        key.mkdir()
-    with pytest.raises(WriteError, match=r"not a regular file|directory is in the way") as info:
-        writer.write(material(1))  # must not block on the FIFO either
+    os.mkfifo(key)
+    with caplog.at_level(logging.WARNING, logger="spiffe_bridge.fileset"):
+        writer.write(material(1))
+    assert_complete(scene.out, 1)
+    assert not stat.S_ISFIFO(os.stat(key).st_mode)
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert writer.links_replaced == 1
+    assert [r.getMessage() for r in caplog.records if "FIFO" in r.getMessage()] == [
+        f"replaced a FIFO at {key} that spiffe-bridge did not create; it was neither followed nor opened"
+    ]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_directory_planted_at_a_visible_name_is_refused(scene: Scene, layout: str) -> None:
+    """A directory may hold someone's data: the write is refused and the other files stay as they were."""
+    writer = scene.writer(layout)
+    writer.write(material(0))
+    key = scene.out / "svid_key.pem"
+    os.unlink(key)
+    key.mkdir()
+    with pytest.raises(WriteError, match=r"directory is in the way") as info:
+        writer.write(material(1))
     assert info.value.path == str(key)
     assert (scene.out / "svid.pem").read_bytes() == material(0)[0].data
 

@@ -25,6 +25,7 @@ from writers_pki import Pki, client_context, free_port, https_get, require_binar
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
+from spiffe_bridge.sidecar.hot_updates import HotUpdate, HotUpdater
 from spiffe_bridge.updaters import UpdateError, UpdatePolicy, haproxy
 
 pytestmark = [pytest.mark.consumers, pytest.mark.timeout(300)]
@@ -188,3 +189,30 @@ def test_errors_are_typed_and_bounded(server: tuple[HAProxy, Pki], tmp_path: Pat
     with pytest.raises(ValueError, match="unix:///path"):
         haproxy.Address.parse("http://x")
     assert str(haproxy.Address.parse("tcp://127.0.0.1:9999")) == "tcp://127.0.0.1:9999"
+
+
+def test_a_refused_update_waits_for_new_files_and_a_failed_one_is_retried(
+    server: tuple[HAProxy, Pki], tmp_path: Path
+) -> None:
+    """A path HAProxy's config does not use cannot start working: it used to be retried every 30-300 s."""
+    ha, _ = server
+    files = render_x509("combined", server[1].context(), X509Options())
+    policy = UpdatePolicy(timeout=2, attempts=1)
+
+    def update(target: str, cert_path: str) -> HotUpdate:
+        return HotUpdate("reload_haproxy", target, str(ha.certs), policy, "svid_combined.pem", "", cert_path)
+
+    refused = update(ha.address, str(tmp_path / "other.pem"))
+    unreachable = update(f"unix://{tmp_path}/missing.sock", str(ha.certs / "svid_combined.pem"))
+    outcomes: list[tuple[str, str | None]] = []
+    updater = HotUpdater([refused, unreachable], lambda _a, label, error: outcomes.append((label, error)))
+    try:
+        updater.after_write(str(ha.certs), files)
+        assert updater.wait_idle(DEADLINE)
+        assert sorted(label for label, error in outcomes if error) == sorted(
+            [refused.label, unreachable.label]
+        )
+        assert not updater.retry_pending(refused)
+        assert updater.retry_pending(unreachable)
+    finally:
+        updater.stop()
