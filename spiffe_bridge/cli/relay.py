@@ -22,7 +22,7 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 
 if TYPE_CHECKING:
-    from spiffe_bridge.health import HealthServer
+    pass
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -150,17 +150,6 @@ def _listeners(args: argparse.Namespace) -> list[Listener]:
     ]
 
 
-def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
-    # Imported only when asked for: http.server and friends cost the relay's start ~20 ms.
-    from spiffe_bridge.health import HealthServer
-    from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
-
-    reader = loop_stats(relay, asyncio.get_running_loop())
-    host, port = addr
-    metrics = render_metrics(reader)
-    return HealthServer(RelayHealth(reader), host=host, port=port, metrics_path="/metrics", metrics=metrics)
-
-
 async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -169,7 +158,10 @@ async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     health = None
     if health_addr is not None:
         try:
-            health = _start_health(relay, health_addr)  # binds now: a taken port fails before serving
+            # imported only when asked for: http.server and friends cost the relay's start ~20 ms
+            from spiffe_bridge.relay.health import health_server
+
+            health = health_server(relay, *health_addr)  # binds now: a taken port fails before serving
         except OSError as exc:
             print(f"relay: {exc.strerror}", file=sys.stderr)
             return 1

@@ -13,13 +13,13 @@ import re
 import shlex
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sidecar_helpers import wait_until
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updates, plan
@@ -31,12 +31,7 @@ DEADLINE = 30.0
 
 
 def until(condition: Any, what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
+    return wait_until(condition, what, DEADLINE)
 
 
 def config_for(address: str, out: Path, **extra: Any) -> Config:
