@@ -12,14 +12,11 @@ import json
 import re
 import shlex
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_helpers import wait_until
+from sidecar_helpers import in_process, wait_until
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updates, plan
@@ -42,21 +39,6 @@ def config_for(address: str, out: Path, **extra: Any) -> Config:
 
 def recorder(marker: Path) -> list[str]:
     return [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('restart\\n')", str(marker)]
-
-
-@contextmanager
-def running(config: Config) -> Iterator[Daemon]:
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-        assert codes == [0]
 
 
 def writes(daemon: Daemon, out: Path) -> int:
@@ -112,7 +94,7 @@ def test_restart_once_per_anchors_change_not_on_creation_or_rotation(
     dev_agent: DevAgent, tmp_path: Path
 ) -> None:
     out, marker = tmp_path / "identity", tmp_path / "restarts"
-    with running(config_for(dev_agent.address, out, restart_command=recorder(marker))) as daemon:
+    with in_process(config_for(dev_agent.address, out, restart_command=recorder(marker))) as daemon:
         until(lambda: writes(daemon, out) == 1 and (out / "linkerd.env").exists(), "the first write")
         first = (out / "linkerd.env").read_bytes()
 
@@ -138,14 +120,14 @@ def test_a_new_run_restarts_when_the_files_it_finds_differ(dev_agent: DevAgent, 
     """The sidecar restarted while the consumer kept running with files that are now stale."""
     out, marker = tmp_path / "identity", tmp_path / "restarts"
     config = config_for(dev_agent.address, out, restart_command=recorder(marker))
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         until(lambda: writes(daemon, out) == 1, "the first write")
-    with running(config) as daemon:  # same anchors: nothing written, nothing restarted
+    with in_process(config) as daemon:  # same anchors: nothing written, nothing restarted
         until(lambda: writes(daemon, out) == 1, "the first write of the second run")
         daemon.outputs.hot.wait_idle(DEADLINE)
     assert restarts(marker) == 0
     dev_agent.rotate_x509_bundle()  # while no sidecar runs
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         until(lambda: restarts(marker) == 1, "the restart for the stale files")
 
 
@@ -156,7 +138,7 @@ def test_a_failing_restart_is_counted_and_logged(
     out = tmp_path / "identity"
     command = [sys.executable, "-c", "import sys; sys.stderr.write('unit not found'); sys.exit(5)"]
     config = config_for(dev_agent.address, out, restart_command=command)
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         until(lambda: writes(daemon, out) == 1, "the first write")
         dev_agent.rotate_x509_bundle(keep_previous=True)
         until(lambda: hot(daemon, command).get("failures") == 1, "the failure")
