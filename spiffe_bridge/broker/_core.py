@@ -1,4 +1,8 @@
-"""What the sync and async Broker API clients share: address, agent authorizer, calls, errors."""
+"""What the sync and async Broker API clients share: address, agent authorizer, setup, calls, errors.
+
+``BrokerLink`` is the setup both build first (endpoint, our TLS context, the
+tunnel, the core); ``BrokerLinkMixin`` is what both read from it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge.address import Endpoint, parse
 from spiffe_bridge.broker.reference import Reference
+from spiffe_bridge.broker.tunnel import TlsTunnel
 from spiffe_bridge.client._core import ClientCore, ErrorCallback, StreamSpec
 from spiffe_bridge.errors import (
     AddressError,
@@ -22,8 +27,10 @@ from spiffe_bridge.errors import (
     WorkloadNotFoundError,
 )
 from spiffe_bridge.retry import Backoff
+from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId, TrustDomain
 from spiffe_bridge.tls.authorize import Authorizer, PeerRefusedError, authorize_id, authorize_member_of
+from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context
 
 #: Where the endpoint is looked up when no address is given (SPIFFE_Broker_Endpoint.md §4).
 ENV_VAR = "SPIFFE_BROKER_SOCKET"
@@ -62,6 +69,15 @@ def agent_authorizer(agent: AgentSpec) -> Authorizer:
     if isinstance(agent, Authorizer):
         return agent
     raise TypeError(f"agent must be a SPIFFE ID, a trust domain or an authorizer, not {type(agent).__name__}")
+
+
+def broker_ssl_context(
+    source: X509SourceLike, agent: AgentSpec, spiffe_id: str | SpiffeId | None, hint: str | None
+) -> SpiffeSSLContext:
+    """Client TLS for the Broker endpoint: our SVID (by ID or hint) following ``source``, ALPN h2."""
+    context = client_ssl_context(source, agent_authorizer(agent), spiffe_id=spiffe_id, svid_hint=hint)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 class BrokerCore(ClientCore):
@@ -157,3 +173,52 @@ def tls_error(endpoint: Endpoint, cause: Exception, code: grpc.StatusCode | None
     else:
         message = f"no mutual TLS with the Broker endpoint at {endpoint}: {type(cause).__name__}: {cause}"
     return BrokerTlsError(message, code=code, details=str(cause))
+
+
+class BrokerLink:
+    """What both clients set up before their channel: endpoint, TLS context, tunnel (not started), core.
+
+    A failed tunnel connection is reported to ``on_error`` as a ``BrokerTlsError``.
+    """
+
+    def __init__(
+        self,
+        address: str | None,
+        source: X509SourceLike,
+        *,
+        agent: AgentSpec,
+        spiffe_id: str | SpiffeId | None,
+        hint: str | None,
+        backoff: Backoff | None,
+        timeout: float | None,
+        on_error: ErrorCallback | None,
+    ) -> None:
+        endpoint = resolve(address)
+        self.context = broker_ssl_context(source, agent, spiffe_id, hint)
+        self.tunnel = TlsTunnel(endpoint, self.context, on_error=self._tunnel_error)
+        self.core = BrokerCore(
+            endpoint,
+            backoff=backoff,
+            timeout=timeout,
+            on_error=on_error,
+            tls_error=lambda: self.tunnel.last_error,
+        )
+
+    def _tunnel_error(self, exc: Exception) -> None:
+        if self.core.on_error is not None:
+            self.core.report(tls_error(self.core.endpoint, exc))
+
+
+class BrokerLinkMixin:
+    """What both clients read from their ``BrokerLink``."""
+
+    _link: BrokerLink
+
+    @property
+    def agent_id(self) -> SpiffeId | None:
+        """The SPIFFE ID the endpoint last authenticated as (None before the first connection)."""
+        return self._link.tunnel.peer
+
+    @property
+    def _broker(self) -> BrokerCore:
+        return self._link.core

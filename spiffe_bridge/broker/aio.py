@@ -11,12 +11,10 @@ import grpc.aio
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
-from spiffe_bridge.broker._core import AgentSpec, BrokerCore, resolve, tls_error
-from spiffe_bridge.broker.lifetime import ProcessExit
-from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
-from spiffe_bridge.broker.sync import broker_ssl_context
-from spiffe_bridge.broker.tunnel import TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
+from spiffe_bridge.broker._core import AgentSpec, BrokerLink, BrokerLinkMixin
+from spiffe_bridge.broker.lifetime import ends_on_exit
+from spiffe_bridge.broker.reference import Reference, as_reference
+from spiffe_bridge.client._core import ErrorCallback, StreamSpec
 from spiffe_bridge.client.aio import AsyncStreamingClient
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.protocols import X509SourceLike
@@ -25,7 +23,7 @@ from spiffe_bridge.spiffeid import SpiffeId
 T = TypeVar("T")
 
 
-class AsyncBrokerClient(AsyncStreamingClient):
+class AsyncBrokerClient(BrokerLinkMixin, AsyncStreamingClient):
     """asyncio SPIFFE Broker API client; use ``async with``. The TLS tunnel runs on the caller's loop.
 
     Arguments as for ``BrokerClient``; ``source`` may be an ``AsyncX509Source``.
@@ -43,60 +41,36 @@ class AsyncBrokerClient(AsyncStreamingClient):
         timeout: float | None = 30.0,
         on_error: ErrorCallback | None = None,
     ) -> None:
-        endpoint = resolve(address)
-        self._context = broker_ssl_context(source, agent, spiffe_id, hint)
-        self._tunnel = TlsTunnel(endpoint, self._context, on_error=self._tunnel_error)
-        self._starting = asyncio.Lock()
-        super().__init__(
-            BrokerCore(
-                endpoint,
-                backoff=backoff,
-                timeout=timeout,
-                on_error=on_error,
-                tls_error=lambda: self._tunnel.last_error,
-            )
+        self._link = BrokerLink(
+            address,
+            source,
+            agent=agent,
+            spiffe_id=spiffe_id,
+            hint=hint,
+            backoff=backoff,
+            timeout=timeout,
+            on_error=on_error,
         )
-
-    def _tunnel_error(self, exc: Exception) -> None:
-        if self._core.on_error is not None:
-            self._core.report(tls_error(self._core.endpoint, exc))
-
-    @property
-    def agent_id(self) -> SpiffeId | None:
-        """The SPIFFE ID the endpoint last authenticated as (None before the first connection)."""
-        return self._tunnel.peer
+        self._starting = asyncio.Lock()
+        super().__init__(self._link.core)
 
     async def _ready(self) -> Any:
         async with self._starting:
             if self._channel is None and not self._closed.is_set():
-                await self._tunnel.start()
+                await self._link.tunnel.start()
         return await super()._ready()
 
     def _open(self) -> tuple[grpc.aio.Channel, Any]:
-        channel = grpc.aio.insecure_channel(self._tunnel.grpc_target, options=self._core.channel_options)
+        channel = grpc.aio.insecure_channel(self._link.tunnel.grpc_target, options=self._core.channel_options)
         return channel, bpb_grpc.APIStub(channel)  # type: ignore[no-untyped-call]
 
     async def _watch_ref(
         self, spec: Callable[[Reference], StreamSpec[T]], ref: Reference, on_error: ErrorCallback | None
     ) -> AsyncIterator[T]:
         """Watch; for a PID the watch ends with WorkloadExitedError when the process exits."""
-        if not isinstance(ref, WorkloadPIDReference):
-            async for item in self._watch(spec(ref), on_error):
-                yield item
-            return
-        stop = StopSignal()
-        exited = ProcessExit(ref.pid, asyncio.get_running_loop(), stop)
-        exited.start()
-        try:
+        with ends_on_exit(ref, asyncio.get_running_loop()) as stop:
             async for item in self._watch(spec(ref), on_error, stop):
                 yield item
-        finally:
-            exited.close()
-
-    @property
-    def _broker(self) -> BrokerCore:
-        assert isinstance(self._core, BrokerCore)
-        return self._core
 
     async def fetch_x509_context(
         self, workload: Reference | int, timeout: float | None = None
@@ -166,5 +140,5 @@ class AsyncBrokerClient(AsyncStreamingClient):
     async def close(self) -> None:
         """Cancel streams, close the channel and the tunnel, stop following the source."""
         await super().close()
-        await self._tunnel.close()
-        self._context.close()
+        await self._link.tunnel.close()
+        self._link.context.close()

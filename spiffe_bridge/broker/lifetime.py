@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterator
 
+from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference
 from spiffe_bridge.client._core import StopSignal
 from spiffe_bridge.errors import WorkloadExitedError
 
@@ -58,3 +60,21 @@ class ProcessExit:
             self._loop.call_soon_threadsafe(self._release)
         except RuntimeError:  # the loop is closed: nothing watches the fd any more
             self._release()
+
+
+@contextlib.contextmanager
+def ends_on_exit(ref: Reference, loop: asyncio.AbstractEventLoop) -> Iterator[StopSignal | None]:
+    """For a PID reference, a stop signal fired when that process exits, watched on ``loop``.
+
+    None for other references (nothing to watch): what both clients' watches pass on.
+    """
+    if not isinstance(ref, WorkloadPIDReference):
+        yield None
+        return
+    stop = StopSignal()
+    exited = ProcessExit(ref.pid, loop, stop)
+    exited.start()
+    try:
+        yield stop
+    finally:
+        exited.close()

@@ -9,30 +9,20 @@ import grpc
 
 from spiffe_bridge import jwt, model
 from spiffe_bridge._proto import brokerapi_pb2_grpc as bpb_grpc
-from spiffe_bridge.broker._core import AgentSpec, BrokerCore, agent_authorizer, resolve, tls_error
-from spiffe_bridge.broker.lifetime import ProcessExit
-from spiffe_bridge.broker.reference import Reference, WorkloadPIDReference, as_reference
-from spiffe_bridge.broker.tunnel import LoopThread, TlsTunnel
-from spiffe_bridge.client._core import ErrorCallback, StopSignal, StreamSpec
+from spiffe_bridge.broker._core import AgentSpec, BrokerLink, BrokerLinkMixin
+from spiffe_bridge.broker.lifetime import ends_on_exit
+from spiffe_bridge.broker.reference import Reference, as_reference
+from spiffe_bridge.broker.tunnel import LoopThread
+from spiffe_bridge.client._core import ErrorCallback, StreamSpec
 from spiffe_bridge.client.sync import StreamingClient
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
-from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context
 
 T = TypeVar("T")
 
 
-def broker_ssl_context(
-    source: X509SourceLike, agent: AgentSpec, spiffe_id: str | SpiffeId | None, hint: str | None
-) -> SpiffeSSLContext:
-    """Client TLS for the Broker endpoint: our SVID (by ID or hint) following ``source``, ALPN h2."""
-    context = client_ssl_context(source, agent_authorizer(agent), spiffe_id=spiffe_id, svid_hint=hint)
-    context.set_alpn_protocols(["h2"])
-    return context
-
-
-class BrokerClient(StreamingClient):
+class BrokerClient(BrokerLinkMixin, StreamingClient):
     """A SPIFFE Broker API client: fetches and watches the identity of a *referenced* workload.
 
     ``source`` supplies this broker's own SVID (an ``X509Source`` on the Workload
@@ -54,35 +44,25 @@ class BrokerClient(StreamingClient):
         timeout: float | None = 30.0,
         on_error: ErrorCallback | None = None,
     ) -> None:
-        endpoint = resolve(address)
-        self._context = broker_ssl_context(source, agent, spiffe_id, hint)
-        self._tunnel = TlsTunnel(endpoint, self._context, on_error=self._tunnel_error)
-        self._loop = LoopThread("spiffe-bridge-broker-tunnel")
-        try:
-            self._loop.run(self._tunnel.start())
-        except BaseException:
-            self._loop.stop()
-            self._context.close()
-            raise
-        core = BrokerCore(
-            endpoint,
+        self._link = link = BrokerLink(
+            address,
+            source,
+            agent=agent,
+            spiffe_id=spiffe_id,
+            hint=hint,
             backoff=backoff,
             timeout=timeout,
             on_error=on_error,
-            tls_error=lambda: self._tunnel.last_error,
         )
-        channel = grpc.insecure_channel(self._tunnel.grpc_target, options=core.channel_options)
-        super().__init__(core, channel, bpb_grpc.APIStub(channel))  # type: ignore[no-untyped-call]
-
-    def _tunnel_error(self, exc: Exception) -> None:
-        core: BrokerCore | None = getattr(self, "_core", None)
-        if core is not None and core.on_error is not None:
-            core.report(tls_error(core.endpoint, exc))
-
-    @property
-    def agent_id(self) -> SpiffeId | None:
-        """The SPIFFE ID the endpoint last authenticated as (None before the first connection)."""
-        return self._tunnel.peer
+        self._loop = LoopThread("spiffe-bridge-broker-tunnel")
+        try:
+            self._loop.run(link.tunnel.start())
+        except BaseException:
+            self._loop.stop()
+            link.context.close()
+            raise
+        channel = grpc.insecure_channel(link.tunnel.grpc_target, options=link.core.channel_options)
+        super().__init__(link.core, channel, bpb_grpc.APIStub(channel))  # type: ignore[no-untyped-call]
 
     # -- X.509 ----------------------------------------------------------------------------
 
@@ -157,21 +137,8 @@ class BrokerClient(StreamingClient):
         self, spec: Callable[[Reference], StreamSpec[T]], ref: Reference, on_error: ErrorCallback | None
     ) -> Iterator[T]:
         """Watch; for a PID the watch ends with WorkloadExitedError when the process exits."""
-        if not isinstance(ref, WorkloadPIDReference):
-            yield from self.watch(spec(ref), on_error)
-            return
-        stop = StopSignal()
-        exited = ProcessExit(ref.pid, self._loop.loop, stop)
-        exited.start()
-        try:
+        with ends_on_exit(ref, self._loop.loop) as stop:
             yield from self.watch(spec(ref), on_error, stop)
-        finally:
-            exited.close()
-
-    @property
-    def _broker(self) -> BrokerCore:
-        assert isinstance(self._core, BrokerCore)
-        return self._core
 
     def close(self) -> None:
         """Cancel streams, close the channel and the tunnel, stop following the source."""
@@ -179,7 +146,7 @@ class BrokerClient(StreamingClient):
             return
         super().close()
         try:
-            self._loop.run(self._tunnel.close(), timeout=10)
+            self._loop.run(self._link.tunnel.close(), timeout=10)
         finally:
             self._loop.stop()
-            self._context.close()
+            self._link.context.close()

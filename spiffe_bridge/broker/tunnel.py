@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from spiffe_bridge.address import Endpoint
 from spiffe_bridge.spiffeid import SpiffeId
-from spiffe_bridge.tls.ssl_context import peer_spiffe_id
+from spiffe_bridge.tls.ssl_connection import peer_spiffe_id
 
 log = logging.getLogger("spiffe_bridge.broker")
 

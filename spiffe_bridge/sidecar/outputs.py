@@ -55,20 +55,25 @@ class Outputs:
         tokens: Mapping[str, JwtSvid],
         bundles: JwtBundleSet | None,
         workloads: Mapping[int, X509Context | None] | None = None,
+        *,
+        own: bool = True,
     ) -> tuple[bool, list[str]]:
         """Render and write every directory (no fsync); (anything changed, failed directories).
 
         A broker-mode plan (``plan.workload`` set) is rendered from ``workloads[plan.workload]``,
         never from the bridge's own ``ctx``; without a context there it is left as it is.
+        ``own`` False leaves the bridge's own outputs alone (its identity was withdrawn).
         """
         changed, failed = False, []
         for plan, writer in self.writers:
+            if plan.workload is None and not own:
+                continue
             if plan.workload is not None:
-                own = (workloads or {}).get(plan.workload)
-                if own is None:
+                theirs = (workloads or {}).get(plan.workload)
+                if theirs is None:
                     continue  # not ready: the status says why (the runner recorded it)
                 material: tuple[X509Context | None, Mapping[str, JwtSvid], JwtBundleSet | None]
-                material = (own, {}, None)
+                material = (theirs, {}, None)
             else:
                 material = (ctx, tokens, bundles)
             started = time.monotonic()
@@ -103,10 +108,16 @@ class Outputs:
                 msg = "could not fsync %s (files in place, maybe not on disk): %s"
                 log.error(msg, plan.directory, exc, extra={"dir": plan.directory, "error": str(exc)})
 
-    async def remove_all(self) -> None:
-        """Delete every output's files (the ``delete`` identity-lost policy)."""
+    async def remove_own(self) -> None:
+        """Delete the bridge's own outputs' files (the ``delete`` identity-lost policy).
+
+        A broker-mode output holds another workload's identity, which the bridge losing its
+        own does not withdraw: those files stay and keep being renewed.
+        """
         await self.settled()
         for plan, writer in self.writers:
+            if plan.workload is not None:
+                continue
             try:
                 writer.remove()
             except OSError as exc:

@@ -228,7 +228,8 @@ class Config:
         "keep",
         "What to do when the agent withdraws the identity mid-stream (`PermissionDenied`, e.g. the "
         "registration entry was deleted): `keep` the files (ready until they expire), `delete` every "
-        "output file (not ready; rewritten when the identity returns), or keep them but report `unready`.",
+        "output file of the bridge's own identity (not ready; rewritten when it returns; a broker-mode "
+        "output holds its workload's identity and stays), or keep them but report `unready`.",
         ours=True,
         choices=("keep", "delete", "unready"),
     )

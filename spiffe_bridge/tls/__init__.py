@@ -48,20 +48,15 @@ if TYPE_CHECKING:
         authorize_member_of,
         authorize_one_of,
     )
-    from spiffe_bridge.tls.grpc_credentials import (
+    from spiffe_bridge.tls.grpc_channel import SpiffeChannel
+    from spiffe_bridge.tls.grpc_credentials import grpc_channel_credentials, grpc_server_credentials
+    from spiffe_bridge.tls.grpc_interceptors import (
         AioSpiffeServerInterceptor,
-        SpiffeChannel,
         SpiffeServerInterceptor,
-        grpc_channel_credentials,
         grpc_peer_spiffe_id,
-        grpc_server_credentials,
     )
-    from spiffe_bridge.tls.ssl_context import (
-        SpiffeSSLContext,
-        client_ssl_context,
-        peer_spiffe_id,
-        server_ssl_context,
-    )
+    from spiffe_bridge.tls.ssl_connection import peer_spiffe_id
+    from spiffe_bridge.tls.ssl_context import SpiffeSSLContext, client_ssl_context, server_ssl_context
 else:
     __getattr__, __dir__ = lazy_exports(
         globals(),
@@ -81,15 +76,14 @@ else:
                 "SpiffeSSLContext",
                 "server_ssl_context",
                 "client_ssl_context",
-                "peer_spiffe_id",
             ],
-            ".grpc_credentials": [
-                "grpc_server_credentials",
-                "grpc_channel_credentials",
+            ".ssl_connection": ["peer_spiffe_id"],
+            ".grpc_credentials": ["grpc_server_credentials", "grpc_channel_credentials"],
+            ".grpc_interceptors": [
                 "SpiffeServerInterceptor",
-                "SpiffeChannel",
                 "AioSpiffeServerInterceptor",
                 "grpc_peer_spiffe_id",
             ],
+            ".grpc_channel": ["SpiffeChannel"],
         },
     )

@@ -19,25 +19,15 @@ callback swapping ``ssl_object.context``). Per-connection settings (verify
 mode, protocol versions, options, client ALPN, SNI callback) still come from
 the facade; certificate, key and trust come from the snapshot.
 
-How peers are authorized. OpenSSL verifies the peer's chain (signatures,
-validity period, CA constraints) against the union of all bundles. When the
-handshake completes, our socket classes check, in the same ``do_handshake``
-call, that the peer's leaf is an SVID whose chain is anchored in the bundle of
-*its own* trust domain (a federated root cannot vouch for another domain's
-IDs), then run the authorizer. A refusal raises ``PeerRefusedError`` (an
-``ssl.SSLCertVerificationError``) from ``do_handshake``: blocking sockets are
-closed, and asyncio treats it as a failed handshake (the connection callback
-never runs; ``open_connection`` raises). Reads and writes on a connection that
-was not authorized raise too, so nothing can bypass the check.
+How peers are authorized (after the chain check OpenSSL does, by SPIFFE ID and
+per trust domain) and how a connection picks up its snapshot is
+:mod:`.ssl_connection`; ``peer_spiffe_id`` reads the verdict.
 """
 
 from __future__ import annotations
 
-import _ssl
-import asyncio
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,130 +36,13 @@ from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls._follow import Follower
 from spiffe_bridge.tls._keyfiles import PrivateKeyDir
-from spiffe_bridge.tls._peer import verify_peer
-from spiffe_bridge.tls.authorize import Authorizer, PeerRefusedError
+from spiffe_bridge.tls.authorize import Authorizer
+from spiffe_bridge.tls.ssl_connection import Snapshot, SnapshotContext
 
 Configure = Callable[[ssl.SSLContext], None]
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """One rotation's worth of material, loaded into its own never-mutated SSLContext."""
-
-    context: ssl.SSLContext
-    x509: X509Context
-    svid: X509Svid
-
-
-def _c_sslobj(conn: ssl.SSLSocket | ssl.SSLObject) -> Any:
-    """The ``_ssl._SSLSocket`` behind a socket or object (holds the OpenSSL ``SSL*``)."""
-    return conn._sslobj  # type: ignore[union-attr]
-
-
-def _ders(certs: Sequence[Any] | None) -> list[bytes]:
-    return [c.public_bytes(_ssl.ENCODING_DER) for c in certs or ()]
-
-
-class _Handshake:
-    """Per-connection state shared by the socket and BIO classes (class-level defaults:
-    the stdlib ``_create`` constructors bypass ``__init__``)."""
-
-    _spiffe_owner: SpiffeSSLContext | None = None
-    _spiffe_snapshot: _Snapshot | None = None
-    _spiffe_peer: SpiffeId | None = None
-    _spiffe_refusal: PeerRefusedError | None = None
-
-    def _spiffe_start(self, context: ssl.SSLContext, sslobj: Any) -> SpiffeSSLContext | None:
-        """Before the first handshake step: remember the facade, attach its newest snapshot."""
-        if self._spiffe_owner is None and isinstance(context, SpiffeSSLContext):
-            snapshot = context._snapshot()
-            sslobj.context = snapshot.context
-            self._spiffe_owner, self._spiffe_snapshot = context, snapshot
-        return self._spiffe_owner
-
-    def _spiffe_finish(self, sslobj: Any) -> None:
-        """After the handshake: verify and authorize the peer once; remember a refusal."""
-        owner, snapshot = self._spiffe_owner, self._spiffe_snapshot
-        if self._spiffe_peer is not None or owner is None or snapshot is None:
-            return
-        try:
-            self._spiffe_peer = owner._authorize(sslobj, snapshot)
-        except PeerRefusedError as exc:
-            self._spiffe_refusal = exc
-            raise
-
-    def _spiffe_pending(self) -> bool:
-        """True while the handshake (and authorization) is still to be done; re-raises a refusal."""
-        if self._spiffe_refusal is not None:
-            raise self._spiffe_refusal
-        return self._spiffe_peer is None
-
-
-class _SpiffeSSLSocket(_Handshake, ssl.SSLSocket):
-    """``SSLSocket`` that takes the newest snapshot and authorizes the peer in ``do_handshake``."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        """Handshake with the newest SVID and bundles, then verify and authorize the peer."""
-        sslobj = _c_sslobj(self)
-        if sslobj is not None:
-            self._spiffe_start(self.context, sslobj)
-        super().do_handshake(block)
-        try:
-            self._spiffe_finish(sslobj)
-        except PeerRefusedError:
-            self.close()
-            raise
-
-    def _spiffe_guard(self) -> None:
-        if self._spiffe_pending() and _c_sslobj(self) is not None:
-            self.do_handshake()
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        """Read, running (and authorizing) the handshake first if it has not happened."""
-        self._spiffe_guard()
-        return super().read(len, buffer)
-
-    def write(self, data: Any) -> int:
-        """Write, running (and authorizing) the handshake first if it has not happened."""
-        self._spiffe_guard()
-        return super().write(data)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        """Send, running (and authorizing) the handshake first if it has not happened."""
-        self._spiffe_guard()
-        return super().send(data, flags)
-
-
-class _SpiffeSSLObject(_Handshake, ssl.SSLObject):
-    """``SSLObject`` (memory BIO, used by asyncio and anyio) with the same guarantees.
-
-    Its ``context`` property reports the attached snapshot once the handshake
-    started, so the facade is remembered in ``_spiffe_owner`` before that.
-    """
-
-    def do_handshake(self) -> None:
-        """Handshake with the newest SVID and bundles, then verify and authorize the peer."""
-        sslobj = _c_sslobj(self)
-        self._spiffe_start(self.context, sslobj)
-        super().do_handshake()
-        self._spiffe_finish(sslobj)
-
-    def _spiffe_guard(self) -> None:
-        if self._spiffe_pending():
-            self.do_handshake()
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        """Read, running (and authorizing) the handshake first if it has not happened."""
-        self._spiffe_guard()
-        return super().read(len, buffer)
-
-    def write(self, data: Any) -> int:
-        """Write, running (and authorizing) the handshake first if it has not happened."""
-        self._spiffe_guard()
-        return super().write(data)
-
-
-class SpiffeSSLContext(ssl.SSLContext):
+class SpiffeSSLContext(SnapshotContext):
     """An ``ssl.SSLContext`` presenting the source's current SVID and trusting its current bundles.
 
     Create it with ``server_ssl_context`` or ``client_ssl_context``. Every new
@@ -178,9 +51,6 @@ class SpiffeSSLContext(ssl.SSLContext):
     any time and applies to new handshakes. Hostname checking is off (SPIFFE
     peers are identified by the URI SAN) and the peer is always verified.
     """
-
-    sslsocket_class = _SpiffeSSLSocket
-    sslobject_class = _SpiffeSSLObject
 
     def __new__(
         cls,
@@ -216,13 +86,13 @@ class SpiffeSSLContext(ssl.SSLContext):
             configure(self)
         self._keys = PrivateKeyDir(key_dir_parent)
         try:
-            self._follower: Follower[_Snapshot] = Follower(source, self._build, "ssl context")
+            self._follower: Follower[Snapshot] = Follower(source, self._build, "ssl context")
         except BaseException:
             self._keys.close()
             raise
 
     # ----- the per-rotation snapshot -----
-    def _build(self, x509: X509Context) -> _Snapshot:
+    def _build(self, x509: X509Context) -> Snapshot:
         svid = x509.svid(hint=self._svid_hint, spiffe_id=self._svid_id)
         protocol = ssl.PROTOCOL_TLS_SERVER if self.server_side else ssl.PROTOCOL_TLS_CLIENT
         context = ssl.SSLContext(protocol)
@@ -235,24 +105,10 @@ class SpiffeSSLContext(ssl.SSLContext):
             context.set_ciphers(self._ciphers)
         if self._configure is not None:
             self._configure(context)
-        return _Snapshot(context, x509, svid)
+        return Snapshot(context, x509, svid)
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self) -> Snapshot:
         return self._follower.current[1]
-
-    def _authorize(self, sslobj: Any, snapshot: _Snapshot) -> SpiffeId:
-        leaf = sslobj.getpeercert(True)
-        if not leaf:
-            raise PeerRefusedError("peer presented no certificate")
-        verified = _ders(sslobj.get_verified_chain()) if hasattr(sslobj, "get_verified_chain") else []
-        sent = _ders(sslobj.get_unverified_chain()) if hasattr(sslobj, "get_unverified_chain") else []
-        if sent and sent[0] == leaf:
-            sent = sent[1:]
-        peer_id = verify_peer(
-            leaf, snapshot.x509.bundles, intermediates_der=sent, verified_chain_der=verified or None
-        )
-        self.authorizer(peer_id)
-        return peer_id
 
     # ----- what the user sees -----
     @property
@@ -317,7 +173,7 @@ class SpiffeSSLContext(ssl.SSLContext):
             self._refresh()
 
     def _refresh(self) -> None:
-        follower: Follower[_Snapshot] | None = getattr(self, "_follower", None)
+        follower: Follower[Snapshot] | None = getattr(self, "_follower", None)
         if follower is not None:
             follower.refresh()
 
@@ -407,23 +263,3 @@ def client_ssl_context(
         configure=configure,
         key_dir_parent=key_dir_parent,
     )
-
-
-def peer_spiffe_id(
-    connection: ssl.SSLSocket | ssl.SSLObject | asyncio.StreamWriter | asyncio.BaseTransport,
-) -> SpiffeId:
-    """The authorized peer's SPIFFE ID of a connection made with a ``SpiffeSSLContext``.
-
-    Accepts the TLS socket, the ``ssl_object``, or an asyncio writer/transport.
-    LookupError when the connection has no authorized SPIFFE peer (yet).
-    """
-    target: object = connection
-    if isinstance(connection, asyncio.StreamWriter | asyncio.BaseTransport):
-        target = connection.get_extra_info("ssl_object")
-    peer = getattr(target, "_spiffe_peer", None)
-    if not isinstance(peer, SpiffeId):
-        raise LookupError(
-            "no authorized SPIFFE peer on this connection (not TLS, handshake not finished, "
-            "or its context does not come from spiffe_bridge.tls)"
-        )
-    return peer

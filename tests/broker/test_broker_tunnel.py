@@ -17,9 +17,9 @@ import pytest
 
 from spiffe_bridge.address import parse
 from spiffe_bridge.broker import KubernetesObjectReference, TlsTunnel, WorkloadPIDReference, agent_authorizer
-from spiffe_bridge.broker._core import resolve
+from spiffe_bridge.broker._core import broker_ssl_context, resolve
 from spiffe_bridge.broker.reference import as_reference
-from spiffe_bridge.broker.sync import BrokerClient, broker_ssl_context
+from spiffe_bridge.broker.sync import BrokerClient
 from spiffe_bridge.devagent import DevAgent, Identity
 from spiffe_bridge.devagent.pytest_plugin import DevAgentFactory
 from spiffe_bridge.errors import AddressError, BrokerTlsError
@@ -193,7 +193,7 @@ async def test_client_names_the_refused_agent(source: X509Source, endpoint: Fake
         ) as client:
             with pytest.raises(BrokerTlsError, match="is not the authorized agent") as info:
                 client.fetch_x509_context(os.getpid())
-            return info.value, client._tunnel.last_error
+            return info.value, client._link.tunnel.last_error
 
     error, cause = await asyncio.to_thread(fetch)  # the fake endpoint runs on this loop
     assert AGENT_ID in str(error)

@@ -150,3 +150,58 @@ outputs = [
     finally:
         for entry in (web, web_new, db):
             d.delete_entry(entry)
+
+
+def test_the_bridge_losing_its_own_identity_deletes_only_its_own_files(
+    broker_spire: SpireDeployment, tmp_path: Path
+) -> None:
+    """``on_identity_lost = "delete"`` is about the bridge's identity: a workload's files are the workload's.
+
+    It used to delete every output, so the agent withdrawing the bridge's entries also took the
+    SVIDs of workloads whose own entries stood.
+    """
+    d = broker_spire
+    web = d.create_entry("/wl/lost-nginx", selectors=["unix:uid:1025"])
+    own_ids = {d.spiffe_id(BROKER_PATH), d.spiffe_id(NOT_A_BROKER_PATH)}
+    health = Health()
+    dirs = {name: tmp_path / name for name in ("nginx", "own")}
+    withdrawn: list[Any] = []
+    try:
+        with workload(1025) as nginx:
+            conf = tmp_path / "broker.conf"
+            conf.write_text(
+                f"""agent_address = "{d.workload_api_address}"
+on_identity_lost = "delete"
+broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+{health.hcl}
+outputs = [
+  {{ format = "pem", dir = "{dirs["nginx"]}", workload_pid = {nginx.pid} }},
+  {{ format = "pem", dir = "{dirs["own"]}" }},
+]
+"""
+            )
+            with sidecar(["-config", str(conf)], tmp_path) as proc:
+                wait_for(lambda: _holds(dirs["nginx"], web.spiffe_id), "nginx's SVID", DEADLINE)
+                wait_for(lambda: (dirs["own"] / "svid.pem").exists(), "the bridge's own SVID", DEADLINE)
+                held = (dirs["nginx"] / "svid.pem").read_bytes()
+
+                for entry in [e for e in d.entries if e.spiffe_id in own_ids]:
+                    d.delete_entry(entry)
+                    withdrawn.append(entry)
+                wait_for(
+                    lambda: health.body().get("identity") == "lost", "the bridge's identity lost", DEADLINE
+                )
+                wait_for(lambda: not (dirs["own"] / "svid.pem").exists(), "own files deleted", DEADLINE)
+                assert (dirs["nginx"] / "svid.pem").read_bytes() == held, proc.log
+                assert spiffe_id_of(_cert(dirs["nginx"])) == web.spiffe_id
+                assert "removed the bridge's own output files" in proc.log
+                assert proc.stop() == 0, proc.log
+    finally:
+        d.delete_entry(web)
+        for entry in withdrawn:  # the module's deployment gets its broker identities back
+            d.create_entry(entry.spiffe_id, hint=entry.hint)
+        if withdrawn:
+            d.wait_for_svids()

@@ -24,7 +24,7 @@ from spire import SpireDeployment
 from spiffe_bridge import model
 from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge.broker import AsyncBrokerClient, BrokerClient, TlsTunnel, WorkloadPIDReference
-from spiffe_bridge.broker.sync import broker_ssl_context
+from spiffe_bridge.broker._core import broker_ssl_context
 from spiffe_bridge.broker.tunnel import LoopThread
 from spiffe_bridge.errors import (
     BrokerTlsError,
@@ -173,7 +173,7 @@ def test_broker_missing_from_allow_list_is_refused(broker_spire: SpireDeployment
         with pytest.raises(BrokerTlsError) as info:
             client.fetch_x509_context(w.pid, timeout=5)
         # the agent refused us at the TLS layer; we did not refuse it
-        assert not isinstance(client._tunnel.last_error, PeerNotAuthorizedError)
+        assert not isinstance(client._link.tunnel.last_error, PeerNotAuthorizedError)
         assert "no mutual TLS" in str(info.value)
         assert "allow-list" in str(info.value)
 
@@ -186,7 +186,7 @@ def test_agent_that_is_not_the_authorized_one_is_refused(
         with workload(1005) as w, _client(d, source, agent=agent) as client:
             with pytest.raises(BrokerTlsError, match="is not the authorized agent") as info:
                 client.fetch_x509_context(w.pid, timeout=5)
-            assert isinstance(client._tunnel.last_error, PeerNotAuthorizedError)
+            assert isinstance(client._link.tunnel.last_error, PeerNotAuthorizedError)
             assert client.agent_id is None
             assert "not authorized" in str(info.value)
 

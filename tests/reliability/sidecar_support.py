@@ -37,7 +37,7 @@ class Published:
     def __init__(self, daemon: Daemon) -> None:
         self.cond = threading.Condition()
         self.count = 0
-        original = daemon._publish
+        original = daemon.publisher.publish
 
         async def publish(kind: str, paths: list[str]) -> None:
             await original(kind, paths)
@@ -45,7 +45,7 @@ class Published:
                 self.count += 1
                 self.cond.notify_all()
 
-        daemon._publish = publish  # type: ignore[method-assign]
+        daemon.publisher.publish = publish  # type: ignore[method-assign]
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
         with self.cond:
