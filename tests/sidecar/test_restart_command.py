@@ -12,11 +12,12 @@ import json
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_helpers import in_process, wait_until
+from sidecar_helpers import in_process
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updates, plan
@@ -28,7 +29,13 @@ DEADLINE = 30.0
 
 
 def until(condition: Any, what: str) -> Any:
-    return wait_until(condition, what, DEADLINE)
+    """Poll ``condition`` until it is truthy (fail after DEADLINE)."""
+    deadline = time.monotonic() + DEADLINE
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return value
 
 
 def config_for(address: str, out: Path, **extra: Any) -> Config:
