@@ -2,6 +2,6 @@
 
 import sys
 
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 
 sys.exit(main())

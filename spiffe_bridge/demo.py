@@ -9,9 +9,7 @@ and exits 0. The files it leaves are ready for nginx.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -30,28 +28,6 @@ BUNDLE_ONLY = ("linkerd", "bundle-map")
 SPIFFE_ID = "spiffe://example.org/demo/web"
 #: The socket the printed next step starts a dev agent on.
 NEXT_SOCKET = "/tmp/spiffe-bridge-dev.sock"
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register the ``demo`` subcommand."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the dev agent and write every format into a directory",
-        description="Start a stand-in Workload API agent (the embedded dev agent, not SPIRE) on a "
-        "temporary socket, run the real sidecar against it with every output format, force one "
-        "rotation and check that every file set switched atomically and verifies.",
-    )
-    parser.add_argument(
-        "--dir", default="spiffe-bridge-demo", help="output directory (default ./%(default)s)"
-    )
-    parser.add_argument("--verbose", action="store_true", help="show the sidecar's log")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 when every check passed."""
-    if getattr(args, "log_level", None) is None:  # the CLI set up logging; --verbose picks the level
-        logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
-    return Demo(Path(args.dir).resolve()).run()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Human durations ("30s", "5m", "1h30m", "250ms") in seconds, as every command-line option takes them."""
+"""Human durations ("30s", "5m", "1h30m", "250ms") in seconds, as every option and config key takes them."""
 
 from __future__ import annotations
 

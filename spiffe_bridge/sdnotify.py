@@ -3,7 +3,7 @@
 One datagram to ``$NOTIFY_SOCKET`` (a path, or ``@name`` in the abstract
 namespace); without that variable (not started by systemd) nothing happens.
 The sidecar says READY=1 once the first complete set of files is on disk, the
-relay once its socket is served, ``linkerd-env --watch`` once the file exists.
+relay once its socket is served (``linkerd-env --watch`` is the sidecar).
 """
 
 from __future__ import annotations

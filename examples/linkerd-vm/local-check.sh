@@ -123,7 +123,7 @@ env_cmd=$(exec_start linkerd-identity.service | sed -e "s#systemctl try-restart 
 eval "set -- $env_cmd"
 start linkerd-env "$@"
 ENV_FILE=$WORK/run/linkerd-identity/linkerd.env
-wait_for "linkerd.env" grep -q "^wrote" "$WORK/linkerd-env.log"
+wait_for "linkerd.env" grep -q "wrote [0-9]* files to" "$WORK/linkerd-env.log"
 
 value() { bash -c 'set -a; . "$1"; printf %s "${!2}"' _ "$ENV_FILE" "$1"; }
 [ "$(value LINKERD2_PROXY_IDENTITY_SERVER_ID)" = "$WORKLOAD" ] || fail "SERVER_ID"

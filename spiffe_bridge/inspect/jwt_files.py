@@ -13,6 +13,7 @@ from spiffe_bridge.formats import JwtOptions
 from spiffe_bridge.inspect._read import ReadError, read_bytes
 from spiffe_bridge.inspect.detect import Found
 from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.spiffeid import TrustDomain
 
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
@@ -81,3 +82,18 @@ def jwks_bundle(data: bytes, trust_domain: str, what: str) -> dict[TrustDomain, 
         return {td: JwtBundle.parse(td, data)}
     except SpiffeBridgeError as exc:
         raise ReadError(f"{what}: {exc}") from None
+
+
+def load_bundles(path: str, token: str) -> JwtBundleSet:
+    """JWT bundles from a JWKS or spiffe-helper bundle file (ReadError when it is neither)."""
+    data = read_bytes(path)
+    try:
+        is_jwks = isinstance(json.loads(data), dict) and "keys" in json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ReadError(f"{path}: not valid JSON") from None
+    if not is_jwks:
+        return JwtBundleSet(helper_jwt_bundles(data, path), b"")
+    name = os.path.basename(path).removesuffix(".json")
+    if "." not in name:  # not named after a trust domain: the token's own
+        name = JwtSvid.parse_insecure(token).spiffe_id.trust_domain.name
+    return JwtBundleSet(jwks_bundle(data, name, path), b"")

@@ -1,4 +1,4 @@
-"""Reports for ``inspect``: found material plus verdicts as a dict, and the same as text lines."""
+"""Reports for ``inspect``: what the agent serves, or found material and verdicts, as dicts and text lines."""
 
 from __future__ import annotations
 
@@ -12,12 +12,33 @@ from spiffe_bridge.inspect.checks import Finding, check, leaf_id, token_header
 from spiffe_bridge.inspect.describe import (
     describe_bundle,
     describe_chain,
+    describe_context,
     describe_jwt_bundles,
     describe_jwt_svid,
 )
 from spiffe_bridge.inspect.detect import OWN, Found, detect_directory
 from spiffe_bridge.inspect.sniff import detect_file
 from spiffe_bridge.jwtsvid import JwtSvid
+
+
+def inspect_agent(address: str | None, timeout: float) -> dict[str, Any]:
+    """What the Workload API at ``address`` serves: ``{address, svids, bundles, jwt_bundles}``."""
+    from spiffe_bridge import WorkloadClient
+    from spiffe_bridge.errors import UnimplementedError
+
+    with WorkloadClient(address, timeout=timeout) as client:
+        ctx = client.fetch_x509_context(timeout=timeout)
+        try:
+            jwt_bundles = client.fetch_jwt_bundles(timeout=timeout)
+        except UnimplementedError:  # an X.509-only Workload API: nothing to show
+            jwt_bundles = None
+        endpoint = client.endpoint
+    return {"address": endpoint, **describe_context(ctx, jwt_bundles)}
+
+
+def agent_lines(report: Mapping[str, Any]) -> list[str]:
+    """:func:`inspect_agent`'s report as text lines."""
+    return [f"Workload API {report['address']}", *material_lines(report)]
 
 
 def inspect_path(

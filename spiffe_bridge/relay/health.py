@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spiffe_bridge import promtext
-from spiffe_bridge.health import MetricsRenderer
+from spiffe_bridge.health import HealthServer, MetricsRenderer
 from spiffe_bridge.promtext import Family
 from spiffe_bridge.relay.core import AsyncRelay
 from spiffe_bridge.relay.feed import Kind
@@ -119,3 +119,14 @@ def render_metrics(stats: StatsReader) -> MetricsRenderer:
         return promtext.render(families(stats())), promtext.CONTENT_TYPE
 
     return render
+
+
+def health_server(relay: AsyncRelay, host: str, port: int) -> HealthServer:
+    """A bound (not yet started) server of ``/live``, ``/ready`` and ``/metrics`` for ``relay``.
+
+    Call it on the relay's event loop: the stats are read there.
+    """
+    reader = loop_stats(relay, asyncio.get_running_loop())
+    return HealthServer(
+        RelayHealth(reader), host=host, port=port, metrics_path="/metrics", metrics=render_metrics(reader)
+    )

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from spiffe_bridge.argtypes import parse_mode
+from spiffe_bridge.filemode import parse_mode
 from spiffe_bridge.relay import sockets
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.sockets import DEFAULT_MODE, Owner

@@ -252,46 +252,49 @@ class RunCommand:
     """``reload_command``: an argv run to completion after each change (no shell), killed after ``timeout``.
 
     Starting it (fork/exec, via vfork) is the only synchronous part; its exit is awaited.
+    ``what`` names the command in its log records (an output's ``restart_command`` runs one too).
     """
 
-    def __init__(self, argv: Sequence[str], timeout: float = 30.0) -> None:
+    def __init__(self, argv: Sequence[str], timeout: float = 30.0, what: str = "reload_command") -> None:
         if not argv:
-            raise ValueError("reload_command needs at least the program")
+            raise ValueError(f"{what} needs at least the program")
         self.argv = list(argv)
         self.timeout = min(timeout, MAX_COMMAND_SECONDS) if timeout > 0 else MAX_COMMAND_SECONDS
+        self.what = what
 
     async def after_write(self, first: bool, changed: bool) -> bool:
-        if not changed:
-            return True
-        fields: dict[str, Any] = {"reload_command": self.argv[0]}
+        return not changed or await self.run() is None
+
+    async def run(self) -> str | None:
+        """Run the command once and log the outcome; None on success, else why it failed."""
+        name, what = self.argv[0], self.what.replace("_", " ")
+        fields: dict[str, Any] = {self.what: name}
         started = time.monotonic()
         try:  # only the spawn is synchronous; the wait is awaited
             proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: ASYNC220
         except OSError as exc:
-            log.error("cannot run reload command %s: %s", self.argv[0], exc, extra=fields)
-            return False
+            log.error("cannot run %s %s: %s", what, name, exc, extra=fields)
+            return f"cannot run {name}: {exc}"
         output = await Output.attach(proc)
         try:
             async with asyncio.timeout(self.timeout):
                 code = await wait_exit(proc)
         except TimeoutError:
-            await stop(proc, 0.0, self.argv[0])
+            await stop(proc, 0.0, name)
             fields.update(self._fields(await output.finish(), started, None))
-            log.error(
-                "reload command %s timed out after %gs (killed)", self.argv[0], self.timeout, extra=fields
-            )
-            return False
+            log.error("%s %s timed out after %gs (killed)", what, name, self.timeout, extra=fields)
+            return f"timed out after {self.timeout:g}s (killed)"
         except asyncio.CancelledError:  # shutting down: do not leave it running
             output.close()
-            await stop(proc, 0.0, self.argv[0])
+            await stop(proc, 0.0, name)
             raise
         fields.update(self._fields(await output.finish(), started, code))
         if code != 0:
             said = f"; stderr: {fields['stderr'][:200]!r}" if fields["stderr"] else ""
-            log.error("reload command %s exited with code %d%s", self.argv[0], code, said, extra=fields)
-            return False
-        log.info("reload command %s succeeded", self.argv[0], extra=fields)
-        return True
+            log.error("%s %s exited with code %d%s", what, name, code, said, extra=fields)
+            return f"exited with code {code}"
+        log.info("%s %s succeeded", what, name, extra=fields)
+        return None
 
     @staticmethod
     def _fields(output: tuple[str, str], started: float, code: int | None) -> dict[str, Any]:

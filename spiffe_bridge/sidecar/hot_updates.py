@@ -1,7 +1,8 @@
 """Typed per-output actions that update a running server without a reload: config and dispatch.
 
 An ``outputs`` entry may carry ``reload_haproxy``, ``reload_postgres`` and/or
-``reload_mysql``. After the entry's directory was written with changed content,
+``reload_mysql`` (and ``restart_command``, :mod:`.restart`, for a consumer that
+must be restarted instead). After the entry's directory was written with changed content,
 each configured updater (``spiffe_bridge.updaters``) runs on a private event
 loop thread, so the daemon never waits for a server: per update the newest files
 win (a backlog collapses into one run), and every outcome is recorded in the
@@ -15,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -23,6 +25,7 @@ from typing import Any
 
 from spiffe_bridge.fileset import FileSpec
 from spiffe_bridge.formats import X509Options
+from spiffe_bridge.sidecar import restart
 from spiffe_bridge.sidecar.schema import ConfigError, Key, where
 from spiffe_bridge.updaters import UpdateError, UpdatePolicy
 
@@ -95,8 +98,10 @@ OUTPUT_KEYS = (
         "Attempts of each `reload_*` action, with backoff between them.",
         ours=True,
     ),
+    *restart.OUTPUT_KEYS,
 )
 KEYS = frozenset(key.name for key in OUTPUT_KEYS)
+_RELOAD_KEYS = KEYS - restart.KEYS
 _DEFAULT = {key.name: key.default for key in OUTPUT_KEYS}
 _HAPROXY_KEYS = ("reload_haproxy", "haproxy_cert_path", "haproxy_ca_file_path", "haproxy_update_ca_file")
 
@@ -113,10 +118,13 @@ class HotUpdate:
     ca_file: str = ""  # haproxy: the bundle file's name in the set ("" = never push it)
     haproxy_cert_path: str = ""
     haproxy_ca_file_path: str = ""
+    argv: tuple[str, ...] = ()  # restart_command: the command (``target`` is it joined, for the label)
 
     @property
     def label(self) -> str:
         """``action target`` with no secret in it (conninfo/DSN passwords are masked)."""
+        if self.action == restart.ACTION:
+            return f"{self.action} {self.target}"
         from spiffe_bridge.updaters import postgres
 
         return f"{self.action} {postgres.describe(self.target)}"
@@ -142,24 +150,29 @@ def from_output(
     line: int | None,
 ) -> list[HotUpdate]:
     """The updaters an ``outputs`` entry asks for; ConfigError (key and line) when misconfigured."""
+    out: list[HotUpdate] = []
+    restarting = restart.from_output(options, lines, line)
+    if restarting is not None:
+        argv, timeout = restarting
+        policy = UpdatePolicy(timeout=timeout, attempts=1)
+        out.append(HotUpdate(restart.ACTION, shlex.join(argv), directory, policy, argv=argv))
     haproxy = [k for k in _HAPROXY_KEYS if k in options]
     if haproxy and fmt != "combined":
         at = where(haproxy[0], lines.get(haproxy[0], line))
         raise ConfigError(f'{at} needs format = "combined" (HAProxy\'s crt file), not {fmt!r}')
     if not any(k in options for k in ACTIONS):
-        stray = sorted(k for k in options if k in KEYS)
+        stray = sorted(k for k in options if k in _RELOAD_KEYS)
         if stray:
             raise ConfigError(
                 f"{where(stray[0], lines.get(stray[0], line))} needs one of {', '.join(ACTIONS)}"
             )
-        return []
+        return out
     given = {"timeout": ("reload_timeout", float), "attempts": ("reload_attempts", int)}
     policy_args = {arg: _value(options, k, t, lines, line) for arg, (k, t) in given.items() if k in options}
     try:
         policy = UpdatePolicy(**policy_args)
     except ValueError as exc:
         raise ConfigError(f"{where('reload_timeout', lines.get('reload_timeout', line))}: {exc}") from None
-    out: list[HotUpdate] = []
     for action in ACTIONS:
         if action not in options:
             continue
@@ -251,6 +264,8 @@ class HotUpdater:
         self._generation: dict[HotUpdate, int] = {}
         self._retry_delay: dict[HotUpdate, float] = {}
         self._retries: dict[HotUpdate, asyncio.TimerHandle] = {}
+        #: restart_command: what each directory held before this run's first write into it
+        self._before = {u: restart.names_in(u.directory) for u in self.updates if u.action == restart.ACTION}
 
     def __bool__(self) -> bool:
         return bool(self.updates)
@@ -269,6 +284,10 @@ class HotUpdater:
         """Schedule every update of ``directory`` with the set just written (never blocks)."""
         for update in self.updates:
             if update.directory == directory:
+                before = self._before.pop(update, None)
+                if before is not None and restart.creates(before, [f.name for f in files]):
+                    log.info("%s: not run, the files were created (not changed)", update.label)
+                    continue
                 with self._lock:
                     self._generation[update] = self._generation.get(update, 0) + 1
                 self._submit(update, list(files))
@@ -332,12 +351,19 @@ class HotUpdater:
             log.exception("%s failed", update.label)
             self._record(update.action, update.label, f"{type(exc).__name__}: {exc}")
             return exc
-        log.info("%s: the server took the new credentials", update.label)
+        if update.action != restart.ACTION:  # the command logged its own success
+            log.info("%s: the server took the new credentials", update.label)
         self._record(update.action, update.label, None)
         return None
 
     async def _apply(self, update: HotUpdate, files: Mapping[str, bytes]) -> None:
-        if update.action == "reload_haproxy":
+        if update.action == restart.ACTION:
+            reason = await restart.run(update.argv, update.policy.timeout)
+            if reason is not None:
+                error = UpdateError(update.action, update.target, reason)
+                error.attempts = 1
+                raise error
+        elif update.action == "reload_haproxy":
             from spiffe_bridge.updaters import haproxy
 
             crt = files.get(update.cert_file)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spiffe_bridge import duration
 from spiffe_bridge.errors import ConfigError as ConfigError  # defined with the other errors; importable here
 from spiffe_bridge.sidecar.hcl import HclObject
 
@@ -80,8 +81,8 @@ def keys_of(cls: type, *, top: bool = False) -> tuple[Key, ...]:
     return tuple(key for _, key in declared(cls, top=top))
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+#: Blanks between a number and its unit (``"30 s"``), which config files have always accepted.
+_UNIT_GAP = re.compile(r"(?<=[\d.])\s+(?=[a-z])")
 #: Longest duration any key accepts (a year): far beyond any sensible timeout, and well inside
 #: what event-loop and thread timeouts can represent (threading.TIMEOUT_MAX is ~292 years).
 MAX_DURATION = 8760 * 3600.0
@@ -122,15 +123,20 @@ def where(name: str, line: int | None) -> str:
 
 
 def parse_duration(value: Any, name: str, line: int | None) -> float:
-    """Seconds from a number or a string like ``500ms``, ``30s``, ``5m``, ``1h``."""
+    """Seconds from a number, or a string as every command-line option takes it (``500ms``, ``1h30m``)."""
     if isinstance(value, bool):
         raise ConfigError(f"{where(name, line)} must be a duration like 30s, got {value!r}")
     if isinstance(value, int):
         seconds = float(value) if abs(value) <= MAX_DURATION else math.copysign(math.inf, value)
     elif isinstance(value, float):
         seconds = value
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    elif isinstance(value, str):
+        try:
+            seconds = duration.parse_duration(_UNIT_GAP.sub("", value.strip()))
+        except ValueError:
+            raise ConfigError(
+                f"{where(name, line)} must be a duration like 30s, 5m or 500ms, got {value!r}"
+            ) from None
     else:
         raise ConfigError(f"{where(name, line)} must be a duration like 30s, 5m or 500ms, got {value!r}")
     if math.isnan(seconds):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import spiffe_bridge
-from spiffe_bridge.cli import COMMANDS
+from spiffe_bridge.cli.main import COMMANDS
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["run", "-version"], *([c, "--version"] for c in COMMANDS)])
@@ -85,9 +85,9 @@ def test_address_everywhere_with_the_old_names_as_aliases() -> None:
     """Every command that talks to (or is) an agent takes --address; --upstream and --socket still work."""
     import argparse
 
-    from spiffe_bridge.cli import _add_common
-    from spiffe_bridge.devagent import cli as devagent_cli
-    from spiffe_bridge.relay import cli as relay_cli
+    from spiffe_bridge.cli import dev_agent as devagent_cli
+    from spiffe_bridge.cli import relay as relay_cli
+    from spiffe_bridge.cli.main import _add_common
 
     for module, old, dest in ((relay_cli, "--upstream", "upstream"), (devagent_cli, "--socket", "socket")):
         parser = argparse.ArgumentParser()
@@ -114,8 +114,6 @@ def test_address_everywhere_with_the_old_names_as_aliases() -> None:
 def test_durations_take_units_everywhere(command: str, argv: list[str], dest: str, seconds: float) -> None:
     import argparse
     import importlib
-
-    from spiffe_bridge.cli import COMMANDS
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

@@ -15,7 +15,7 @@ from pathlib import Path
 from spire import SpireDeployment
 
 from spiffe_bridge import WorkloadClient
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 from spiffe_bridge.file_source import FileX509Source
 from spiffe_bridge.sources import X509Source
 from spiffe_bridge.tls import authorize_member_of, client_ssl_context, peer_spiffe_id, server_ssl_context

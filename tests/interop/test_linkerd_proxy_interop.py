@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,8 @@ class Mesh:
         return presented if der_of(presented) == der_of(self.current_leaf()) else None
 
     def env_restarts(self) -> int:
-        return self.linkerd_env.log_path.read_text().count("restarted: ")
+        """How often linkerd-env's restart_command (the supervisor's client) succeeded, from its log."""
+        return self.linkerd_env.log_path.read_text().count(f"restart command {sys.executable} succeeded")
 
     def certified(self) -> bool:
         """The running proxy logged "Certified identity" for the proxy's ID and answers /ready 200."""

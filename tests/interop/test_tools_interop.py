@@ -19,7 +19,7 @@ from _support.ci import require
 from interop_support import wait_for
 from spire import SpireDeployment
 
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 
 NOBODY = 65534
 

@@ -1,7 +1,12 @@
-"""``spiffe-bridge linkerd-env``: the env file as bash/systemd read it, and one restart per anchors change."""
+"""``spiffe-bridge linkerd-env``: the env file as bash/systemd read it, and one restart per anchors change.
+
+``--watch`` runs the sidecar (one ``linkerd`` output with ``restart_command``); its
+own tests are tests/sidecar/test_restart_command.py.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -60,39 +65,47 @@ def test_env_through_filtered_relay_reads_back_exactly(
 
 @pytest.mark.skipif(not os.path.exists(BASH), reason="needs bash")
 def test_watch_restarts_once_per_anchors_change(dev_agent: DevAgent, tmp_path: Path) -> None:
+    """``--watch`` is the sidecar with one linkerd output: its log says what it wrote and restarted."""
     out_dir, marker = tmp_path / "identity", tmp_path / "restarts"
     restart = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('restart\\n')", str(marker)]
     args = ["--address", dev_agent.address, "--server-name", "vm.example", "--write", str(out_dir)]
     proc = subprocess.Popen(
-        _cli(*args, "--watch", "--restart-command", shlex.join(restart)),
+        _cli(*args, "--watch", "--restart-command", shlex.join(restart), "--log-format", "json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
+    wrote, restarted = f"wrote 2 files to {out_dir}", f"restart command {sys.executable} succeeded"
 
-    def line() -> str:
-        assert proc.stdout is not None
-        return proc.stdout.readline().strip()
+    def logged_until(message: str) -> list[str]:
+        """The messages logged up to and including ``message``."""
+        assert proc.stderr is not None
+        seen: list[str] = []
+        while not seen or seen[-1] != message:
+            line = proc.stderr.readline()
+            assert line, f"exited ({proc.wait()}) before logging {message!r}; logged {seen}"
+            seen.append(json.loads(line)["message"] if line.startswith("{") else line.strip())
+        return seen
 
     try:
-        assert line() == f"wrote {out_dir}: created"
+        seen = logged_until(wrote)
+        assert f"restart_command {shlex.join(restart)}: not run, the files were created (not changed)" in seen
         env_file = out_dir / "linkerd.env"
         first = _roots_pem(dev_agent)
         assert _sourced(env_file, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS") == first
 
         dev_agent.rotate()  # a new SVID under the same root: nothing to do
         dev_agent.rotate_x509_bundle(keep_previous=True)  # new root added: change 1
-        assert line() == f"wrote {out_dir}: changed"
-        assert line().startswith("restarted: ")
+        seen = logged_until(restarted)
+        assert seen.count(wrote) == 1  # the plain rotation before wrote nothing
         both = _roots_pem(dev_agent)
         assert both != first and first in both
         assert _sourced(env_file, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS") == both
-        assert marker.read_text() == "restart\n"  # the plain rotation before caused none
+        assert marker.read_text() == "restart\n"  # ... and restarted nothing
 
         dev_agent.drop_previous_x509_authorities()  # old root gone: change 2
-        assert line() == f"wrote {out_dir}: changed"
-        assert line().startswith("restarted: ")
+        seen = logged_until(restarted)
+        assert seen.count(wrote) == 1
         assert _sourced(env_file, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS") == _roots_pem(dev_agent)
         assert (out_dir / "trust_anchors.pem").read_text() == _roots_pem(dev_agent)
         assert marker.read_text() == "restart\n" * 2

@@ -414,6 +414,16 @@ def test_durations_are_bounded(value: str, reason: str) -> None:
     assert cfg(X509 + '\none_shot_timeout = "8760h"').one_shot_timeout == 8760 * 3600
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [('"500ms"', 0.5), ('" 30 s "', 30.0), ('"1h30m"', 5400.0), ('"1d"', 86400.0), ("45", 45.0)],
+)
+def test_durations_read_as_the_command_line_reads_them(value: str, seconds: float) -> None:
+    """One grammar for durations: ``--timeout 1h30m`` and ``one_shot_timeout = "1h30m"`` agree."""
+    assert cfg(X509 + f"\none_shot_timeout = {value}").one_shot_timeout == seconds
+    assert "must be a duration" in error(X509 + '\none_shot_timeout = "3 0s"')
+
+
 @pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e400", str(10**30)])
 def test_non_finite_durations_from_json(value: str) -> None:
     doc = '{"svid_file_name": "a", "svid_key_file_name": "b", "svid_bundle_file_name": "c", '

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spiffe_bridge.sidecar import cli, metrics, plan
+from spiffe_bridge.cli import run as cli
+from spiffe_bridge.sidecar import metrics, plan
 from spiffe_bridge.sidecar.config import Config, ConfigError, build, parse_text
 from spiffe_bridge.sidecar.status import SidecarStatus
 

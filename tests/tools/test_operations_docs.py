@@ -36,9 +36,9 @@ def test_every_config_check_is_documented(name: str) -> None:
 @pytest.mark.parametrize(
     ("module", "command"),
     [
-        ("spiffe_bridge.inspect.cli", "inspect"),
-        ("spiffe_bridge.doctor.cli", "doctor"),
-        ("spiffe_bridge.inspect.watch", "watch"),
+        ("spiffe_bridge.cli.inspect", "inspect"),
+        ("spiffe_bridge.cli.doctor", "doctor"),
+        ("spiffe_bridge.cli.watch", "watch"),
     ],
 )
 def test_every_option_is_documented(module: str, command: str) -> None:

@@ -16,7 +16,7 @@ from _support.ci import require
 
 from spiffe_bridge import WorkloadClient
 from spiffe_bridge._encoding import pem_block
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
 from spiffe_bridge.x509context import X509Context

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _support.ci import require
 
-from spiffe_bridge.cli import main
+from spiffe_bridge.cli.main import main
 from spiffe_bridge.formats import X509_FORMATS
 
 

@@ -25,42 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--no-jwt", action="store_true", help="watch only X.509 contexts")
 
 
-def x509_event(ctx: Any) -> dict[str, Any]:
-    """A watch event for an X.509 context (``kind: x509`` plus inspect's fields)."""
-    from spiffe_bridge.inspect.describe import describe_context
-
-    doc = describe_context(ctx)
-    doc.pop("jwt_bundles")
-    return {"kind": "x509", **doc}
-
-
-def jwt_event(bundles: Any) -> dict[str, Any]:
-    """A watch event for a JWT bundle set."""
-    from spiffe_bridge.inspect.describe import describe_jwt_bundles
-
-    return {"kind": "jwt_bundles", "jwt_bundles": describe_jwt_bundles(bundles)}
-
-
-def event_line(event: dict[str, Any]) -> str:
-    """One human line for a watch event."""
-    if event["kind"] == "x509":
-        svids = "; ".join(
-            f"{s['spiffe_id']}{' hint ' + repr(s['hint']) if s['hint'] else ''} serial {s['serial']}"
-            f" until {s['not_after']}"
-            for s in event["svids"]
-        )
-        bundles = ", ".join(f"{td}({len(a)})" for td, a in event["bundles"].items())
-        return f"{event['time']} x509 {svids} | bundles {bundles}"
-    keys = ", ".join(f"{td}[{','.join(k['key_id'] for k in ks)}]" for td, ks in event["jwt_bundles"].items())
-    return f"{event['time']} jwt_bundles {keys or '-'}"
-
-
 class _Printer:
     """Serialises lines from both watcher threads and counts them towards ``--count``."""
 
-    def __init__(self, as_json: bool, count: int) -> None:
+    def __init__(self, line: Callable[[dict[str, Any]], str], count: int) -> None:
         self._lock = threading.Lock()
-        self._json = as_json
+        self._line = line
         self._left = count
         self.done = threading.Event()
 
@@ -70,7 +40,7 @@ class _Printer:
         with self._lock:
             if self.done.is_set():
                 return
-            print(json.dumps(event) if self._json else event_line(event), flush=True)
+            print(self._line(event), flush=True)
             if self._left:
                 self._left -= 1
                 if not self._left:
@@ -93,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     """Watch until interrupted or ``--count`` updates were printed."""
     from spiffe_bridge import WorkloadClient
     from spiffe_bridge.errors import SpiffeBridgeError
+    from spiffe_bridge.inspect.events import event_line, jwt_event, x509_event
 
     def on_error(exc: Exception) -> None:
         print(f"spiffe-bridge watch: {exc} (retrying)", file=sys.stderr, flush=True)
 
-    printer = _Printer(args.json, args.count)
+    printer = _Printer(json.dumps if args.json else event_line, args.count)
     try:
         client = WorkloadClient(args.address, timeout=None, on_error=on_error)
     except SpiffeBridgeError as exc:

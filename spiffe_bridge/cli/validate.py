@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING
 
-from spiffe_bridge.argtypes import duration
+from spiffe_bridge.cli.argtypes import duration
 
 if TYPE_CHECKING:
-    from spiffe_bridge.jwtbundle import JwtBundleSet
     from spiffe_bridge.jwtsvid import JwtSvid
 
 
@@ -39,28 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     j.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def load_bundles(path: str, token: str) -> JwtBundleSet:
-    """JWT bundles from a JWKS or spiffe-helper bundle file (ReadError when it is neither)."""
-    from spiffe_bridge.inspect._read import ReadError, read_bytes
-    from spiffe_bridge.inspect.jwt_files import helper_jwt_bundles, jwks_bundle
-    from spiffe_bridge.jwtbundle import JwtBundleSet
-    from spiffe_bridge.jwtsvid import JwtSvid
-
-    data = read_bytes(path)
-    try:
-        is_jwks = isinstance(json.loads(data), dict) and "keys" in json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ReadError(f"{path}: not valid JSON") from None
-    if not is_jwks:
-        return JwtBundleSet(helper_jwt_bundles(data, path), b"")
-    name = os.path.basename(path).removesuffix(".json")
-    if "." not in name:  # not named after a trust domain: the token's own
-        name = JwtSvid.parse_insecure(token).spiffe_id.trust_domain.name
-    return JwtBundleSet(jwks_bundle(data, name, path), b"")
-
-
 def _validate(args: argparse.Namespace, token: str) -> JwtSvid:
     if args.bundle:
+        from spiffe_bridge.inspect.jwt_files import load_bundles
         from spiffe_bridge.jwtsvid import validate_jwt_svid
 
         return validate_jwt_svid(token, args.audience, load_bundles(args.bundle, token))

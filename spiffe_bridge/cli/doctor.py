@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from spiffe_bridge.argtypes import duration
+from spiffe_bridge.cli.argtypes import duration
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

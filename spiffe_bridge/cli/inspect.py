@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from spiffe_bridge.argtypes import duration
+from spiffe_bridge.cli.argtypes import duration
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,35 +31,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     secret.add_argument("--pkcs12-password-env", metavar="VAR", help="read the PKCS#12 password from $VAR")
 
 
-def _agent(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    from spiffe_bridge import WorkloadClient
-    from spiffe_bridge.errors import UnimplementedError
-    from spiffe_bridge.inspect.describe import describe_context
-    from spiffe_bridge.inspect.report import material_lines
-
-    with WorkloadClient(args.address, timeout=args.timeout) as client:
-        ctx = client.fetch_x509_context(timeout=args.timeout)
-        try:
-            jwt_bundles = client.fetch_jwt_bundles(timeout=args.timeout)
-        except UnimplementedError:  # an X.509-only Workload API: nothing to show
-            jwt_bundles = None
-        endpoint = client.endpoint
-    doc = {"address": endpoint, **describe_context(ctx, jwt_bundles)}
-    return doc, [f"Workload API {endpoint}", *material_lines(doc)]
-
-
 def run(args: argparse.Namespace) -> int:
     """Inspect the agent or the paths; print text or JSON."""
+    from spiffe_bridge.cli.fetch import pkcs12_password
     from spiffe_bridge.errors import SpiffeBridgeError
-    from spiffe_bridge.fetch_cli import pkcs12_password
-    from spiffe_bridge.inspect.report import inspect_path, path_lines
+    from spiffe_bridge.inspect.report import agent_lines, inspect_agent, inspect_path, path_lines
 
     if bool(args.paths) == bool(args.address):
         print("spiffe-bridge inspect: give either --address or one or more PATHs", file=sys.stderr)
         return 2
     try:
         if args.address:
-            doc, lines = _agent(args)
+            doc = inspect_agent(args.address, args.timeout)
+            lines = agent_lines(doc)
             ok = True
         else:
             password = pkcs12_password(args)

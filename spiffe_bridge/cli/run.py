@@ -16,19 +16,11 @@ import os
 import sys
 from typing import Any
 
+from spiffe_bridge.cli.argtypes import boolean
 from spiffe_bridge.sidecar.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
 from spiffe_bridge.sidecar.exitcodes import EXIT_CONFIG
 
 log = logging.getLogger("spiffe_bridge.sidecar")
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("true", "1", "t", "yes"):
-        return True
-    if low in ("false", "0", "f", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -51,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--daemon-mode",
-        type=_bool,
+        type=boolean,
         nargs="?",
         const=True,
         default=None,

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from spiffe_bridge.argtypes import duration, mode
+from spiffe_bridge.cli.argtypes import duration, mode
 
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import WriteResult

@@ -13,36 +13,16 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from spiffe_bridge.argtypes import duration, mode
+from spiffe_bridge.cli.argtypes import duration, host_port, mode, owner
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.listener import Listener
-from spiffe_bridge.relay.sockets import Owner
 from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 
 if TYPE_CHECKING:
-    from spiffe_bridge.health import HealthServer
-
-
-def _owner(text: str) -> Owner:
-    try:
-        return Owner.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _health_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]") if sep else "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT") from None
-    if not 0 <= number <= 65535 or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT")
-    return host, number
+    pass
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--socket-owner",
-        type=_owner,
+        type=owner,
         default=None,
         metavar="UID[:GID]",
         help="socket owner and group, numbers or names (needs privileges)",
@@ -125,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--health-addr",
-        type=_health_addr,
+        type=host_port,
         default=None,
         metavar="[HOST:]PORT",
         help="serve /live, /ready and /metrics over HTTP here (HOST defaults to 127.0.0.1; off by default)",
@@ -170,17 +150,6 @@ def _listeners(args: argparse.Namespace) -> list[Listener]:
     ]
 
 
-def _start_health(relay: AsyncRelay, addr: tuple[str, int]) -> HealthServer:
-    # Imported only when asked for: http.server and friends cost the relay's start ~20 ms.
-    from spiffe_bridge.health import HealthServer
-    from spiffe_bridge.relay.health import RelayHealth, loop_stats, render_metrics
-
-    reader = loop_stats(relay, asyncio.get_running_loop())
-    host, port = addr
-    metrics = render_metrics(reader)
-    return HealthServer(RelayHealth(reader), host=host, port=port, metrics_path="/metrics", metrics=metrics)
-
-
 async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -189,7 +158,10 @@ async def _serve(relay: AsyncRelay, health_addr: tuple[str, int] | None) -> int:
     health = None
     if health_addr is not None:
         try:
-            health = _start_health(relay, health_addr)  # binds now: a taken port fails before serving
+            # imported only when asked for: http.server and friends cost the relay's start ~20 ms
+            from spiffe_bridge.relay.health import health_server
+
+            health = health_server(relay, *health_addr)  # binds now: a taken port fails before serving
         except OSError as exc:
             print(f"relay: {exc.strerror}", file=sys.stderr)
             return 1

@@ -14,10 +14,9 @@ import sys
 from types import FrameType
 from typing import Any
 
-from spiffe_bridge.argtypes import duration, mode
-
-from .ca import KEY_TYPES
-from .identity import Identity, trust_domain_name
+from spiffe_bridge.cli.argtypes import duration, mode
+from spiffe_bridge.devagent.ca import KEY_TYPES
+from spiffe_bridge.devagent.identity import Identity, trust_domain_name
 
 DEFAULT_TD = "example.org"
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.socket:
         print("dev-agent: --address is required (or set SPIFFE_ENDPOINT_SOCKET)", file=sys.stderr)
         return 2
-    from .server import DevAgent
+    from spiffe_bridge.devagent.server import DevAgent
 
     try:
         td = trust_domain_name(args.trust_domain)

@@ -1,8 +1,8 @@
-"""Command-line entry point: wires arguments to the library and nothing else.
+"""Command-line entry point: picks the command and hands the arguments to its module.
 
-Each subcommand lives in the module that owns the feature and exposes
-``add_parser(subparsers)`` and ``run(args) -> int``; modules are imported only
-when their command runs, so ``spiffe-bridge run`` starts fast.
+Each command's module in this package exposes ``add_parser(subparsers)`` and
+``run(args) -> int``; it is imported only when its command runs, so
+``spiffe-bridge run`` (and ``--version``) start fast.
 """
 
 from __future__ import annotations
@@ -22,22 +22,22 @@ DESCRIPTION = (
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev-agent": (
-        "spiffe_bridge.devagent.cli",
+        "spiffe_bridge.cli.dev_agent",
         "serve an embedded Workload API for demos and tests",
     ),
-    "demo": ("spiffe_bridge.demo", "run the dev agent and write every format into a directory"),
-    "fetch": ("spiffe_bridge.fetch_cli", "fetch X.509 or JWT material once and write/print it"),
-    "run": ("spiffe_bridge.sidecar.cli", "sidecar: a drop-in for spiffe-helper"),
-    "relay": ("spiffe_bridge.relay.cli", "re-serve the Workload API on a local socket"),
+    "demo": ("spiffe_bridge.cli.demo", "run the dev agent and write every format into a directory"),
+    "fetch": ("spiffe_bridge.cli.fetch", "fetch X.509 or JWT material once and write/print it"),
+    "run": ("spiffe_bridge.cli.run", "sidecar: a drop-in for spiffe-helper"),
+    "relay": ("spiffe_bridge.cli.relay", "re-serve the Workload API on a local socket"),
     "inspect": (
-        "spiffe_bridge.inspect.cli",
+        "spiffe_bridge.cli.inspect",
         "show what the agent serves or what credential files hold, and what is wrong",
     ),
-    "doctor": ("spiffe_bridge.doctor.cli", "preflight checks: socket, identity, clock, files, ports"),
-    "watch": ("spiffe_bridge.inspect.watch", "print one line per X.509 or JWT bundle update"),
-    "validate": ("spiffe_bridge.inspect.validate", "validate a JWT-SVID locally or through the agent"),
+    "doctor": ("spiffe_bridge.cli.doctor", "preflight checks: socket, identity, clock, files, ports"),
+    "watch": ("spiffe_bridge.cli.watch", "print one line per X.509 or JWT bundle update"),
+    "validate": ("spiffe_bridge.cli.validate", "validate a JWT-SVID locally or through the agent"),
     "linkerd-env": (
-        "spiffe_bridge.formats.linkerd_cli",
+        "spiffe_bridge.cli.linkerd_env",
         "render a Linkerd proxy identity env file",
     ),
 }
