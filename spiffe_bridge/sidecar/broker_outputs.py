@@ -25,7 +25,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from spiffe_bridge.broker._core import agent_authorizer
+from spiffe_bridge.broker import agent_authorizer
 from spiffe_bridge.broker.aio import AsyncBrokerClient
 from spiffe_bridge.errors import (
     NoIdentityError,
