@@ -18,8 +18,8 @@ from spiffe_bridge.doctor.result import CheckResult, failed, passed
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.formats import X509Options
 from spiffe_bridge.formats import linkerd as linkerd_format
-from spiffe_bridge.inspect._read import ReadError, read_bytes
 from spiffe_bridge.inspect.detect import Found, envoy_secret, linkerd_env
+from spiffe_bridge.inspect.readers import ReadError, read_bytes
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.x509bundle import X509Bundle
 from spiffe_bridge.x509check import verify_chain

@@ -22,7 +22,7 @@ from spiffe_bridge.credential_folder import CREDENTIAL_BUNDLE as SPIFFE_FS_CREDE
 from spiffe_bridge.credential_folder import TRUST_BUNDLE_SUFFIX as SPIFFE_FS_TRUST_BUNDLE_SUFFIX
 from spiffe_bridge.formats import X509Options
 from spiffe_bridge.formats import linkerd as linkerd_format
-from spiffe_bridge.inspect._read import (
+from spiffe_bridge.inspect.readers import (
     ReadError,
     der_certs,
     inline,

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from spiffe_bridge.formats import JwtOptions
-from spiffe_bridge.inspect._read import ReadError, read_bytes
 from spiffe_bridge.inspect.detect import Found
+from spiffe_bridge.inspect.readers import ReadError, read_bytes
 from spiffe_bridge.jwtbundle import JwtBundle, JwtBundleSet
 from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.spiffeid import TrustDomain

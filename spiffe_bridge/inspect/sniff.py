@@ -13,7 +13,7 @@ import os
 from spiffe_bridge.credential_folder import CREDENTIAL_BUNDLE, TRUST_BUNDLE_SUFFIX
 from spiffe_bridge.formats import linkerd as linkerd_format
 from spiffe_bridge.inspect import detect, jwt_files
-from spiffe_bridge.inspect._read import ReadError, der_certs, load_key, pem_blocks, pem_certs
+from spiffe_bridge.inspect.readers import ReadError, der_certs, load_key, pem_blocks, pem_certs
 from spiffe_bridge.jwtbundle import JwtBundleSet
 from spiffe_bridge.x509check import is_ca
 
