@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.jwt import JwtBundleSet, JwtSvid
 from spiffe_bridge.model import X509Context
-from spiffe_bridge.sidecar.hot_updates import HotUpdater
+from spiffe_bridge.sidecar.hot_updater import HotUpdater
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
 
