@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.jwtbundle import JwtBundleSet
 from spiffe_bridge.jwtsvid import JwtSvid
-from spiffe_bridge.sidecar.hot_updates import HotUpdater
+from spiffe_bridge.sidecar.hot_updater import HotUpdater
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.x509context import X509Context

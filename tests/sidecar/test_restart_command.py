@@ -20,7 +20,7 @@ import pytest
 from sidecar_helpers import in_process
 
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.sidecar import hot_updates, plan
+from spiffe_bridge.sidecar import hot_updater, plan
 from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.sidecar.runner import Daemon
 from spiffe_bridge.sidecar.schema import ConfigError
@@ -141,7 +141,7 @@ def test_a_new_run_restarts_when_the_files_it_finds_differ(dev_agent: DevAgent, 
 def test_a_failing_restart_is_counted_and_logged(
     dev_agent: DevAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hot_updates, "RETRY_FIRST", 3600.0)  # one run is what this test looks at
+    monkeypatch.setattr(hot_updater, "RETRY_FIRST", 3600.0)  # one run is what this test looks at
     out = tmp_path / "identity"
     command = [sys.executable, "-c", "import sys; sys.stderr.write('unit not found'); sys.exit(5)"]
     config = config_for(dev_agent.address, out, restart_command=command)

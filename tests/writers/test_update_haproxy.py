@@ -27,7 +27,8 @@ from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 from spiffe_bridge.devagent.ca import TrustDomainCA
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.formats import X509Options, render_x509
-from spiffe_bridge.sidecar.hot_updates import HotUpdate, HotUpdater
+from spiffe_bridge.sidecar.hot_updater import HotUpdater
+from spiffe_bridge.sidecar.hot_updates import HotUpdate
 from spiffe_bridge.updaters import UpdateError, UpdatePolicy, haproxy
 
 pytestmark = [pytest.mark.consumers, pytest.mark.timeout(300)]

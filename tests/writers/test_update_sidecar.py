@@ -21,7 +21,7 @@ from cryptography import x509
 from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.sidecar import hot_updates, plan
+from spiffe_bridge.sidecar import hot_updater, plan
 from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.sidecar.runner import Daemon
 from spiffe_bridge.sidecar.schema import ConfigError
@@ -66,7 +66,7 @@ def test_reload_haproxy_after_each_write(
     dev_agent: DevAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     binary = require_binary("haproxy")
-    monkeypatch.setattr(hot_updates, "RETRY_FIRST", 0.5)
+    monkeypatch.setattr(hot_updater, "RETRY_FIRST", 0.5)
     certs, admin, port = tmp_path / "certs", tmp_path / "admin.sock", free_port()
     text = (
         f'outputs = [{{format = "combined", dir = "{certs}", reload_haproxy = "unix://{admin}",\n'
