@@ -181,21 +181,3 @@ def test_lazy_exports_caches_what_it_loaded() -> None:
     assert getattr_("SpiffeId") is SpiffeId
     assert namespace["SpiffeId"] is SpiffeId  # the next lookup never reaches __getattr__
     assert dir_().count("SpiffeId") == 1
-
-
-def test_only_the_client_imports_its_private_modules() -> None:
-    """Other packages decode messages and build on the client through ``spiffe_bridge.client``."""
-    offenders = []
-    for path in sorted(ROOT.rglob("*.py")):
-        if path.is_relative_to(ROOT / "client"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            offenders += [
-                f"{path.relative_to(ROOT)}: {name}"
-                for name in names
-                if name.startswith("spiffe_bridge.client._")
-            ]
-    assert offenders == []
