@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from _support.daemon import in_process
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from reliability_support import pem_set_problems
@@ -57,15 +58,8 @@ def running(config: Config) -> Iterator[tuple[Daemon, Published]]:
     plans, _ = plan.build(config, {})
     daemon = Daemon(config, plans)
     published = Published(daemon)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
+    with in_process(daemon=daemon):
         yield daemon, published
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-    assert codes == [0]
 
 
 def read_or_none(path: Path) -> bytes | None:

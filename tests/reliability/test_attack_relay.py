@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from _support.daemon import in_process
 from _support.wait import wait_until
 
 from spiffe_bridge.devagent.server import DevAgent
@@ -16,9 +16,7 @@ from spiffe_bridge.loglist import capped
 from spiffe_bridge.relay import Relay
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.listener import Listener
-from spiffe_bridge.sidecar import plan
 from spiffe_bridge.sidecar.config import build, parse_text
-from spiffe_bridge.sidecar.runner import Daemon
 
 MANY = 60
 CLI = [sys.executable, "-m", "spiffe_bridge", "relay"]
@@ -65,17 +63,8 @@ def test_an_update_with_many_svids_logs_a_short_line(
     text = f'agent_address = "{dev_agent.address}"\ncert_dir = "{tmp_path}"\nsvid_file_name = "svid.pem"\n'
     text += 'svid_key_file_name = "svid_key.pem"\nsvid_bundle_file_name = "svid_bundle.pem"\n'
     config = build(parse_text(text, "hcl"), environ={})
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
+    with in_process(config) as daemon:
         wait_until(daemon.status.ready, "the sidecar's first write")
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-    assert codes == [0]
     lines = [r.getMessage() for r in caplog.records if "X.509 update for" in r.getMessage()]
     lines += [r.getMessage() for r in caplog.records if "pushed FetchX509SVID" in r.getMessage()]
     assert len(lines) >= 2, [r.getMessage() for r in caplog.records]

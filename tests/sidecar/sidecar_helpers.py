@@ -202,24 +202,3 @@ def check_exposition(text: str) -> None:
         key = name + (match.group(2) or "")
         assert key not in seen, f"duplicate sample {key}"
         seen.add(key)
-
-
-@contextlib.contextmanager
-def in_process(config: Any, join: float = 10.0) -> Iterator[Any]:
-    """A sidecar :class:`~spiffe_bridge.sidecar.runner.Daemon` for ``config`` on a thread; stopped after."""
-    import threading
-
-    from spiffe_bridge.sidecar import plan
-    from spiffe_bridge.sidecar.runner import Daemon
-
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(join)
-        assert codes == [0], "the daemon did not stop on request"

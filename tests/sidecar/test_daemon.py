@@ -6,20 +6,16 @@ import base64
 import json
 import stat
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _support.daemon import in_process
 from _support.wait import wait_until
 from cryptography import x509
 from sidecar_helpers import lines
 
 from spiffe_bridge.devagent.server import DevAgent
-from spiffe_bridge.sidecar import plan
 from spiffe_bridge.sidecar.config import Config, build, parse_text
-from spiffe_bridge.sidecar.runner import Daemon
 
 
 def leaf(path: Path) -> x509.Certificate:
@@ -35,21 +31,6 @@ def serial(path: Path) -> int | None:
 
 def config_for(text: str, agent: DevAgent) -> Config:
     return build(parse_text(f'agent_address = "{agent.address}"\n{text}', "hcl"), environ={})
-
-
-@contextmanager
-def running(config: Config) -> Iterator[Daemon]:
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-        assert codes == [0]
 
 
 def reload_counter(tmp_path: Path) -> tuple[Path, str]:
@@ -72,7 +53,7 @@ def test_writes_rotates_and_reloads_once_per_change(dev_agent: DevAgent, tmp_pat
     reloads, command = reload_counter(tmp_path)
     shared_key = "key_file_mode = 0640\nallow_shared_key_file_mode = true\n"
     config = config_for(X509.format(dir=certs) + shared_key + command, dev_agent)
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         wait_until(lambda: len(lines(reloads)) == 1, "first write and reload")
         assert serial(certs / "svid.pem") == dev_agent.svids[0].serial_number
         assert stat.S_IMODE((certs / "svid_key.pem").stat().st_mode) == 0o640
@@ -112,7 +93,7 @@ def test_jwt_files_refresh_before_half_life_and_reload(dev_agent: DevAgent, tmp_
         jwt_bundle_file_name = "jwt_bundle.json"
         {command}
     """
-    with running(config_for(text, dev_agent)) as daemon:
+    with in_process(config_for(text, dev_agent)) as daemon:
         wait_until(lambda: (certs / "db.token").exists() and lines(reloads), "JWT files")
         token = (certs / "db.token").read_text()
         claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
@@ -131,7 +112,7 @@ def test_jwt_files_refresh_before_half_life_and_reload(dev_agent: DevAgent, tmp_
 def test_identity_lost_policies(dev_agent: DevAgent, tmp_path: Path, policy: str) -> None:
     certs = tmp_path / "certs"
     config = config_for(X509.format(dir=certs) + f'on_identity_lost = "{policy}"', dev_agent)
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         wait_until(daemon.status.ready, "ready")
         dev_agent.deny()
         wait_until(lambda: daemon.status.identity_lost, "identity lost")
@@ -166,7 +147,7 @@ def test_hint_outputs_and_federation(dev_agent: DevAgent, tmp_path: Path) -> Non
         ]
     """
     )
-    with running(config_for(text, dev_agent)) as daemon:
+    with in_process(config_for(text, dev_agent)) as daemon:
         wait_until(daemon.status.ready, "ready")
         back = leaf(certs / "svid.pem")
         uri = back.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -185,7 +166,7 @@ def test_write_failure_is_reported_and_recovers(dev_agent: DevAgent, tmp_path: P
     blocker = tmp_path / "certs"
     blocker.write_text("a file where the directory should be")
     config = config_for(X509.format(dir=blocker), dev_agent)
-    with running(config) as daemon:
+    with in_process(config) as daemon:
         wait_until(lambda: daemon.status.write_failures >= 1, "write failure")
         assert not daemon.status.ready() and not daemon.status.live()
         assert daemon.status.snapshot()["file_write_statuses"]["x509_write_status"] == "failed"

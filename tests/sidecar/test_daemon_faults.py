@@ -18,12 +18,11 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.daemon import in_process
 from _support.wait import wait_until
 from cryptography import x509
 from sidecar_helpers import free_port, health, http_get, write_conf
@@ -55,21 +54,6 @@ def serial(path: Path) -> int | None:
         return None
 
 
-@contextmanager
-def running(config: Config) -> Iterator[Daemon]:
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(15)
-        assert codes == [0], "the daemon did not stop on request"
-
-
 def health_block(port: int, stall: str = "10s") -> str:
     return f'health_checks {{ listener_enabled = true, bind_port = {port} }}\nhealth_max_stall = "{stall}"\n'
 
@@ -79,7 +63,7 @@ def test_a_fifo_at_the_pid_file_does_not_wedge_the_daemon(dev_agent: DevAgent, t
     certs, fifo, port = tmp_path / "certs", tmp_path / "app.pid", free_port()
     os.mkfifo(fifo)
     text = PEM.format(dir=certs) + f'pid_file_name = "{fifo}"\nrenew_signal = "SIGHUP"\n' + health_block(port)
-    with running(config_for(text, dev_agent)) as daemon:
+    with in_process(config_for(text, dev_agent)) as daemon:
         wait_until(lambda: daemon.status.reloads >= 1, "first write and its reload")
         new = dev_agent.rotate()[0].serial_number
         wait_until(lambda: serial(certs / "svid.pem") == new, "the rotation written despite the FIFO")
@@ -111,7 +95,7 @@ def test_a_stalled_loop_fails_live_and_starves_the_systemd_watchdog(
     text = PEM.format(dir=tmp_path / "certs") + health_block(port, "1s")
     release = threading.Event()
     try:
-        with running(config_for(text, dev_agent)) as daemon:
+        with in_process(config_for(text, dev_agent)) as daemon:
             wait_until(lambda: health(base + "/live")[0] == 200, "live")
             wait_until(lambda: b"WATCHDOG=1" in received(), "systemd watchdog pings while the loop runs")
             assert daemon.loop is not None
@@ -177,7 +161,7 @@ def test_one_output_that_cannot_render_does_not_stop_the_others(
         return real_render(self, *args)
 
     monkeypatch.setattr(plan.DirPlan, "render", render)
-    with running(config_for(text, dev_agent)) as daemon:
+    with in_process(config_for(text, dev_agent)) as daemon:
         wait_until(lambda: serial(certs / "svid.pem") is not None, "the healthy output written")
         new = dev_agent.rotate()[0].serial_number
         wait_until(lambda: serial(certs / "svid.pem") == new, "and rotated")

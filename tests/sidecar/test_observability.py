@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.daemon import in_process
 from _support.wait import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import check_exposition, free_port, http_get, sidecar, write_conf
@@ -83,19 +84,6 @@ def captured() -> Iterator[JsonLines]:
         logger.setLevel(saved)
 
 
-@contextmanager
-def running(daemon: Daemon) -> Iterator[Daemon]:
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-        assert codes == [0]
-
-
 @pytest.fixture
 def late_agent() -> Iterator[DevAgent]:
     """A dev agent on a short /tmp path, not started yet."""
@@ -115,7 +103,7 @@ def test_waits_aloud_for_a_missing_socket_then_logs_loss_and_recovery(
     config = build(parse_text(f'agent_address = "unix://{socket}"\n' + X509.format(dir=tmp_path), "hcl"), {})
     daemon = Daemon(config, plan.build(config, {})[0])
     daemon.wait_log_interval = 0.05  # the real interval is 10 s
-    with captured() as lines, running(daemon):
+    with captured() as lines, in_process(daemon=daemon):
         waiting = lines.wait_for(lambda e: e["message"].startswith("still waiting"), "while waiting")
         assert waiting["level"] == "info" and waiting["stream"] == "x509"
         assert waiting["address"] == f"unix://{socket}" and waiting["duration_s"] >= 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_helpers import in_process
+from _support.daemon import in_process
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updater, plan

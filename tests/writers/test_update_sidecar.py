@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from _support.ci import require_binary
+from _support.daemon import in_process
 from _support.wait import wait_until
 from cryptography import x509
 from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
@@ -23,7 +21,6 @@ from writers_pki import Pki, client_context, free_port, https_get, wait_for_port
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updater, plan
 from spiffe_bridge.sidecar.config import Config, build, parse_text
-from spiffe_bridge.sidecar.runner import Daemon
 from spiffe_bridge.sidecar.schema import ConfigError
 
 pytestmark = pytest.mark.consumers
@@ -47,21 +44,6 @@ def config_for(text: str, address: str = "unix:///tmp/none.sock") -> Config:
     return build(parse_text(f'agent_address = "{address}"\n{text}', "hcl"), environ={})
 
 
-@contextmanager
-def running(config: Config) -> Iterator[Daemon]:
-    plans, _ = plan.build(config, {})
-    daemon = Daemon(config, plans)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        thread.join(10)
-        assert codes == [0]
-
-
 def test_reload_haproxy_after_each_write(
     dev_agent: DevAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,7 +54,7 @@ def test_reload_haproxy_after_each_write(
         f'outputs = [{{format = "combined", dir = "{certs}", reload_haproxy = "unix://{admin}",\n'
         "  reload_timeout = 2, reload_attempts = 2}]\n"
     )
-    with running(config_for(text, dev_agent.address)) as daemon:
+    with in_process(config_for(text, dev_agent.address)) as daemon:
         label = f"reload_haproxy unix://{admin}"
         # HAProxy is not up yet: the first update fails, is retried, then shows in the status
         entry = wait_until(
