@@ -23,6 +23,7 @@ from spiffe_bridge.errors import (
     InvalidArgumentError,
     JwtSvidRejectedError,
     NoIdentityError,
+    StreamEndedError,
     UnimplementedError,
     ValidationError,
     WorkloadApiError,
@@ -125,6 +126,26 @@ class ClientCore:
         if message is None:
             raise ValidationError(f"agent sent {spec.what} that do not parse as a {self.api} message")
         return spec.decode(message)
+
+    def accept(
+        self, spec: StreamSpec[T], message: Any, counter: ReconnectCounter, on_error: ErrorCallback | None
+    ) -> T | None:
+        """A watched message, decoded and counted as delivered; None when it was reported and skipped.
+
+        Both clients' stream loops take every message through here, so an invalid update
+        is skipped (the last good one stays) the same way in each.
+        """
+        try:
+            item = self.decode(spec, message)
+        except ValidationError as exc:
+            self.report(exc, on_error)
+            return None
+        counter.delivered()
+        return item
+
+    def stream_ended(self, spec: StreamSpec[Any]) -> StreamEndedError:
+        """Why a stream that the agent closed without an error ended (the watch reconnects)."""
+        return StreamEndedError(f"agent at {self.endpoint} ended the {spec.what} stream")
 
     def error_from_rpc(self, exc: grpc.RpcError, what: str) -> WorkloadApiError:
         """Map a gRPC failure to a typed error that says what to check."""

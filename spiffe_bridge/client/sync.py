@@ -15,7 +15,7 @@ from spiffe_bridge.client._core import VALIDATION, ClientCore, ReconnectCounter
 from spiffe_bridge.client._decode import decode_jwt_svids, decode_jwt_validation
 from spiffe_bridge.client.stop import StopSignal
 from spiffe_bridge.client.streams import JWT_BUNDLES, X509_BUNDLES, X509_CONTEXTS, ErrorCallback, StreamSpec
-from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, ValidationError, WorkloadApiError
+from spiffe_bridge.errors import SpiffeBridgeError, StreamEndedError, WorkloadApiError
 from spiffe_bridge.jwtbundle import JwtBundleSet
 from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.retry import Backoff, retrying
@@ -182,14 +182,9 @@ class StreamingClient:
         failure: WorkloadApiError
         try:
             for message in call:
-                try:
-                    item = self._core.decode(spec, message)
-                except ValidationError as exc:
-                    self._core.report(exc, on_error)
-                    continue
-                counter.delivered()
-                yield item
-            failure = StreamEndedError(f"agent at {self._core.endpoint} ended the {spec.what} stream")
+                if (item := self._core.accept(spec, message, counter, on_error)) is not None:
+                    yield item
+            failure = self._core.stream_ended(spec)
         except grpc.RpcError as exc:
             if handle.stopped.is_set():
                 return
