@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spiffe_bridge import duration
+from spiffe_bridge import duration, filemode
 from spiffe_bridge.errors import ConfigError as ConfigError  # defined with the other errors; importable here
 from spiffe_bridge.sidecar.hcl import HclObject
 
@@ -159,10 +159,12 @@ def parse_mode(value: Any, name: str, line: int | None, default: int, issues: Is
     if isinstance(value, bool):
         raise ConfigError(f"{where(name, line)} must be a file mode like 0644, got {value!r}")
     if isinstance(value, str):
-        text = value.strip().lower().removeprefix("0o")
-        if not re.fullmatch(r"0?[0-7]{1,3}", text):
-            raise ConfigError(f'{where(name, line)} must be an octal mode like "0644", got {value!r}')
-        return int(text, 8) or default
+        try:
+            return filemode.parse_mode(value.strip().lower().removeprefix("0o")) or default
+        except ValueError:
+            raise ConfigError(
+                f'{where(name, line)} must be an octal mode like "0644", got {value!r}'
+            ) from None
     if not isinstance(value, int):
         raise ConfigError(f"{where(name, line)} must be a file mode like 0644, got {value!r}")
     if value < 0:
