@@ -109,15 +109,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def pkcs12_password(args: argparse.Namespace) -> str | None:
     """The PKCS#12 password from --pkcs12-password-file or --pkcs12-password-env (None: neither given)."""
-    if getattr(args, "pkcs12_password_file", None):
-        with open(args.pkcs12_password_file, encoding="utf-8") as fh:
-            return fh.read().rstrip("\r\n")
-    if getattr(args, "pkcs12_password_env", None):
-        value = os.environ.get(args.pkcs12_password_env)
-        if value is None:
-            raise LookupError(f"${args.pkcs12_password_env} is not set")
-        return value
-    return None
+    from spiffe_bridge.formats.pkcs12 import read_password
+
+    file_name = getattr(args, "pkcs12_password_file", None) or ""
+    env_name = getattr(args, "pkcs12_password_env", None) or ""
+    if not file_name and env_name and env_name not in os.environ:  # asked for by name: say so
+        raise LookupError(f"${env_name} is not set")
+    return read_password(file_name, env_name, os.environ)
 
 
 def x509_options(args: argparse.Namespace, endpoint: str) -> X509Options:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
@@ -31,6 +31,18 @@ _KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
+
+
+def read_password(file_name: str, env_name: str, environ: Mapping[str, str]) -> str | None:
+    """The keystore password: the file's content less one line ending, else the variable's value.
+
+    None when neither is given (or the variable is unset): the keystore is then written
+    unencrypted. OSError when the file cannot be read.
+    """
+    if file_name:
+        with open(file_name, encoding="utf-8") as fh:
+            return fh.read().removesuffix("\n").removesuffix("\r")
+    return environ.get(env_name) if env_name else None
 
 
 def _encryption(password: str | None) -> serialization.KeySerializationEncryption:

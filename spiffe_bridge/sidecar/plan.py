@@ -157,16 +157,13 @@ def legacy_plan(config: Config) -> DirPlan | None:
 
 
 def read_password(file_name: str, env_name: str, environ: Mapping[str, str]) -> str | None:
-    """The PKCS#12 password from a file (one trailing newline dropped) or an environment variable."""
-    if file_name:
-        try:
-            with open(file_name, encoding="utf-8") as fh:
-                return fh.read().removesuffix("\n").removesuffix("\r")
-        except OSError as exc:
-            raise ConfigError(
-                f"'pkcs12_password_file' {file_name!r} cannot be read: {exc.strerror}"
-            ) from None
-    return environ.get(env_name) if env_name else None
+    """The PKCS#12 password (``formats.pkcs12.read_password``); an unreadable file is a ConfigError."""
+    from spiffe_bridge.formats import pkcs12
+
+    try:
+        return pkcs12.read_password(file_name, env_name, environ)
+    except OSError as exc:
+        raise ConfigError(f"'pkcs12_password_file' {file_name!r} cannot be read: {exc.strerror}") from None
 
 
 def _option_value(name: str, value: Any, out: OutputConfig, issues: Issues) -> Any:
