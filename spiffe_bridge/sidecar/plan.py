@@ -231,6 +231,10 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         raise ConfigError(f"{where('outputs entry ' + repr(out.format), line)}: {exc}") from None
     directory = _abs(out.dir)
     updates = hot_updates.from_output(out.format, directory, out.options, options, out.option_lines, out.line)
+    if updates and not config.daemon_mode:  # one-shot mode writes once and runs no action
+        for action in dict.fromkeys(u.action for u in updates):
+            line = out.option_lines.get(action, out.line)
+            issues.warn(f"{where(action, line)} is ignored because daemon_mode is false")
     return DirPlan(
         directory, out.layout, out.uid, out.gid, [X509Output(out.format, options)], updates=updates
     )

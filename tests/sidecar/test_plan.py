@@ -185,3 +185,19 @@ def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad.write_text(X509 + "nope = 1")
     assert cli.run(parse(["--config", str(bad), "--check"])) == 2
     assert cli.run(parse(["--config", str(good), "--daemon-mode=false", "--check", "--", "x"])) == 2
+
+
+def test_actions_of_an_output_are_reported_as_ignored_in_one_shot_mode() -> None:
+    """One-shot mode runs no action; a reload_*/restart_command key there used to be dropped silently."""
+    text = 'agent_address = "/run/a.sock"\ndaemon_mode = false\noutputs = [\n'
+    text += '  {format = "combined", dir = "/x", reload_haproxy = "unix:///run/h.sock"},\n'
+    text += '  {format = "linkerd", dir = "/y", linkerd_server_name = "w", restart_command = ["true"]},\n]\n'
+    _, warnings = plan.build(build(parse_text(text, "hcl"), environ={}), {})
+    assert warnings == [
+        "'reload_haproxy' (line 4) is ignored because daemon_mode is false",
+        "'restart_command' (line 5) is ignored because daemon_mode is false",
+    ]
+    daemon, _ = plan.build(
+        build(parse_text(text.replace("daemon_mode = false\n", ""), "hcl"), environ={}), {}
+    )
+    assert [u.action for p in daemon for u in p.updates] == ["reload_haproxy", "restart_command"]
