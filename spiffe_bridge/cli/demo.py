@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from spiffe_bridge.cli.main import summary
+
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``demo`` subcommand."""
     parser = subparsers.add_parser(
         "demo",
-        help="run the dev agent and write every format into a directory",
+        help=summary("demo"),
         description="Start a stand-in Workload API agent (the embedded dev agent, not SPIRE) on a "
         "temporary socket, run the real sidecar against it with every output format, force one "
         "rotation and check that every file set switched atomically and verifies.",

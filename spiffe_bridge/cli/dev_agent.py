@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from spiffe_bridge.cli.argtypes import duration, mode
+from spiffe_bridge.cli.main import summary
 from spiffe_bridge.devagent.ca import KEY_TYPES
 from spiffe_bridge.devagent.identity import Identity, trust_domain_name
 
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the ``dev-agent`` subcommand."""
     p = subparsers.add_parser(
         "dev-agent",
-        help="serve an embedded Workload API for demos and tests",
+        help=summary("dev-agent"),
         description="Serve an embedded SPIFFE Workload API until SIGTERM or SIGINT.",
         epilog="Signals: SIGUSR1 rotates every X509-SVID; SIGUSR2 rotates the X.509 root "
         "and the JWT signing key. Durations: 30s, 5m, 1h, 1h30m, 250ms.",

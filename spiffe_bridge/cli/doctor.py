@@ -13,11 +13,12 @@ import json
 import sys
 
 from spiffe_bridge.cli.argtypes import duration
+from spiffe_bridge.cli.main import summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``doctor`` subcommand."""
-    p = subparsers.add_parser("doctor", help="preflight checks: socket, identity, clock, files, ports")
+    p = subparsers.add_parser("doctor", help=summary("doctor"))
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="FILE", help="check this sidecar configuration (helper.conf)")
     source.add_argument("--address", help="check only this Workload API (default: $SPIFFE_ENDPOINT_SOCKET)")

@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from spiffe_bridge.cli.argtypes import duration, mode
+from spiffe_bridge.cli.main import summary
 
 if TYPE_CHECKING:
     from spiffe_bridge.fileset import WriteResult
@@ -67,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the ``fetch`` subcommand with its ``x509`` and ``jwt`` kinds."""
     p = subparsers.add_parser(
         "fetch",
-        help="fetch X.509 or JWT material once and write/print it",
+        help=summary("fetch"),
         description="Fetch identities from the Workload API once: print a summary, or write the files "
         "in one format. Exit codes as run's one-shot mode: 0 ok, 2 usage, 3 agent unavailable, "
         "4 no identity, 5 write error.",

@@ -13,13 +13,12 @@ import json
 import sys
 
 from spiffe_bridge.cli.argtypes import duration
+from spiffe_bridge.cli.main import summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``inspect`` subcommand."""
-    p = subparsers.add_parser(
-        "inspect", help="show what the agent serves or what files hold, and what is wrong"
-    )
+    p = subparsers.add_parser("inspect", help=summary("inspect"))
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories any format wrote")
     p.add_argument("--address", help="inspect the Workload API at this address instead of files")
     p.add_argument(

@@ -20,6 +20,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from spiffe_bridge.cli.main import summary
+
 if TYPE_CHECKING:
     from spiffe_bridge.formats import X509Options
 
@@ -31,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     p = subparsers.add_parser(
         "linkerd-env",
-        help="render a Linkerd proxy identity env file",
+        help=summary("linkerd-env"),
         description="Render linkerd2-proxy's identity environment (SPIRE mode) as a systemd "
         "EnvironmentFile, once or, with --watch, whenever it changes.",
     )

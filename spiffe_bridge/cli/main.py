@@ -43,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def summary(command: str) -> str:
+    """The command's one-line help, as ``spiffe-bridge --help`` lists it (each module uses this)."""
+    return COMMANDS[command][1]
+
+
 def _normalise_go_flags(argv: list[str]) -> list[str]:
     """Accept spiffe-helper's Go flag spelling (-config f, -daemon-mode=false)."""
     out: list[str] = []

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from spiffe_bridge.cli.argtypes import duration, host_port, mode, owner
+from spiffe_bridge.cli.main import summary
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the ``relay`` subcommand."""
     p = subparsers.add_parser(
         "relay",
-        help="re-serve the Workload API on a local socket",
+        help=summary("relay"),
         description="Re-serve an upstream SPIFFE Workload API (one upstream stream per kind) on a "
         "local Unix socket to any number of clients, optionally showing them only some SVIDs.",
         epilog="An SVID is shown if its SPIFFE ID or its hint is allowed; with no --allow-* option "

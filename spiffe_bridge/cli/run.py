@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from spiffe_bridge.cli.argtypes import boolean
+from spiffe_bridge.cli.main import summary
 from spiffe_bridge.sidecar.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
 from spiffe_bridge.sidecar.exitcodes import EXIT_CONFIG
 
@@ -27,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
     """Register the ``run`` subcommand."""
     parser = subparsers.add_parser(
         "run",
-        help="sidecar: a drop-in for spiffe-helper",
+        help=summary("run"),
         description=(
             "Keep SVIDs and bundles in files for a consumer and reload it on every rotation. Reads "
             "spiffe-helper's helper.conf unchanged (or TOML/JSON). After --, a program to run once the "

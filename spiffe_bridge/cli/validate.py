@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from spiffe_bridge.cli.argtypes import duration
+from spiffe_bridge.cli.main import summary
 
 if TYPE_CHECKING:
     from spiffe_bridge.jwtsvid import JwtSvid
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``validate jwt``."""
-    p = subparsers.add_parser("validate", help="validate a JWT-SVID locally or through the agent")
+    p = subparsers.add_parser("validate", help=summary("validate"))
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     j = kinds.add_parser("jwt", help="validate a JWT-SVID for an audience")
     j.add_argument("token", metavar="TOKEN", help="the compact JWS, or - to read it from stdin")

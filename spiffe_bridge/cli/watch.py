@@ -15,10 +15,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from spiffe_bridge.cli.main import summary
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``watch`` subcommand."""
-    p = subparsers.add_parser("watch", help="print one line per X.509 or JWT bundle update")
+    p = subparsers.add_parser("watch", help=summary("watch"))
     p.add_argument("--address", help="Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N updates (0: never)")
