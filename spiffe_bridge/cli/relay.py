@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from spiffe_bridge.cli.argtypes import duration, host_port, mode, owner
 from spiffe_bridge.cli.main import summary
 from spiffe_bridge.errors import SpiffeBridgeError
-from spiffe_bridge.relay.core import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
+from spiffe_bridge.relay.aio import DEFAULT_HOLD, DEFAULT_STARTUP_WAIT, AsyncRelay
 from spiffe_bridge.relay.filter import SvidFilter
 from spiffe_bridge.relay.listener import Listener
 from spiffe_bridge.retry import Backoff

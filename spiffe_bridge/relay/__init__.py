@@ -25,21 +25,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from spiffe_bridge.relay.core import AsyncRelay
+    from spiffe_bridge.relay.aio import AsyncRelay
     from spiffe_bridge.relay.feed import Kind, Snapshot
     from spiffe_bridge.relay.filter import SvidFilter
     from spiffe_bridge.relay.listener import Listener
     from spiffe_bridge.relay.observe import RelayEvent, RelayStats, Stage
-    from spiffe_bridge.relay.runner import Relay
+    from spiffe_bridge.relay.sync import Relay
 else:
     __getattr__, __dir__ = lazy_exports(
         globals(),
         {
-            ".core": ["AsyncRelay"],
+            ".aio": ["AsyncRelay"],
             ".feed": ["Kind", "Snapshot"],
             ".filter": ["SvidFilter"],
             ".listener": ["Listener"],
             ".observe": ["RelayEvent", "RelayStats", "Stage"],
-            ".runner": ["Relay"],
+            ".sync": ["Relay"],
         },
     )

@@ -17,7 +17,7 @@ from typing import Any
 from spiffe_bridge import promtext
 from spiffe_bridge.health import HealthServer, MetricsRenderer
 from spiffe_bridge.promtext import Family
-from spiffe_bridge.relay.core import AsyncRelay
+from spiffe_bridge.relay.aio import AsyncRelay
 from spiffe_bridge.relay.feed import Kind
 from spiffe_bridge.relay.observe import RelayStats
 

@@ -3,7 +3,7 @@
 ``load(path)`` reads HCL (spiffe-helper's format, the default), TOML
 (``.toml``) or JSON (``.json``), checks every key against the tables declared in
 :mod:`spiffe_bridge.sidecar.settings`, applies environment overrides
-(:mod:`spiffe_bridge.sidecar.env`) and spiffe-helper's validation rules, and
+(:mod:`spiffe_bridge.sidecar.env_overrides`) and spiffe-helper's validation rules, and
 returns a frozen :class:`Config`. Problems raise :class:`ConfigError` naming
 the key and line; doubtful values (decimal file modes, keys ignored in
 one-shot mode) become ``Config.warnings``.
@@ -22,7 +22,7 @@ from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV
 from spiffe_bridge.address import parse as parse_address
 from spiffe_bridge.errors import AddressError, SpiffeIdError
 from spiffe_bridge.formats.options import FormatError, check_key_file_mode
-from spiffe_bridge.sidecar import env as env_overrides
+from spiffe_bridge.sidecar import env_overrides
 from spiffe_bridge.sidecar.blocks import (
     BrokerConfig,
     HealthConfig,
@@ -30,7 +30,7 @@ from spiffe_bridge.sidecar.blocks import (
     MetricsConfig,
     OutputConfig,
 )
-from spiffe_bridge.sidecar.decode import parse_text
+from spiffe_bridge.sidecar.config_text import parse_text
 from spiffe_bridge.sidecar.hcl import HclObject
 from spiffe_bridge.sidecar.schema import ConfigError, Issues, check_object, declared, defaults, keys_of, where
 from spiffe_bridge.sidecar.settings import TOP_KEYS, Config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spiffe_bridge.sidecar import env as env_mod
+from spiffe_bridge.sidecar import env_overrides as env_mod
 from spiffe_bridge.sidecar.config import (
     DEFAULT_AGENT_ADDRESS,
     Config,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spiffe_bridge.sidecar import env, exitcodes
+from spiffe_bridge.sidecar import env_overrides as env
+from spiffe_bridge.sidecar import exitcodes
 from spiffe_bridge.sidecar.schema import Key
 from spiffe_bridge.sidecar.settings import TOP_KEYS
 
