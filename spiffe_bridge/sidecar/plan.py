@@ -88,20 +88,38 @@ class DirPlan:
         tokens: Mapping[str, JwtSvid],
         bundles: JwtBundleSet | None,
     ) -> list[FileSpec]:
-        """The files for whatever material is available (FormatError if the options cannot be met)."""
-        files: list[FileSpec] = []
+        """The files for whatever material is available (FormatError if the options cannot be met).
+
+        Outputs sharing the directory may render the same file identically (``svid_bundle.pem``);
+        the same name with other content is a FormatError naming both outputs.
+        """
+        rendered: list[tuple[str, list[FileSpec]]] = []
         if ctx is not None:
             for i, out in enumerate(self.x509):
                 cached = self._cache.get(i)
                 if cached is None or cached[0] != ctx.digest:
                     cached = (ctx.digest, render_x509(out.format, ctx, out.options))
                     self._cache[i] = cached
-                files += cached[1]
+                rendered.append((f"format {out.format!r}", cached[1]))
         if self.jwt_options is not None:
             pairs = [(tokens[j.file_name], j.file_name) for j in self.jwt_svids if j.file_name in tokens]
             if pairs or (bundles is not None and self.wants_jwt_bundle):
-                files += render_jwt(pairs, bundles if self.wants_jwt_bundle else None, self.jwt_options)
-        return files
+                jwt_files = render_jwt(pairs, bundles if self.wants_jwt_bundle else None, self.jwt_options)
+                rendered.append(("the JWT files", jwt_files))
+        if len(rendered) > 1:
+            self._check_collisions(rendered)
+        return [spec for _, specs in rendered for spec in specs]
+
+    def _check_collisions(self, rendered: Sequence[tuple[str, Sequence[FileSpec]]]) -> None:
+        owners: dict[str, tuple[str, FileSpec]] = {}
+        for what, specs in rendered:
+            for spec in specs:
+                seen = owners.setdefault(spec.name, (what, spec))
+                if seen[0] != what and seen[1] != spec:
+                    raise FormatError(
+                        f"{seen[0]} and {what} both write {spec.name!r} in {self.directory}, with "
+                        "different content; rename one (its *_file_name option) or use two directories"
+                    )
 
 
 def _abs(directory: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from spiffe_bridge.cli import run as cli
+from spiffe_bridge.devagent import DevAgent
 from spiffe_bridge.sidecar import metrics, plan
 from spiffe_bridge.sidecar.config import Config, ConfigError, build, parse_text
 from spiffe_bridge.sidecar.status import SidecarStatus
@@ -201,3 +202,28 @@ def test_actions_of_an_output_are_reported_as_ignored_in_one_shot_mode() -> None
         build(parse_text(text.replace("daemon_mode = false\n", ""), "hcl"), environ={}), {}
     )
     assert [u.action for p in daemon for u in p.updates] == ["reload_haproxy", "restart_command"]
+
+
+def test_two_outputs_writing_one_name_differently_fail_naming_both(
+    dev_agent: DevAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Used to fail every write with "duplicate file name" and no word of which outputs clashed."""
+    from spiffe_bridge.sidecar.exitcodes import EXIT_WRITE
+    from spiffe_bridge.sidecar.oneshot import OneShot
+
+    certs = tmp_path / "certs"
+    text = f'agent_address = "{dev_agent.address}"\ndaemon_mode = false\noutputs = [\n'
+    text += f'  {{format = "pem", dir = "{certs}", svid_file_name = "svid_combined.pem"}},\n'
+    text += f'  {{format = "combined", dir = "{certs}"}},\n]\n'
+    config = build(parse_text(text, "hcl"), environ={})
+    plans, _ = plan.build(config, {})
+    assert OneShot(config, plans).run() == EXIT_WRITE
+    clash = f"format 'pem' and format 'combined' both write 'svid_combined.pem' in {certs}, with different"
+    assert clash in caplog.text
+    assert not certs.exists() or not any(certs.iterdir())
+    # the file both render alike (the bundle) is no clash
+    text = text.replace('svid_file_name = "svid_combined.pem"', 'svid_file_name = "leaf.pem"')
+    config = build(parse_text(text, "hcl"), environ={})
+    plans, _ = plan.build(config, {})
+    assert OneShot(config, plans).run() == 0
+    assert (certs / "svid_bundle.pem").is_file() and (certs / "svid_combined.pem").is_file()
