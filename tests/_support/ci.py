@@ -7,11 +7,15 @@ run, not a reason to skip. Everywhere else the test skips and says how to get it
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import pytest
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Where Debian keeps daemons (nginx, haproxy, mariadbd...) that are not on a user's PATH.
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -41,3 +45,24 @@ def require_binary(name: str, how: str = "run scripts/install-system-deps.sh") -
     if found is None:
         missing(f"{name} not installed: {how}")
     return found
+
+
+def needs(available: object, reason: str) -> Callable[[F], F]:
+    """Decorate a test that needs something: as is when ``available``, else skipped (CI: failed).
+
+    The decorator form of :func:`require`, where ``pytest.mark.skipif`` would skip under CI too.
+    """
+
+    def mark(test: F) -> F:
+        if available:
+            return test
+        if not in_ci():
+            return pytest.mark.skip(reason=reason)(test)  # type: ignore[no-any-return]
+
+        @functools.wraps(test)
+        def fails(*_args: Any, **_kwargs: Any) -> None:
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+
+        return fails  # type: ignore[return-value]
+
+    return mark

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _support.ci import needs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -111,7 +112,7 @@ def test_intermediate_chain_verifies_with_cryptography() -> None:
         )
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+@needs(shutil.which("openssl"), "needs openssl")
 def test_intermediate_chain_verifies_with_openssl(tmp_path: Path) -> None:
     ca = TrustDomainCA("example.org", intermediate=True)
     mat = ca.issue_x509_svid(SVID_ID, ttl=600)

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from _support.ci import needs
 
 from spiffe_bridge.devagent.pytest_plugin import DevAgentFactory
 from spiffe_bridge.devagent.server import DevAgent
@@ -35,9 +36,9 @@ def test_factory_gives_independent_agents(dev_agent_factory: DevAgentFactory) ->
     assert a.socket_path != b.socket_path and a.trust_domain != b.trust_domain
 
 
-@pytest.mark.skipif(
-    not any(ep.value == "spiffe_bridge.devagent.pytest_plugin" for ep in entry_points(group="pytest11")),
-    reason="spiffe-bridge is not installed (pip install -e .), so the pytest11 entry point is inactive",
+@needs(
+    any(ep.value == "spiffe_bridge.devagent.pytest_plugin" for ep in entry_points(group="pytest11")),
+    "spiffe-bridge is not installed (pip install -e .), so the pytest11 entry point is inactive",
 )
 def test_fixtures_arrive_through_the_entry_point(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _support.ci import needs
 from _support.pki import roots_pem
 from relay_helpers import RelayFactory
 
@@ -41,7 +42,7 @@ def _sourced(env_file: Path, name: str) -> str:
     ).stdout
 
 
-@pytest.mark.skipif(not os.path.exists(BASH), reason="needs bash")
+@needs(os.path.exists(BASH), "needs bash")
 @pytest.mark.dev_agent(identities=[f"{APP}#app", f"{PROXY}#proxy"])
 def test_env_through_filtered_relay_reads_back_exactly(
     dev_agent: DevAgent, relay_factory: RelayFactory, tmp_path: Path
@@ -63,7 +64,7 @@ def test_env_through_filtered_relay_reads_back_exactly(
     assert _sourced(env_file, "LINKERD2_PROXY_IDENTITY_SPIRE_WORKLOAD_API_ADDRESS") == relay.address
 
 
-@pytest.mark.skipif(not os.path.exists(BASH), reason="needs bash")
+@needs(os.path.exists(BASH), "needs bash")
 def test_watch_restarts_once_per_anchors_change(dev_agent: DevAgent, tmp_path: Path) -> None:
     """``--watch`` is the sidecar with one linkerd output: its log says what it wrote and restarted."""
     out_dir, marker = tmp_path / "identity", tmp_path / "restarts"

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 from _support.binaries import spire_bin_dir
+from _support.ci import needs
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "linkerd-vm" / "local-check.sh"
-NEEDS = pytest.mark.skipif(
-    not (shutil.which("bash") and shutil.which("openssl")), reason="local-check.sh needs bash and openssl"
-)
+NEEDS = needs(shutil.which("bash") and shutil.which("openssl"), "local-check.sh needs bash and openssl")
 
 
 def _run(spire_bin_dir: str) -> subprocess.CompletedProcess[str]:

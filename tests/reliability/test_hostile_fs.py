@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _support.ci import needs
 from _support.pki import svid_message
 from cryptography import x509
 from reliability_support import pem_set_problems, pem_specs
@@ -459,7 +460,7 @@ def _write_as_nobody(directory: Path, layout: str, files: list[FileSpec]) -> dic
     return dict(json.loads(data))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@needs(os.geteuid() == 0, "needs root to drop to another user")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_permission_denied(scene: Scene, layout: str) -> None:
     writer = scene.writer(layout)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.ci import needs
 
 from spiffe_bridge.errors import SpiffeBridgeError
 from spiffe_bridge.fileset import (
@@ -144,7 +145,7 @@ def test_mode_is_reapplied_when_someone_loosened_it(tmp_path: Path, layout: str)
     assert mode_of(tmp_path / "svid_key.pem") == 0o600
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@needs(os.geteuid() == 0, "chown to another user needs root")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_owner_is_set_before_files_become_visible(tmp_path: Path, layout: str) -> None:
     writer = FileSetWriter(tmp_path, layout=layout, uid=65534, gid=65534)  # type: ignore[arg-type]
