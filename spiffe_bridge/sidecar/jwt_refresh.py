@@ -1,5 +1,7 @@
 """The JWT side of the daemon as tasks on its event loop: the bundle stream and one refresher per token.
 
+:func:`keep_fresh` is the refresh loop itself, shared with broker mode's workload tokens.
+
 Each configured JWT-SVID is fetched with the shared
 :class:`~spiffe_bridge.client.aio.AsyncWorkloadClient`, handed over, and fetched
 again once half its lifetime has passed, so the file on disk is replaced well
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from spiffe_bridge.client.aio import AsyncWorkloadClient
 from spiffe_bridge.errors import SpiffeBridgeError, WorkloadApiError
@@ -57,15 +59,33 @@ async def refresh_token(
     deliver: Callable[[JwtSvidConfig, JwtSvid], None],
 ) -> None:
     """Keep the token of one ``jwt_svids`` entry fresh (runs until cancelled)."""
+
+    async def fetch() -> JwtSvid:
+        return await client.fetch_jwt_svid(
+            spec.audience, *spec.extra_audiences, hint=hint, timeout=FETCH_TIMEOUT
+        )
+
+    await keep_fresh(fetch, spec, deliver)
+
+
+async def keep_fresh(
+    fetch: Callable[[], Awaitable[JwtSvid]],
+    spec: JwtSvidConfig,
+    deliver: Callable[[JwtSvidConfig, JwtSvid], None],
+    what: str = "JWT-SVID",
+) -> None:
+    """Fetch the token of ``spec`` and again at each half-life, delivering new ones (until cancelled).
+
+    ``fetch`` mints it (the bridge's own through the Workload API, a workload's through the
+    Broker API); a failure is logged with ``what`` and retried with a doubling delay.
+    """
     retry = RETRY_INITIAL
     last_token = ""
     while True:
         try:
-            svid = await client.fetch_jwt_svid(
-                spec.audience, *spec.extra_audiences, hint=hint, timeout=FETCH_TIMEOUT
-            )
+            svid = await fetch()
         except (SpiffeBridgeError, LookupError, ValueError) as exc:
-            log.warning("JWT-SVID for audience %r: %s (retry in %.0fs)", spec.audience, exc, retry)
+            log.warning("%s for audience %r: %s (retry in %.0fs)", what, spec.audience, exc, retry)
             await asyncio.sleep(retry)
             retry = min(retry * 2, RETRY_MAX)
             continue
