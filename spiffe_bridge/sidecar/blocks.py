@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spiffe_bridge.sidecar.schema import ID_BOUNDS, declare, setting
+from spiffe_bridge.sidecar.schema import ID_BOUNDS, declare, keys_of, setting
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,15 @@ class OutputConfig:
         value=None,
         ours=True,
         shown="unset",
+    )
+    jwt_svids: tuple[JwtSvidConfig, ...] = setting(
+        "object_list",
+        [],
+        "Broker mode: JWT-SVIDs of the referenced workload, written into `dir` and kept fresh like the "
+        "top-level `jwt_svids` (same keys; only on an output with `workload_pid` or `workload_pid_file`).",
+        value=(),
+        ours=True,
+        fields=keys_of(JwtSvidConfig),
     )
 
     @property

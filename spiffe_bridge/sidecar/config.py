@@ -152,17 +152,7 @@ def _validate(
     def line(key: str) -> int | None:
         return raw.line_of(key) if key in raw else None
 
-    jwt_svids = []
-    for i, item in enumerate(v["jwt_svids"]):
-        if not item.get("jwt_svid_file_name"):
-            raise ConfigError(f"'jwt_svid_file_name' is required in 'jwt_svids[{i}]'")
-        if not item.get("jwt_audience"):
-            raise ConfigError(f"'jwt_audience' is required in 'jwt_svids[{i}]'")
-        jwt_svids.append(
-            JwtSvidConfig(
-                item["jwt_audience"], tuple(item.get("jwt_extra_audiences", [])), item["jwt_svid_file_name"]
-            )
-        )
+    jwt_svids = _jwt_svids(v["jwt_svids"], "jwt_svids")
     x509_names = [v["svid_file_name"], v["svid_key_file_name"], v["svid_bundle_file_name"]]
     if any(x509_names) and not all(x509_names):
         raise ConfigError(
@@ -232,6 +222,21 @@ def _validate(
     return Config(source=source, warnings=tuple(issues.warnings), **fields)
 
 
+def _jwt_svids(items: list[Mapping[str, Any]], name: str) -> list[JwtSvidConfig]:
+    """The ``jwt_svids`` entries of the top level or of an output (``name`` says which, for errors)."""
+    specs = []
+    for i, item in enumerate(items):
+        for key in ("jwt_svid_file_name", "jwt_audience"):
+            if not item.get(key):
+                raise ConfigError(f"'{key}' is required in '{name}[{i}]'")
+        specs.append(
+            JwtSvidConfig(
+                item["jwt_audience"], tuple(item.get("jwt_extra_audiences", [])), item["jwt_svid_file_name"]
+            )
+        )
+    return specs
+
+
 def _check_distinct_names(v: Mapping[str, Any], jwt_svids: list[JwtSvidConfig], raw: HclObject) -> None:
     """Every file spiffe-helper's keys put into cert_dir needs its own name (else no write succeeds).
 
@@ -284,6 +289,11 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
     entry = entries[index] if isinstance(entries, list) and index < len(entries) else entries
     line = entry.line if isinstance(entry, HclObject) else None
     option_lines = dict(entry.key_lines) if isinstance(entry, HclObject) else {}
+    if item.get("jwt_svids") and not (item.get("workload_pid_file") or item.get("workload_pid") is not None):
+        raise ConfigError(
+            f"{where(name + '.jwt_svids', option_lines.get('jwt_svids'))} needs 'workload_pid' or "
+            "'workload_pid_file' on its output (the bridge's own tokens are the top-level 'jwt_svids')"
+        )
     return OutputConfig(
         format=item["format"],
         dir=item["dir"],
@@ -295,6 +305,7 @@ def _output(index: int, item: Mapping[str, Any], raw: HclObject) -> OutputConfig
         option_lines=option_lines,
         workload_pid_file=item.get("workload_pid_file", ""),
         workload_pid=_workload_pid(name, item, option_lines),
+        jwt_svids=tuple(_jwt_svids(item.get("jwt_svids", []), f"{name}.jwt_svids")),
     )
 
 

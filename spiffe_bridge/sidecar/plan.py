@@ -253,9 +253,43 @@ def output_plan(out: OutputConfig, config: Config, environ: Mapping[str, str], i
         for action in dict.fromkeys(u.action for u in updates):
             line = out.option_lines.get(action, out.line)
             issues.warn(f"{where(action, line)} is ignored because daemon_mode is false")
-    return DirPlan(
+    plan = DirPlan(
         directory, out.layout, out.uid, out.gid, [X509Output(out.format, options)], updates=updates
     )
+    if out.jwt_svids:  # broker mode: the referenced workload's tokens (config.py allows no others here)
+        line = out.option_lines.get("jwt_svids", out.line)
+        _check_token_names(plan.x509, out.jwt_svids, f"outputs entry {out.format!r}", line)
+        plan.jwt_svids = list(out.jwt_svids)
+        plan.jwt_options = JwtOptions(
+            jwt_svid_file_mode=config.jwt_svid_file_mode, jwt_bundle_file_name=None, jwks_dir=None
+        )
+    return plan
+
+
+def _x509_names(x509: Sequence[X509Output]) -> list[tuple[str, str]]:
+    """(option, file or directory name) of everything the X.509 formats of a plan write."""
+    names = []
+    for out in x509:
+        for option in sorted(format_options(out.format)):
+            value = getattr(out.options, option, None) if option.endswith(("_file_name", "_dir")) else None
+            if isinstance(value, str) and value:
+                names.append((option, value))
+    return names
+
+
+def _check_token_names(
+    x509: Sequence[X509Output], specs: Sequence[JwtSvidConfig], label: str, line: int | None
+) -> None:
+    """Each token file needs a name of its own in its directory, apart from the X.509 files."""
+    seen = _x509_names(x509)
+    for i, spec in enumerate(specs):
+        key = f"{label}: {where(f'jwt_svids[{i}].jwt_svid_file_name', line)}"
+        _check_names([spec.file_name], key)
+        name = spec.file_name
+        for other_key, other in seen:
+            if name == other or name.startswith(other + "/") or other.startswith(name + "/"):
+                raise ConfigError(f"{key}: {name!r} collides with {other_key} {other!r}")
+        seen.append((key, name))
 
 
 def _workload_key(config: Config, index: int | None) -> tuple[str, int | None] | None:
@@ -292,4 +326,9 @@ def build(config: Config, environ: Mapping[str, str] | None = None) -> tuple[lis
             )
         existing.x509 += plan.x509
         existing.updates += plan.updates
+        if plan.jwt_svids:  # two outputs of one workload in one directory: its tokens join the set
+            existing.jwt_svids += plan.jwt_svids
+            existing.jwt_options = plan.jwt_options
+        if existing.jwt_svids and existing.workload is not None:
+            _check_token_names(existing.x509, existing.jwt_svids, f"outputs in {plan.directory}", None)
     return list(plans.values()), issues.warnings
