@@ -1,8 +1,11 @@
-"""Broker mode for the sidecar: the X.509 context of each output that references a workload.
+"""Broker mode for the sidecar: the X.509 context and JWT-SVIDs of each output that references a workload.
 
 ``workload_updates(config, source)`` yields a ``WorkloadUpdate`` whenever an
 output's workload gets a new X.509 context (write it, owned by that output's
-uid) or stops having one (``context`` None: that output is not ready). One
+uid) or stops having one (``context`` None: that output is not ready), and a
+``TokenUpdate`` for each of the output's ``jwt_svids`` minted for that workload
+(after its first X.509 context, then again at each half-life, through
+:func:`.jwt_refresh.keep_fresh`; the refreshers end with the process's watch). One
 ``AsyncBrokerClient`` serves every output; ``source`` is the bridge's own
 identity (``agent_address``), which authenticates it to the agent.
 
@@ -12,7 +15,8 @@ or unreadable file means no workload yet). When the process exits the watch
 ends and the output is not ready until the file names a live process again.
 ``fetch_once`` is the one-shot variant (NoIdentityError when any has none);
 ``WorkloadFeed`` is the daemon's: it holds each output's current context and
-records per-output readiness in the sidecar status.
+tokens, and records per-output readiness in the sidecar status (an output is
+ready to write once it has its context and every token).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from spiffe_bridge.broker import agent_authorizer
@@ -33,9 +37,11 @@ from spiffe_bridge.errors import (
     WorkloadApiError,
     WorkloadNotFoundError,
 )
+from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.loglist import capped
 from spiffe_bridge.retry import Backoff
-from spiffe_bridge.sidecar.config import BrokerConfig, Config, OutputConfig
+from spiffe_bridge.sidecar.config import BrokerConfig, Config, JwtSvidConfig, OutputConfig
+from spiffe_bridge.sidecar.jwt_refresh import FETCH_TIMEOUT, keep_fresh
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.sources import AsyncX509Source
@@ -60,6 +66,37 @@ class WorkloadUpdate:
     pid: int | None
     context: X509Context | None
     error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class TokenUpdate:
+    """A fresh JWT-SVID of output ``index``'s workload ``pid``, for the entry writing ``file_name``."""
+
+    index: int
+    pid: int
+    file_name: str
+    svid: JwtSvid
+
+
+@dataclass(frozen=True)
+class Issued:
+    """Everything one workload output is written from: its workload's context and tokens by file name."""
+
+    context: X509Context
+    tokens: Mapping[str, JwtSvid]
+
+
+#: The ``jwt_svids`` entries to mint for each workload output, by ``outputs`` index.
+TokenSpecs = Mapping[int, Sequence[JwtSvidConfig]]
+
+
+def token_specs(plans: Sequence[DirPlan]) -> dict[int, tuple[JwtSvidConfig, ...]]:
+    """Each workload plan's ``jwt_svids`` (merged outputs of one directory included), by its index."""
+    return {p.workload: tuple(p.jwt_svids) for p in plans if p.workload is not None}
+
+
+def _specs(config: Config, tokens: TokenSpecs | None, index: int) -> Sequence[JwtSvidConfig]:
+    return config.outputs[index].jwt_svids if tokens is None else tokens.get(index, ())
 
 
 def not_ready_reason(update: WorkloadUpdate) -> str:
@@ -130,11 +167,15 @@ def _current_pid(output: OutputConfig) -> int | None:
     return read_pid_file(output.workload_pid_file)
 
 
+Update = WorkloadUpdate | TokenUpdate
+
+
 async def _follow(
     index: int,
     output: OutputConfig,
+    specs: Sequence[JwtSvidConfig],
     client: AsyncBrokerClient,
-    queue: asyncio.Queue[WorkloadUpdate],
+    queue: asyncio.Queue[Update],
     poll_interval: float,
 ) -> None:
     """Keep output ``index`` fed: subscribe for the current PID, restart when the PID changes."""
@@ -159,7 +200,7 @@ async def _follow(
                         announced_missing = True
                 else:
                     announced_missing = False
-                    watch = asyncio.create_task(_subscribe(index, pid, client, queue))
+                    watch = asyncio.create_task(_subscribe(index, pid, specs, client, queue))
             if output.workload_pid is not None and watch is not None:
                 await watch  # a fixed PID: nothing to poll, its watch ends when the process does
                 return
@@ -180,29 +221,69 @@ def _alive(pid: int) -> bool:
 
 
 async def _subscribe(
-    index: int, pid: int, client: AsyncBrokerClient, queue: asyncio.Queue[WorkloadUpdate]
+    index: int,
+    pid: int,
+    specs: Sequence[JwtSvidConfig],
+    client: AsyncBrokerClient,
+    queue: asyncio.Queue[Update],
 ) -> None:
+    """Watch ``pid``'s X.509 contexts and keep its tokens fresh, until the process exits (or cancelled).
+
+    The token refreshers start with the first context (the workload has an entry by then)
+    and are stopped before the exit is reported, so no token of a gone process follows it.
+    """
+
     def on_error(exc: Exception) -> None:
         if isinstance(exc, NoIdentityError):  # no registration entry for the workload (yet)
             queue.put_nowait(WorkloadUpdate(index, pid, None, exc))
 
+    def deliver(spec: JwtSvidConfig, svid: JwtSvid) -> None:
+        queue.put_nowait(TokenUpdate(index, pid, spec.file_name, svid))
+
+    def refresher(spec: JwtSvidConfig) -> asyncio.Task[None]:
+        async def fetch() -> JwtSvid:
+            extra = spec.extra_audiences
+            return await client.fetch_jwt_svid(pid, spec.audience, *extra, timeout=FETCH_TIMEOUT)
+
+        return asyncio.create_task(keep_fresh(fetch, spec, deliver, f"JWT-SVID of pid {pid}"))
+
+    refreshers: list[asyncio.Task[None]] = []
+    ended: Exception | None = None
     try:
         async for context in client.watch_x509_contexts(pid, on_error=on_error):
+            if not refreshers:
+                refreshers = [refresher(spec) for spec in specs]
             await queue.put(WorkloadUpdate(index, pid, context))
     except (WorkloadApiError, ValueError) as exc:  # the process exited, or a PID that cannot be one
-        await queue.put(WorkloadUpdate(index, pid, None, exc))
+        ended = exc
+    finally:
+        for task in refreshers:
+            task.cancel()
+        await asyncio.gather(*refreshers, return_exceptions=True)
+    if ended is not None:
+        await queue.put(WorkloadUpdate(index, pid, None, ended))
 
 
 async def workload_updates(
-    config: Config, source: X509SourceLike, *, poll_interval: float = POLL_INTERVAL
-) -> AsyncIterator[WorkloadUpdate]:
-    """Every change of every workload output's context, for as long as the caller iterates."""
+    config: Config,
+    source: X509SourceLike,
+    *,
+    tokens: TokenSpecs | None = None,
+    poll_interval: float = POLL_INTERVAL,
+) -> AsyncIterator[Update]:
+    """Every change of every workload output's context, and each token minted, while the caller iterates.
+
+    ``tokens``: the ``jwt_svids`` to mint per output (default: each output's own entries).
+    """
     outputs = [(i, out) for i, out in enumerate(config.outputs) if out.workload]
     if not outputs:
         return
-    queue: asyncio.Queue[WorkloadUpdate] = asyncio.Queue()
+    queue: asyncio.Queue[Update] = asyncio.Queue()
     async with client_for(config, source) as client:
-        tasks = [asyncio.create_task(_follow(i, out, client, queue, poll_interval)) for i, out in outputs]
+        tasks = [
+            asyncio.create_task(_follow(i, out, _specs(config, tokens, i), client, queue, poll_interval))
+            for i, out in outputs
+        ]
         try:
             while True:
                 yield await queue.get()
@@ -212,15 +293,17 @@ async def workload_updates(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def fetch_once(config: Config, source: X509SourceLike, timeout: float) -> dict[int, X509Context]:
-    """One-shot: the context of every workload output, waiting up to ``timeout`` for each to be issued.
+async def fetch_once(
+    config: Config, source: X509SourceLike, timeout: float, tokens: TokenSpecs | None = None
+) -> dict[int, Issued]:
+    """One-shot: the context and tokens of every workload output, waiting up to ``timeout`` for each.
 
-    NoIdentityError (exit 4) when an output's workload has no identity by then, its
-    pid file names no PID, or the process does not exist.
+    NoIdentityError (exit 4) when an output's workload has no identity (or no token) by
+    then, its pid file names no PID, or the process does not exist.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    result: dict[int, X509Context] = {}
+    result: dict[int, Issued] = {}
     async with client_for(config, source) as client:
         for index, output in enumerate(config.outputs):
             if not output.workload:
@@ -233,7 +316,13 @@ async def fetch_once(config: Config, source: X509SourceLike, timeout: float) -> 
                         raise NoIdentityError(f"outputs[{index}]: no PID in {output.workload_pid_file}")
                     if not _alive(pid):
                         raise NoIdentityError(f"outputs[{index}]: no process with pid {pid}")
-                    result[index] = await client.fetch_x509_context(pid, timeout=max(left, 0.1))
+                    context = await client.fetch_x509_context(pid, timeout=max(left, 0.1))
+                    minted = {}
+                    for spec in _specs(config, tokens, index):
+                        audiences = (spec.audience, *spec.extra_audiences)
+                        left = max(deadline - loop.time(), 0.1)
+                        minted[spec.file_name] = await client.fetch_jwt_svid(pid, *audiences, timeout=left)
+                    result[index] = Issued(context, minted)
                     break
                 except NoIdentityError:
                     if left <= 0:
@@ -243,18 +332,22 @@ async def fetch_once(config: Config, source: X509SourceLike, timeout: float) -> 
 
 
 class WorkloadFeed:
-    """The daemon's workload outputs: each one's current context, and its readiness in ``status``.
+    """The daemon's workload outputs: each one's current context and tokens, and its readiness in ``status``.
 
     ``contexts[index]`` is what output ``index`` should hold (None: not ready, files kept);
-    an index is absent until its first verdict. ``on_change`` is called on the loop after
-    every update, to have the outputs written.
+    an index is absent until its first verdict. ``tokens[index]`` are the JWT-SVIDs of
+    that workload's current process (dropped when it exits or another PID is followed).
+    ``on_change`` is called on the loop after every update, to have the outputs written.
     """
 
     def __init__(self, config: Config, plans: Sequence[DirPlan], status: SidecarStatus) -> None:
         self.config = config
         self.status = status
         self.directories = {p.workload: p.directory for p in plans if p.workload is not None}
+        self.specs = token_specs(plans)
         self.contexts: dict[int, X509Context | None] = {}
+        self.tokens: dict[int, dict[str, JwtSvid]] = {}
+        self.pids: dict[int, int | None] = {}
         for directory in self.directories.values():
             status.output_not_ready(directory, "waiting for the workload's identity")
 
@@ -262,8 +355,20 @@ class WorkloadFeed:
         return bool(self.directories)
 
     def decided(self) -> bool:
-        """Every workload output has had a first verdict: an identity, or not ready and why."""
-        return all(index in self.contexts for index in self.directories)
+        """Every workload output has had a first verdict: its identity (and tokens), or not ready and why."""
+        return all(
+            index in self.contexts and (self.contexts[index] is None or index in self.ready())
+            for index in self.directories
+        )
+
+    def ready(self) -> dict[int, Issued]:
+        """What each output that can be written now holds: a context and every one of its tokens."""
+        held = {}
+        for index, context in self.contexts.items():
+            tokens = self.tokens.get(index, {})
+            if context is not None and all(s.file_name in tokens for s in self.specs.get(index, ())):
+                held[index] = Issued(context, dict(tokens))
+        return held
 
     async def run(self, own: AsyncX509Source, on_change: Callable[[], None], backoff: Backoff) -> None:
         """Follow every workload output until cancelled; a failed client is reported and restarted."""
@@ -271,7 +376,7 @@ class WorkloadFeed:
         while True:
             await own.wait_for(None)  # the bridge's own SVID authenticates it to the agent
             try:
-                async for update in workload_updates(self.config, own):
+                async for update in workload_updates(self.config, own, tokens=self.specs):
                     attempt = 0
                     self.apply(update)
                     on_change()
@@ -284,11 +389,26 @@ class WorkloadFeed:
             attempt += 1
             await asyncio.sleep(backoff.delay(attempt))
 
-    def apply(self, update: WorkloadUpdate, *, quiet: bool = False) -> None:
+    def apply(self, update: Update, *, quiet: bool = False) -> None:
         """Hold ``update`` for its output and record that output's readiness."""
         directory = self.directories.get(update.index)
         if directory is None:
             return
+        if isinstance(update, TokenUpdate):
+            if update.pid != self.pids.get(update.index) or self.contexts.get(update.index) is None:
+                return  # minted for a process no longer followed (or gone): never written
+            self.tokens.setdefault(update.index, {})[update.file_name] = update.svid
+            log.info(
+                "received JWT-SVID %s for the workload (pid %s) of %s",
+                update.file_name,
+                update.pid,
+                directory,
+            )
+            self._waiting_for_tokens(update.index, directory)
+            return
+        if update.pid != self.pids.get(update.index) or not isinstance(update.error, NoIdentityError | None):
+            self.tokens.pop(update.index, None)  # another process, or this one exited: its tokens are void
+        self.pids[update.index] = update.pid
         self.contexts[update.index] = update.context
         if update.context is None:
             reason = not_ready_reason(update)
@@ -298,3 +418,8 @@ class WorkloadFeed:
         else:
             ids = capped(s.spiffe_id for s in update.context.svids)
             log.info("received X.509 update for the workload (pid %s) of %s: %s", update.pid, directory, ids)
+            self._waiting_for_tokens(update.index, directory)
+
+    def _waiting_for_tokens(self, index: int, directory: str) -> None:
+        if index not in self.ready():  # written (and so ready) only once every token is there too
+            self.status.output_not_ready(directory, "waiting for the workload's JWT-SVIDs")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.errors import NoIdentityError, NotReadyError, SpiffeBridgeError, WorkloadApiError
@@ -38,6 +38,9 @@ from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sources import JwtSource, X509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
 from spiffe_bridge.x509context import X509Context
+
+if TYPE_CHECKING:  # broker mode loads the Broker API client only when used
+    from spiffe_bridge.sidecar.broker_outputs import Issued
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
@@ -134,7 +137,8 @@ class OneShot:
         try:
             for plan in self.plans:
                 if plan.workload is not None:  # broker mode: the referenced workload's own SVID
-                    files = plan.render(workloads[plan.workload], {}, None)
+                    issued = workloads[plan.workload]
+                    files = plan.render(issued.context, issued.tokens, None)
                     if files:
                         plan.writer().write(files)
                     continue
@@ -161,16 +165,16 @@ class OneShot:
         finally:
             source.close()
 
-    def _workloads(self) -> dict[int, X509Context]:
-        """Broker mode: each workload output's context through the Broker API (docs/broker.md)."""
+    def _workloads(self) -> dict[int, Issued]:
+        """Broker mode: each workload output's context and tokens through the Broker API (docs/broker.md)."""
         import asyncio
 
-        from spiffe_bridge.sidecar.broker_outputs import fetch_once
+        from spiffe_bridge.sidecar.broker_outputs import fetch_once, token_specs
         from spiffe_bridge.sources import AsyncX509Source
 
-        async def fetch() -> dict[int, X509Context]:
+        async def fetch() -> dict[int, Issued]:
             async with AsyncX509Source(self.config.agent_address, timeout=self.remaining()) as own:
-                return await fetch_once(self.config, own, self.remaining())
+                return await fetch_once(self.config, own, self.remaining(), token_specs(self.plans))
 
         try:
             return asyncio.run(fetch())

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from spiffe_bridge.fileset import FileSetWriter
 from spiffe_bridge.jwtbundle import JwtBundleSet
@@ -26,6 +27,9 @@ from spiffe_bridge.sidecar.hot_updater import HotUpdater
 from spiffe_bridge.sidecar.plan import DirPlan
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.x509context import X509Context
+
+if TYPE_CHECKING:  # broker mode loads the Broker API client only when used
+    from spiffe_bridge.sidecar.broker_outputs import Issued
 
 log = logging.getLogger("spiffe_bridge.sidecar")
 
@@ -55,14 +59,15 @@ class Outputs:
         ctx: X509Context | None,
         tokens: Mapping[str, JwtSvid],
         bundles: JwtBundleSet | None,
-        workloads: Mapping[int, X509Context | None] | None = None,
+        workloads: Mapping[int, Issued] | None = None,
         *,
         own: bool = True,
     ) -> tuple[bool, list[str]]:
         """Render and write every directory (no fsync); (anything changed, failed directories).
 
-        A broker-mode plan (``plan.workload`` set) is rendered from ``workloads[plan.workload]``,
-        never from the bridge's own ``ctx``; without a context there it is left as it is.
+        A broker-mode plan (``plan.workload`` set) is rendered from ``workloads[plan.workload]``
+        (its workload's context and tokens), never from the bridge's own material; without an
+        entry there (not ready: no context, or a token missing) it is left as it is.
         ``own`` False leaves the bridge's own outputs alone (its identity was withdrawn).
         """
         changed, failed = False, []
@@ -74,7 +79,7 @@ class Outputs:
                 if theirs is None:
                     continue  # not ready: the status says why (the runner recorded it)
                 material: tuple[X509Context | None, Mapping[str, JwtSvid], JwtBundleSet | None]
-                material = (theirs, {}, None)
+                material = (theirs.context, theirs.tokens, None)
             else:
                 material = (ctx, tokens, bundles)
             started = time.monotonic()
@@ -125,7 +130,7 @@ class Outputs:
                 log.error("could not remove the files in %s: %s", plan.directory, exc)
 
     def svid_expiry(
-        self, ctx: X509Context | None, workloads: Mapping[int, X509Context | None] | None = None
+        self, ctx: X509Context | None, workloads: Mapping[int, Issued] | None = None
     ) -> float | None:
         """When the first X.509-SVID written to any output expires (epoch seconds).
 
@@ -133,7 +138,8 @@ class Outputs:
         """
         times = []
         for plan, _ in self.writers:
-            held = ctx if plan.workload is None else (workloads or {}).get(plan.workload)
+            theirs = None if plan.workload is None else (workloads or {}).get(plan.workload)
+            held = ctx if plan.workload is None else theirs.context if theirs is not None else None
             if held is None:
                 continue
             for out in plan.x509:

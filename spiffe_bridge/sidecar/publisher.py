@@ -136,12 +136,12 @@ class Publisher:
         if self.lost and self.config.on_identity_lost == "delete":
             log.info("identity lost: not writing the bridge's own outputs until it is back")
             await self.outputs.settled()
-            changed, _ = self.outputs.write_all(None, {}, None, self.workloads.contexts, own=False)
+            changed, _ = self.outputs.write_all(None, {}, None, self.workloads.ready(), own=False)
             if changed:
                 self.outputs.make_durable()
             return
         await self.outputs.settled()  # the previous set is durable before this one replaces it
-        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.contexts)
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.ready())
         if changed:
             self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
@@ -158,7 +158,7 @@ class Publisher:
             self.status.wrote(
                 x509=self.ctx is not None,
                 jwt_paths=written,
-                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads.contexts),
+                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads.ready()),
                 jwt_expiry=jwt_expiry,
             )
         if changed:

@@ -32,7 +32,7 @@ from spiffe_bridge.errors import (
     WorkloadExitedError,
     WorkloadNotEntitledError,
 )
-from spiffe_bridge.sidecar.broker_outputs import WorkloadUpdate, fetch_once, workload_updates
+from spiffe_bridge.sidecar.broker_outputs import Issued, WorkloadUpdate, fetch_once, workload_updates
 from spiffe_bridge.sidecar.config import Config, build, parse_text
 from spiffe_bridge.sources import AsyncX509Source, X509Source
 from spiffe_bridge.tls import PeerNotAuthorizedError
@@ -354,6 +354,7 @@ workload_pid_file = "{missing_file}"
 
                 async def until(condition: Any) -> None:
                     async for update in updates:
+                        assert isinstance(update, WorkloadUpdate)  # no output here has jwt_svids
                         latest[update.index] = update
                         if condition():
                             return
@@ -379,7 +380,7 @@ workload_pid_file = "{missing_file}"
                 assert str(replaced.context.default_svid.spiffe_id) == by_file.spiffe_id  # type: ignore[union-attr]
 
                 # one-shot: the unregistered workload is NoIdentity (exit 4); without it, all are written
-                async def once(cfg: Config) -> dict[int, X509Context]:
+                async def once(cfg: Config) -> dict[int, Issued]:
                     async with AsyncX509Source(d.workload_api_address) as src:
                         return await fetch_once(cfg, src, timeout=2)
 
@@ -387,7 +388,7 @@ workload_pid_file = "{missing_file}"
                     asyncio.run(once(config))
                 registered = replace(config, outputs=config.outputs[:3])
                 got = asyncio.run(once(registered))
-                assert {i: str(c.default_svid.spiffe_id) for i, c in got.items()} == {
+                assert {i: str(c.context.default_svid.spiffe_id) for i, c in got.items()} == {
                     0: by_file.spiffe_id,
                     1: fixed.spiffe_id,
                 }
