@@ -19,6 +19,9 @@ from cryptography import x509
 from interop_support import Health, sidecar, spiffe_id_of, wait_for
 from spire import SpireDeployment
 
+from spiffe_bridge.client.sync import WorkloadClient
+from spiffe_bridge.jwtsvid import JwtSvid
+
 __all__ = ["broker_spire"]  # the module-scoped deployment fixture
 
 #: The rotating workload's X.509-SVID TTL: the agent renews it after about half of it.
@@ -205,3 +208,103 @@ outputs = [
             d.create_entry(entry.spiffe_id, hint=entry.hint)
         if withdrawn:
             d.wait_for_svids()
+
+
+#: The workload token's TTL: the daemon fetches a new one after half of it.
+JWT_TTL = 20
+AUDIENCE = "broker-jwt-test"
+
+
+def _token(directory: Path, d: SpireDeployment) -> JwtSvid | None:
+    """The token in ``directory`` once it is there, checked against the JWT bundle SPIRE serves."""
+    path = directory / "api.token"
+    if not path.exists():
+        return None
+    with WorkloadClient(d.workload_api_address) as client:
+        return client.fetch_jwt_bundles().validate(path.read_text(encoding="ascii"), AUDIENCE)
+
+
+def test_daemon_keeps_each_workloads_jwt_svids_fresh(broker_spire: SpireDeployment, tmp_path: Path) -> None:
+    """``outputs[].jwt_svids``: the workload's own token, refreshed at half-life, stopped with the process."""
+    d = broker_spire
+    api = d.create_entry("/wl/j-api", selectors=["unix:uid:1031", "unix:gid:1031"], jwt_svid_ttl=JWT_TTL)
+    api_new = d.create_entry(
+        "/wl/j-api-new", selectors=["unix:uid:1031", "unix:gid:1033"], jwt_svid_ttl=JWT_TTL
+    )
+    health = Health()
+    out = tmp_path / "api"
+    pid_file = tmp_path / "api.pid"
+    try:
+        with workload(1031) as first:
+            pid_file.write_text(f"{first.pid}\n")
+            conf = tmp_path / "broker.conf"
+            conf.write_text(
+                f"""agent_address = "{d.workload_api_address}"
+broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+{health.hcl}
+outputs = [
+  {{ format = "pem", dir = "{out}", workload_pid_file = "{pid_file}", uid = 1031, gid = 1031,
+     jwt_svids = [{{ jwt_audience = "{AUDIENCE}", jwt_extra_audiences = ["other"],
+                    jwt_svid_file_name = "api.token" }}] }},
+]
+"""
+            )
+            notify_path = str(tmp_path / "notify")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+                systemd.bind(notify_path)
+                systemd.settimeout(DEADLINE)
+                with sidecar(["-config", str(conf)], tmp_path, env={"NOTIFY_SOCKET": notify_path}) as proc:
+                    assert systemd.recv(64) == b"READY=1", proc.log  # a first verdict (the entry may lag)
+                    # "written" only once the X.509 files and the token are on disk
+                    wait_for(
+                        lambda: _outputs(health).get(str(out)) == "written", "the output written", DEADLINE
+                    )
+                    token = _token(out, d)
+                    assert token is not None and str(token.spiffe_id) == api.spiffe_id  # sub: the workload's
+                    assert set(token.audience) == {AUDIENCE, "other"}
+                    assert token.expiry - (token.issued_at or 0) == JWT_TTL
+                    assert _holds(out, api.spiffe_id)
+                    st = (out / "api.token").stat()
+                    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1031, 1031, 0o600)
+
+                    # refreshed before it expires: a new token after about half its lifetime
+                    def refreshed(old: JwtSvid) -> JwtSvid | None:
+                        new = _token(out, d)
+                        return new if new is not None and new.token != old.token else None
+
+                    second = wait_for(lambda: refreshed(token), "a refreshed token", JWT_TTL)
+                    assert str(second.spiffe_id) == api.spiffe_id
+                    assert (second.issued_at or 0) < token.expiry
+
+                    # the process exits: not ready, and its tokens are no longer refreshed or written
+                    first.stop()
+                    wait_for(
+                        lambda: str(_outputs(health).get(str(out), "")).startswith(
+                            "not ready: process exited"
+                        ),
+                        "the output not ready after its process exited",
+                        DEADLINE,
+                    )
+                    exited_at = len(proc.log)
+                    with workload(1031, gid=1033) as replacement:
+                        pid_file.write_text(f"{replacement.pid}\n")
+                        # a new process, new tokens (another entry: another sub), refreshed in turn
+                        new = wait_for(
+                            lambda: (t := _token(out, d)) and str(t.spiffe_id) == api_new.spiffe_id and t,
+                            "the new process's token",
+                            DEADLINE,
+                        )
+                        wait_for(lambda: refreshed(new), "the new process's refreshed token", JWT_TTL)
+                        # by now the old process's refresher would have fetched again twice over
+                        after = proc.log[exited_at:]
+                        assert f"for the workload (pid {first.pid})" not in after, after
+                        assert f"JWT-SVID api.token for the workload (pid {replacement.pid})" in after, after
+                        assert _outputs(health)[str(out)] == "written"
+                        proc.alive()
+                    assert proc.stop() == 0, proc.log
+    finally:
+        for entry in (api, api_new):
+            d.delete_entry(entry)
