@@ -140,3 +140,52 @@ def test_the_top_level_hint_is_the_bridges_not_the_workloads() -> None:
         "/etc/pg/spiffe"
     ]
     assert pg.x509[0].options.hint == "db"  # an output's own hint still applies
+
+
+WORKLOAD_JWT = """
+[broker]
+address = "unix:///b.sock"
+[[outputs]]
+format = "pem"
+dir = "/etc/api"
+workload_pid = 7
+jwt_svids = [{ jwt_audience = "db", jwt_extra_audiences = ["cache"], jwt_svid_file_name = "db.token" }]
+"""
+
+
+def test_a_workload_output_takes_jwt_svids_with_the_top_level_keys() -> None:
+    from spiffe_bridge.sidecar import plan
+    from spiffe_bridge.sidecar.config import JwtSvidConfig
+
+    config = build(parse_text(WORKLOAD_JWT, "toml"), environ={})
+    (out,) = config.outputs
+    assert out.jwt_svids == (JwtSvidConfig("db", ("cache",), "db.token"),)
+    assert "jwt_svids" not in out.options and not config.jwt_svids  # not the bridge's own tokens
+    ((p,), _) = plan.build(config, {})
+    assert p.workload == 0 and p.jwt_svids == list(out.jwt_svids)
+    assert p.jwt_options is not None and p.jwt_options.jwt_svid_file_mode == 0o600
+    assert not p.wants_jwt_bundle  # only the tokens; the bundle is not the workload's to get here
+
+
+def test_jwt_svids_on_an_output_need_a_workload_and_their_own_file_names() -> None:
+    from spiffe_bridge.sidecar import plan
+
+    own = WORKLOAD_JWT.replace("workload_pid = 7\n", "")
+    message = _error(own)
+    assert "outputs[0].jwt_svids" in message and "line 7" in message and "top-level 'jwt_svids'" in message
+    assert "'jwt_audience' is required in 'outputs[0].jwt_svids[0]'" in _error(
+        WORKLOAD_JWT.replace('jwt_audience = "db", ', "")
+    )
+    assert "unknown key" in _error(WORKLOAD_JWT.replace("jwt_audience", "jwt_audiance"))
+    for clash in ("svid.pem", "svid_key.pem", "svid_bundle.pem"):
+        config = build(parse_text(WORKLOAD_JWT.replace("db.token", clash), "toml"), environ={})
+        with pytest.raises(ConfigError) as info:
+            plan.build(config, {})
+        assert "jwt_svids[0].jwt_svid_file_name" in str(info.value) and "(line 8)" in str(info.value)
+        assert repr(clash) in str(info.value)
+    twice = WORKLOAD_JWT.replace("}]", '}, { jwt_audience = "x", jwt_svid_file_name = "db.token" }]')
+    with pytest.raises(ConfigError, match=r"jwt_svids\[1\]\.jwt_svid_file_name"):
+        plan.build(build(parse_text(twice, "toml"), environ={}), {})
+    combined = WORKLOAD_JWT.replace('"pem"', '"combined"').replace("db.token", "svid_combined.pem")
+    with pytest.raises(ConfigError, match="combined_file_name"):
+        plan.build(build(parse_text(combined, "toml"), environ={}), {})

@@ -75,3 +75,40 @@ outputs = [
             assert health(f"http://127.0.0.1:{port}/live")[0] == 200
             assert not theirs.exists() or not any(theirs.iterdir())  # never the bridge's own SVID there
             assert proc.stop() == 0, proc.log
+
+
+def test_a_workload_output_is_ready_only_with_its_tokens_and_only_its_current_processes() -> None:
+    """WorkloadFeed: context + every token, or not ready; tokens of an exited or replaced PID are void."""
+    from _support.pki import x509_response
+
+    from spiffe_bridge.client import decode_x509_context
+    from spiffe_bridge.devagent.ca import TrustDomainCA
+    from spiffe_bridge.jwtsvid import JwtSvid
+    from spiffe_bridge.sidecar.broker_outputs import TokenUpdate, WorkloadFeed
+    from spiffe_bridge.sidecar.config import JwtSvidConfig, build, parse_text
+    from spiffe_bridge.sidecar.plan import DirPlan
+    from spiffe_bridge.sidecar.status import SidecarStatus
+
+    ca = TrustDomainCA("example.org")
+    ctx = decode_x509_context(x509_response(ca, "spiffe://example.org/api"))
+    token = JwtSvid.parse_insecure(ca.mint_jwt_svid("spiffe://example.org/api", ["db"], ttl=300))
+    config = build(parse_text('[[outputs]]\nformat = "pem"\ndir = "/d"\n', "toml"), environ={})
+    plan = DirPlan("/d", "flat", workload=0, jwt_svids=[JwtSvidConfig("db", (), "db.token")])
+    status = SidecarStatus(x509_configured=False, jwt_paths=[])
+    feed = WorkloadFeed(config, [plan], status)
+
+    feed.apply(WorkloadUpdate(0, 7, ctx))
+    assert not feed.decided() and feed.ready() == {}  # the X.509 files alone are not the output
+    assert status.not_ready["/d"] == "waiting for the workload's JWT-SVIDs"
+    feed.apply(TokenUpdate(0, 8, "db.token", token))  # another PID's token: never this output's
+    assert feed.ready() == {}
+    feed.apply(TokenUpdate(0, 7, "db.token", token))
+    assert feed.decided() and feed.ready()[0].context is ctx and feed.ready()[0].tokens == {"db.token": token}
+
+    feed.apply(WorkloadUpdate(0, 7, None, WorkloadExitedError("pid 7 exited")))
+    assert feed.decided() and feed.ready() == {}
+    feed.apply(TokenUpdate(0, 7, "db.token", token))  # minted just before the exit: dropped
+    feed.apply(WorkloadUpdate(0, 9, ctx))  # a new process: its own tokens first
+    assert feed.ready() == {} and status.not_ready["/d"] == "waiting for the workload's JWT-SVIDs"
+    feed.apply(TokenUpdate(0, 9, "db.token", token))
+    assert feed.ready()[0].tokens == {"db.token": token}
