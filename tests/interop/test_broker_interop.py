@@ -25,6 +25,7 @@ from spiffe_bridge._proto import brokerapi_pb2 as bpb
 from spiffe_bridge.broker import AsyncBrokerClient, BrokerClient, TlsTunnel, WorkloadPIDReference
 from spiffe_bridge.broker._core import broker_ssl_context
 from spiffe_bridge.broker.tunnel import LoopThread
+from spiffe_bridge.client.sync import WorkloadClient
 from spiffe_bridge.errors import (
     BrokerTlsError,
     NoIdentityError,
@@ -452,3 +453,49 @@ broker {{
     finally:
         d.delete_entry(web)
         d.delete_entry(db)
+
+
+def test_one_shot_sidecar_writes_a_workloads_jwt_svid(broker_spire: SpireDeployment, tmp_path: Path) -> None:
+    """``outputs[].jwt_svids`` in one-shot mode: the workload's token, once; exit 4 without an entry."""
+    d = broker_spire
+    api = d.create_entry("/wl/o-api", selectors=["unix:uid:1041"])
+    try:
+        with workload(1041) as proc_api, workload(1042) as unknown:
+            head = f"""daemon_mode = false
+one_shot_timeout = "20s"
+agent_address = "{d.workload_api_address}"
+broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+"""
+            jwt = '[{ jwt_audience = "oneshot-test", jwt_svid_file_name = "tokens/api.token" }]'
+            out = tmp_path / "api"
+            conf = tmp_path / "api.conf"
+            conf.write_text(
+                head + f'outputs = [{{ format = "pem", dir = "{out}", workload_pid = {proc_api.pid}, '
+                f"uid = 1041, gid = 1041, jwt_svids = {jwt} }}]\n"
+            )
+            with sidecar(["-config", str(conf)], tmp_path) as proc:
+                assert proc.wait(60) == 0, proc.log
+            token = (out / "tokens" / "api.token").read_text(encoding="ascii")
+            with WorkloadClient(d.workload_api_address) as client:
+                svid = client.fetch_jwt_bundles().validate(token, "oneshot-test")
+            assert str(svid.spiffe_id) == api.spiffe_id  # sub: the workload, not the bridge
+            st = (out / "tokens" / "api.token").stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1041, 1041, 0o600)
+            assert spiffe_id_of(x509.load_pem_x509_certificates((out / "svid.pem").read_bytes())[0]) == (
+                api.spiffe_id
+            )
+            # a workload without an entry: exit 4 (no identity), no token written
+            none = tmp_path / "none"
+            conf.write_text(
+                head.replace('"20s"', '"3s"')
+                + f'outputs = [{{ format = "pem", dir = "{none}", workload_pid = {unknown.pid}, '
+                f"jwt_svids = {jwt} }}]\n"
+            )
+            with sidecar(["-config", str(conf)], tmp_path) as proc:
+                assert proc.wait(60) == 4, proc.log
+            assert not (none / "tokens" / "api.token").exists()
+    finally:
+        d.delete_entry(api)
