@@ -8,6 +8,8 @@ Modules, in the order data flows:
 * ``runner`` (daemon and wrapper mode, on one event loop) with ``publisher`` (its
   one task that writes and reloads, in order), ``oneshot`` (init containers),
   ``jwt_refresh`` (the JWT tasks: bundle stream, tokens renewed at half-life);
+* ``broker_outputs`` (broker mode: each referenced workload's SVID and tokens through the
+  Broker API) with ``workload_feed`` (what each such output holds, and its readiness);
 * ``actions`` -- what runs after a write: signal a PID file, ``cmd``, a wrapped
   program, or a reload command; ``process`` watches their children;
 * ``outputs`` -- every output directory written on the loop, fsynced off it;

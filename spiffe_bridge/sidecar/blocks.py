@@ -178,8 +178,10 @@ class OutputConfig:
     jwt_svids: tuple[JwtSvidConfig, ...] = setting(
         "object_list",
         [],
-        "Broker mode: JWT-SVIDs of the referenced workload, written into `dir` and kept fresh like the "
-        "top-level `jwt_svids` (same keys; only on an output with `workload_pid` or `workload_pid_file`).",
+        "Broker mode: the referenced workload's own JWT-SVIDs (`sub` its SPIFFE ID), with the keys of the "
+        "top-level `jwt_svids`: minted through the Broker API, written into `dir` (owned by `uid`/`gid`, "
+        "mode `jwt_svid_file_mode`) and refreshed at half-life. Only on an output with `workload_pid` or "
+        "`workload_pid_file`; a token name that is one of the output's X.509 file names is an error.",
         value=(),
         ours=True,
         fields=keys_of(JwtSvidConfig),

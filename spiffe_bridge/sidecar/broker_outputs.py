@@ -14,9 +14,7 @@ every ``poll_interval`` (a new PID restarts the subscription for it; a missing
 or unreadable file means no workload yet). When the process exits the watch
 ends and the output is not ready until the file names a live process again.
 ``fetch_once`` is the one-shot variant (NoIdentityError when any has none);
-``WorkloadFeed`` is the daemon's: it holds each output's current context and
-tokens, and records per-output readiness in the sidecar status (an output is
-ready to write once it has its context and every token).
+the daemon's state is :class:`.workload_feed.WorkloadFeed`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from spiffe_bridge.broker import agent_authorizer
@@ -38,13 +36,9 @@ from spiffe_bridge.errors import (
     WorkloadNotFoundError,
 )
 from spiffe_bridge.jwtsvid import JwtSvid
-from spiffe_bridge.loglist import capped
-from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sidecar.config import BrokerConfig, Config, JwtSvidConfig, OutputConfig
 from spiffe_bridge.sidecar.jwt_refresh import FETCH_TIMEOUT, keep_fresh
 from spiffe_bridge.sidecar.plan import DirPlan
-from spiffe_bridge.sidecar.status import SidecarStatus
-from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.protocols import X509SourceLike
 from spiffe_bridge.spiffeid import SpiffeId
 from spiffe_bridge.tls.authorize import Authorizer, authorize_if
@@ -329,97 +323,3 @@ async def fetch_once(
                         raise
                 await asyncio.sleep(min(POLL_INTERVAL, max(left, 0.0)))
     return result
-
-
-class WorkloadFeed:
-    """The daemon's workload outputs: each one's current context and tokens, and its readiness in ``status``.
-
-    ``contexts[index]`` is what output ``index`` should hold (None: not ready, files kept);
-    an index is absent until its first verdict. ``tokens[index]`` are the JWT-SVIDs of
-    that workload's current process (dropped when it exits or another PID is followed).
-    ``on_change`` is called on the loop after every update, to have the outputs written.
-    """
-
-    def __init__(self, config: Config, plans: Sequence[DirPlan], status: SidecarStatus) -> None:
-        self.config = config
-        self.status = status
-        self.directories = {p.workload: p.directory for p in plans if p.workload is not None}
-        self.specs = token_specs(plans)
-        self.contexts: dict[int, X509Context | None] = {}
-        self.tokens: dict[int, dict[str, JwtSvid]] = {}
-        self.pids: dict[int, int | None] = {}
-        for directory in self.directories.values():
-            status.output_not_ready(directory, "waiting for the workload's identity")
-
-    def __bool__(self) -> bool:
-        return bool(self.directories)
-
-    def decided(self) -> bool:
-        """Every workload output has had a first verdict: its identity (and tokens), or not ready and why."""
-        return all(
-            index in self.contexts and (self.contexts[index] is None or index in self.ready())
-            for index in self.directories
-        )
-
-    def ready(self) -> dict[int, Issued]:
-        """What each output that can be written now holds: a context and every one of its tokens."""
-        held = {}
-        for index, context in self.contexts.items():
-            tokens = self.tokens.get(index, {})
-            if context is not None and all(s.file_name in tokens for s in self.specs.get(index, ())):
-                held[index] = Issued(context, dict(tokens))
-        return held
-
-    async def run(self, own: AsyncX509Source, on_change: Callable[[], None], backoff: Backoff) -> None:
-        """Follow every workload output until cancelled; a failed client is reported and restarted."""
-        attempt = 0
-        while True:
-            await own.wait_for(None)  # the bridge's own SVID authenticates it to the agent
-            try:
-                async for update in workload_updates(self.config, own, tokens=self.specs):
-                    attempt = 0
-                    self.apply(update)
-                    on_change()
-            except Exception as exc:  # e.g. no SVID matching broker.spiffe_id: the other outputs go on
-                log.error("the Broker API client failed: %s", exc)
-                failed = SpiffeBridgeError(f"the Broker API client failed: {exc}")  # not the workload's
-                for index in self.directories:
-                    self.apply(WorkloadUpdate(index, None, None, failed), quiet=True)
-                on_change()
-            attempt += 1
-            await asyncio.sleep(backoff.delay(attempt))
-
-    def apply(self, update: Update, *, quiet: bool = False) -> None:
-        """Hold ``update`` for its output and record that output's readiness."""
-        directory = self.directories.get(update.index)
-        if directory is None:
-            return
-        if isinstance(update, TokenUpdate):
-            if update.pid != self.pids.get(update.index) or self.contexts.get(update.index) is None:
-                return  # minted for a process no longer followed (or gone): never written
-            self.tokens.setdefault(update.index, {})[update.file_name] = update.svid
-            log.info(
-                "received JWT-SVID %s for the workload (pid %s) of %s",
-                update.file_name,
-                update.pid,
-                directory,
-            )
-            self._waiting_for_tokens(update.index, directory)
-            return
-        if update.pid != self.pids.get(update.index) or not isinstance(update.error, NoIdentityError | None):
-            self.tokens.pop(update.index, None)  # another process, or this one exited: its tokens are void
-        self.pids[update.index] = update.pid
-        self.contexts[update.index] = update.context
-        if update.context is None:
-            reason = not_ready_reason(update)
-            self.status.output_not_ready(directory, reason)
-            if not quiet:
-                log.warning("output %s is not ready (files kept as they are): %s", directory, reason)
-        else:
-            ids = capped(s.spiffe_id for s in update.context.svids)
-            log.info("received X.509 update for the workload (pid %s) of %s: %s", update.pid, directory, ids)
-            self._waiting_for_tokens(update.index, directory)
-
-    def _waiting_for_tokens(self, index: int, directory: str) -> None:
-        if index not in self.ready():  # written (and so ready) only once every token is there too
-            self.status.output_not_ready(directory, "waiting for the workload's JWT-SVIDs")

@@ -22,11 +22,11 @@ from spiffe_bridge.jwtbundle import JwtBundleSet
 from spiffe_bridge.jwtsvid import JwtSvid
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
-from spiffe_bridge.sidecar.broker_outputs import WorkloadFeed
 from spiffe_bridge.sidecar.config import Config
 from spiffe_bridge.sidecar.outputs import Outputs
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.sidecar.streamlog import log_reload
+from spiffe_bridge.sidecar.workload_feed import WorkloadFeed
 from spiffe_bridge.x509context import X509Context
 
 log = logging.getLogger("spiffe_bridge.sidecar")

@@ -9,7 +9,7 @@ in order). Writing, fsync off the loop and per-output failures are
 :mod:`.outputs`; the health server and the stall watchdog are :mod:`.monitoring`.
 
 Broker mode (docs/broker.md): outputs with a workload reference are written from
-that workload's context (:class:`.broker_outputs.WorkloadFeed`), never the
+that workload's context (:class:`.workload_feed.WorkloadFeed`), never the
 bridge's own, and are ready on their own.
 
 Exit codes: 0 after SIGTERM/SIGINT, the child's code in wrapper mode, 1 when
@@ -37,7 +37,6 @@ from spiffe_bridge.retry import Backoff
 from spiffe_bridge.sdnotify import notify
 from spiffe_bridge.sidecar import actions as act
 from spiffe_bridge.sidecar import jwt_refresh
-from spiffe_bridge.sidecar.broker_outputs import WorkloadFeed
 from spiffe_bridge.sidecar.config import Config, JwtSvidConfig
 from spiffe_bridge.sidecar.exitcodes import EXIT_FAILURE, EXIT_OK
 from spiffe_bridge.sidecar.monitoring import metrics_renderer, start_health, start_watchdog
@@ -47,6 +46,7 @@ from spiffe_bridge.sidecar.publisher import Publisher, jwt_paths
 from spiffe_bridge.sidecar.status import SidecarStatus
 from spiffe_bridge.sidecar.streamlog import WAIT_LOG_INTERVAL, StreamLog, grpc_code, jwt_fields, x509_fields
 from spiffe_bridge.sidecar.watchdog import Heartbeat, Watchdog
+from spiffe_bridge.sidecar.workload_feed import WorkloadFeed
 from spiffe_bridge.sources import AsyncX509Source
 from spiffe_bridge.sources.state import SourceState, SourceStatus
 from spiffe_bridge.x509context import X509Context

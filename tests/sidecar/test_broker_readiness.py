@@ -84,10 +84,11 @@ def test_a_workload_output_is_ready_only_with_its_tokens_and_only_its_current_pr
     from spiffe_bridge.client import decode_x509_context
     from spiffe_bridge.devagent.ca import TrustDomainCA
     from spiffe_bridge.jwtsvid import JwtSvid
-    from spiffe_bridge.sidecar.broker_outputs import TokenUpdate, WorkloadFeed
+    from spiffe_bridge.sidecar.broker_outputs import TokenUpdate
     from spiffe_bridge.sidecar.config import JwtSvidConfig, build, parse_text
     from spiffe_bridge.sidecar.plan import DirPlan
     from spiffe_bridge.sidecar.status import SidecarStatus
+    from spiffe_bridge.sidecar.workload_feed import WorkloadFeed
 
     ca = TrustDomainCA("example.org")
     ctx = decode_x509_context(x509_response(ca, "spiffe://example.org/api"))
