@@ -42,6 +42,17 @@ def _outputs(health: Health) -> dict[str, Any]:
     return dict(health.body().get("outputs", {}))
 
 
+def _broker_conf(d: SpireDeployment, health: Health, extra: str = "") -> str:
+    """The daemon's configuration up to its ``outputs``: agent, broker block, health server."""
+    return f"""agent_address = "{d.workload_api_address}"
+{extra}broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+{health.hcl}
+"""
+
+
 def test_daemon_follows_each_workload(broker_spire: SpireDeployment, tmp_path: Path) -> None:
     d = broker_spire
     # nginx: uid 1021, group 1021; its replacement runs in group 1023 and so is another entry
@@ -58,13 +69,8 @@ def test_daemon_follows_each_workload(broker_spire: SpireDeployment, tmp_path: P
             pid_file.write_text(f"{nginx.pid}\n")
             conf = tmp_path / "broker.conf"
             conf.write_text(
-                f"""agent_address = "{d.workload_api_address}"
-broker {{
-  address = "{d.broker_address}"
-  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
-}}
-{health.hcl}
-outputs = [
+                _broker_conf(d, health)
+                + f"""outputs = [
   {{ format = "pem", dir = "{dirs["nginx"]}", workload_pid_file = "{pid_file}", uid = 1021, gid = 1021 }},
   {{ format = "pem", dir = "{dirs["pg"]}", workload_pid = {pg.pid}, uid = 1022, gid = 1022 }},
   {{ format = "pem", dir = "{dirs["none"]}", workload_pid = {unknown.pid} }},
@@ -173,14 +179,8 @@ def test_the_bridge_losing_its_own_identity_deletes_only_its_own_files(
         with workload(1025) as nginx:
             conf = tmp_path / "broker.conf"
             conf.write_text(
-                f"""agent_address = "{d.workload_api_address}"
-on_identity_lost = "delete"
-broker {{
-  address = "{d.broker_address}"
-  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
-}}
-{health.hcl}
-outputs = [
+                _broker_conf(d, health, 'on_identity_lost = "delete"\n')
+                + f"""outputs = [
   {{ format = "pem", dir = "{dirs["nginx"]}", workload_pid = {nginx.pid} }},
   {{ format = "pem", dir = "{dirs["own"]}" }},
 ]
@@ -239,13 +239,8 @@ def test_daemon_keeps_each_workloads_jwt_svids_fresh(broker_spire: SpireDeployme
             pid_file.write_text(f"{first.pid}\n")
             conf = tmp_path / "broker.conf"
             conf.write_text(
-                f"""agent_address = "{d.workload_api_address}"
-broker {{
-  address = "{d.broker_address}"
-  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
-}}
-{health.hcl}
-outputs = [
+                _broker_conf(d, health)
+                + f"""outputs = [
   {{ format = "pem", dir = "{out}", workload_pid_file = "{pid_file}", uid = 1031, gid = 1031,
      jwt_svids = [{{ jwt_audience = "{AUDIENCE}", jwt_extra_audiences = ["other"],
                     jwt_svid_file_name = "api.token" }}] }},

@@ -400,6 +400,18 @@ workload_pid_file = "{missing_file}"
             d.delete_entry(fixed)
 
 
+def _one_shot_conf(d: SpireDeployment) -> str:
+    """A one-shot configuration up to its ``outputs``: agent and broker block."""
+    return f"""daemon_mode = false
+one_shot_timeout = "20s"
+agent_address = "{d.workload_api_address}"
+broker {{
+  address = "{d.broker_address}"
+  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
+}}
+"""
+
+
 def test_one_shot_sidecar_writes_each_workloads_files_owned_by_its_uid(
     broker_spire: SpireDeployment, tmp_path: Path
 ) -> None:
@@ -411,14 +423,7 @@ def test_one_shot_sidecar_writes_each_workloads_files_owned_by_its_uid(
         with workload(1010) as nginx, workload(1011) as pg, workload(1012) as unknown:
             pid_file = tmp_path / "nginx.pid"
             pid_file.write_text(f"{nginx.pid}\n")
-            head = f"""daemon_mode = false
-one_shot_timeout = "20s"
-agent_address = "{d.workload_api_address}"
-broker {{
-  address = "{d.broker_address}"
-  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
-}}
-"""
+            head = _one_shot_conf(d)
             hcl = (
                 head
                 + f"""outputs = [
@@ -461,14 +466,7 @@ def test_one_shot_sidecar_writes_a_workloads_jwt_svid(broker_spire: SpireDeploym
     api = d.create_entry("/wl/o-api", selectors=["unix:uid:1041"])
     try:
         with workload(1041) as proc_api, workload(1042) as unknown:
-            head = f"""daemon_mode = false
-one_shot_timeout = "20s"
-agent_address = "{d.workload_api_address}"
-broker {{
-  address = "{d.broker_address}"
-  spiffe_id = "{d.spiffe_id(BROKER_PATH)}"
-}}
-"""
+            head = _one_shot_conf(d)
             jwt = '[{ jwt_audience = "oneshot-test", jwt_svid_file_name = "tokens/api.token" }]'
             out = tmp_path / "api"
             conf = tmp_path / "api.conf"
