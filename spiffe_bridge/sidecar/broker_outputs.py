@@ -64,12 +64,16 @@ class WorkloadUpdate:
 
 @dataclass(frozen=True)
 class TokenUpdate:
-    """A fresh JWT-SVID of output ``index``'s workload ``pid``, for the entry writing ``file_name``."""
+    """A fresh JWT-SVID of output ``index``'s workload ``pid``, for the entry writing ``file_name``.
+
+    ``svid`` None: minting it failed (``error``; retried).
+    """
 
     index: int
     pid: int
     file_name: str
-    svid: JwtSvid
+    svid: JwtSvid | None
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,10 @@ async def _subscribe(
             extra = spec.extra_audiences
             return await client.fetch_jwt_svid(pid, spec.audience, *extra, timeout=FETCH_TIMEOUT)
 
-        return asyncio.create_task(keep_fresh(fetch, spec, deliver, f"JWT-SVID of pid {pid}"))
+        def failed(exc: Exception) -> None:
+            queue.put_nowait(TokenUpdate(index, pid, spec.file_name, None, exc))
+
+        return asyncio.create_task(keep_fresh(fetch, spec, deliver, f"JWT-SVID of pid {pid}", failed))
 
     refreshers: list[asyncio.Task[None]] = []
     ended: Exception | None = None

@@ -73,11 +73,13 @@ async def keep_fresh(
     spec: JwtSvidConfig,
     deliver: Callable[[JwtSvidConfig, JwtSvid], None],
     what: str = "JWT-SVID",
+    on_error: Callable[[Exception], None] | None = None,
 ) -> None:
     """Fetch the token of ``spec`` and again at each half-life, delivering new ones (until cancelled).
 
     ``fetch`` mints it (the bridge's own through the Workload API, a workload's through the
-    Broker API); a failure is logged with ``what`` and retried with a doubling delay.
+    Broker API); a failure is logged with ``what``, told to ``on_error``, and retried with a
+    doubling delay.
     """
     retry = RETRY_INITIAL
     last_token = ""
@@ -86,6 +88,8 @@ async def keep_fresh(
             svid = await fetch()
         except (SpiffeBridgeError, LookupError, ValueError) as exc:
             log.warning("%s for audience %r: %s (retry in %.0fs)", what, spec.audience, exc, retry)
+            if on_error is not None:
+                on_error(exc)
             await asyncio.sleep(retry)
             retry = min(retry * 2, RETRY_MAX)
             continue

@@ -51,6 +51,8 @@ class WorkloadFeed:
         self.contexts: dict[int, X509Context | None] = {}
         self.tokens: dict[int, dict[str, JwtSvid]] = {}
         self.pids: dict[int, int | None] = {}
+        #: why a token of the current process could not be minted (yet), by file name
+        self.token_errors: dict[int, dict[str, Exception]] = {}
         for directory in self.directories.values():
             status.output_not_ready(directory, "waiting for the workload's identity")
 
@@ -59,10 +61,17 @@ class WorkloadFeed:
 
     def decided(self) -> bool:
         """Every workload output has had a first verdict: its identity (and tokens), or not ready and why."""
-        return all(
-            index in self.contexts and (self.contexts[index] is None or index in self.ready())
-            for index in self.directories
-        )
+        ready = self.ready()
+
+        def verdict(index: int) -> bool:
+            if index not in self.contexts:
+                return False
+            if self.contexts[index] is None or index in ready:
+                return True
+            tokens, errors = self.tokens.get(index, {}), self.token_errors.get(index, {})
+            return all(s.file_name in tokens or s.file_name in errors for s in self.specs.get(index, ()))
+
+        return all(verdict(index) for index in self.directories)
 
     def ready(self) -> dict[int, Issued]:
         """What each output that can be written now holds: a context and every one of its tokens."""
@@ -100,6 +109,12 @@ class WorkloadFeed:
         if isinstance(update, TokenUpdate):
             if update.pid != self.pids.get(update.index) or self.contexts.get(update.index) is None:
                 return  # minted for a process no longer followed (or gone): never written
+            errors = self.token_errors.setdefault(update.index, {})
+            if update.svid is None:
+                errors[update.file_name] = update.error or SpiffeBridgeError("no JWT-SVID")
+                self._waiting_for_tokens(update.index, directory)  # a token held stays valid: still ready
+                return
+            errors.pop(update.file_name, None)
             self.tokens.setdefault(update.index, {})[update.file_name] = update.svid
             log.info(
                 "received JWT-SVID %s for the workload (pid %s) of %s",
@@ -111,6 +126,7 @@ class WorkloadFeed:
             return
         if update.pid != self.pids.get(update.index) or not isinstance(update.error, NoIdentityError | None):
             self.tokens.pop(update.index, None)  # another process, or this one exited: its tokens are void
+            self.token_errors.pop(update.index, None)
         self.pids[update.index] = update.pid
         self.contexts[update.index] = update.context
         if update.context is None:
@@ -124,5 +140,13 @@ class WorkloadFeed:
             self._waiting_for_tokens(update.index, directory)
 
     def _waiting_for_tokens(self, index: int, directory: str) -> None:
-        if index not in self.ready():  # written (and so ready) only once every token is there too
+        """Written (and so ready) only once every token is there too; else say which one is missing."""
+        if index in self.ready():
+            return
+        tokens, errors = self.tokens.get(index, {}), self.token_errors.get(index, {})
+        missing = [s.file_name for s in self.specs.get(index, ()) if s.file_name not in tokens]
+        failed = [name for name in missing if name in errors]
+        if failed:
+            self.status.output_not_ready(directory, f"no JWT-SVID for {failed[0]}: {errors[failed[0]]}")
+        else:
             self.status.output_not_ready(directory, "waiting for the workload's JWT-SVIDs")

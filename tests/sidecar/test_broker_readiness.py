@@ -111,5 +111,11 @@ def test_a_workload_output_is_ready_only_with_its_tokens_and_only_its_current_pr
     feed.apply(TokenUpdate(0, 7, "db.token", token))  # minted just before the exit: dropped
     feed.apply(WorkloadUpdate(0, 9, ctx))  # a new process: its own tokens first
     assert feed.ready() == {} and status.not_ready["/d"] == "waiting for the workload's JWT-SVIDs"
+    # a token that cannot be minted is a verdict (READY=1 does not wait for it), naming the file
+    feed.apply(TokenUpdate(0, 9, "db.token", None, AgentUnavailableError("FetchJWTSVID failed")))
+    assert feed.decided() and feed.ready() == {}
+    assert status.not_ready["/d"].startswith("no JWT-SVID for db.token: FetchJWTSVID failed")
     feed.apply(TokenUpdate(0, 9, "db.token", token))
     assert feed.ready()[0].tokens == {"db.token": token}
+    feed.apply(TokenUpdate(0, 9, "db.token", None, AgentUnavailableError("refresh failed")))
+    assert 0 in feed.ready()  # the token held is still valid: the output stays written
