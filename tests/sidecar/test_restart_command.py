@@ -12,12 +12,12 @@ import json
 import re
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _support.daemon import in_process
+from _support.wait import wait_until
 
 from spiffe_bridge.devagent.server import DevAgent
 from spiffe_bridge.sidecar import hot_updater, plan
@@ -26,16 +26,6 @@ from spiffe_bridge.sidecar.runner import Daemon
 from spiffe_bridge.sidecar.schema import ConfigError
 
 DEADLINE = 30.0
-
-
-def until(condition: Any, what: str) -> Any:
-    """Poll ``condition`` until it is truthy (fail after DEADLINE)."""
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def config_for(address: str, out: Path, **extra: Any) -> Config:
@@ -102,21 +92,23 @@ def test_restart_once_per_anchors_change_not_on_creation_or_rotation(
 ) -> None:
     out, marker = tmp_path / "identity", tmp_path / "restarts"
     with in_process(config_for(dev_agent.address, out, restart_command=recorder(marker))) as daemon:
-        until(lambda: writes(daemon, out) == 1 and (out / "linkerd.env").exists(), "the first write")
+        wait_until(
+            lambda: writes(daemon, out) == 1 and (out / "linkerd.env").exists(), "the first write", DEADLINE
+        )
         first = (out / "linkerd.env").read_bytes()
 
         dev_agent.rotate()  # a new SVID under the same root: the env file stays as it is
-        until(lambda: writes(daemon, out) == 2, "the rotation handled")
+        wait_until(lambda: writes(daemon, out) == 2, "the rotation handled", DEADLINE)
         assert (out / "linkerd.env").read_bytes() == first
         daemon.outputs.hot.wait_idle(DEADLINE)
         assert restarts(marker) == 0  # neither the creation nor the rotation restarted
 
         dev_agent.rotate_x509_bundle(keep_previous=True)  # a new root beside the old: change 1
-        until(lambda: restarts(marker) == 1, "the restart after the new anchors")
+        wait_until(lambda: restarts(marker) == 1, "the restart after the new anchors", DEADLINE)
         assert (out / "linkerd.env").read_bytes() != first
 
         dev_agent.drop_previous_x509_authorities()  # the old root gone: change 2
-        until(lambda: restarts(marker) == 2, "the restart after the old anchors left")
+        wait_until(lambda: restarts(marker) == 2, "the restart after the old anchors left", DEADLINE)
         daemon.outputs.hot.wait_idle(DEADLINE)
         entry = hot(daemon, recorder(marker))
         assert (entry["runs"], entry["failures"]) == (2, 0)
@@ -128,14 +120,14 @@ def test_a_new_run_restarts_when_the_files_it_finds_differ(dev_agent: DevAgent, 
     out, marker = tmp_path / "identity", tmp_path / "restarts"
     config = config_for(dev_agent.address, out, restart_command=recorder(marker))
     with in_process(config) as daemon:
-        until(lambda: writes(daemon, out) == 1, "the first write")
+        wait_until(lambda: writes(daemon, out) == 1, "the first write", DEADLINE)
     with in_process(config) as daemon:  # same anchors: nothing written, nothing restarted
-        until(lambda: writes(daemon, out) == 1, "the first write of the second run")
+        wait_until(lambda: writes(daemon, out) == 1, "the first write of the second run", DEADLINE)
         daemon.outputs.hot.wait_idle(DEADLINE)
     assert restarts(marker) == 0
     dev_agent.rotate_x509_bundle()  # while no sidecar runs
     with in_process(config) as daemon:
-        until(lambda: restarts(marker) == 1, "the restart for the stale files")
+        wait_until(lambda: restarts(marker) == 1, "the restart for the stale files", DEADLINE)
 
 
 def test_a_failing_restart_is_counted_and_logged(
@@ -146,9 +138,9 @@ def test_a_failing_restart_is_counted_and_logged(
     command = [sys.executable, "-c", "import sys; sys.stderr.write('unit not found'); sys.exit(5)"]
     config = config_for(dev_agent.address, out, restart_command=command)
     with in_process(config) as daemon:
-        until(lambda: writes(daemon, out) == 1, "the first write")
+        wait_until(lambda: writes(daemon, out) == 1, "the first write", DEADLINE)
         dev_agent.rotate_x509_bundle(keep_previous=True)
-        until(lambda: hot(daemon, command).get("failures") == 1, "the failure")
+        wait_until(lambda: hot(daemon, command).get("failures") == 1, "the failure", DEADLINE)
         assert "exited with code 5" in hot(daemon, command)["last_error"]
     record = next(r for r in caplog.records if r.getMessage().startswith("restart command "))
     assert "exited with code 5" in record.getMessage() and getattr(record, "stderr", "") == "unit not found"
