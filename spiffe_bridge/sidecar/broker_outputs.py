@@ -321,8 +321,8 @@ async def fetch_once(
                     minted = {}
                     for spec in _specs(config, tokens, index):
                         audiences = (spec.audience, *spec.extra_audiences)
-                        left = max(deadline - loop.time(), 0.1)
-                        minted[spec.file_name] = await client.fetch_jwt_svid(pid, *audiences, timeout=left)
+                        wait = max(deadline - loop.time(), 0.1)  # not ``left``: that decides when to give up
+                        minted[spec.file_name] = await client.fetch_jwt_svid(pid, *audiences, timeout=wait)
                     result[index] = Issued(context, minted)
                     break
                 except NoIdentityError:

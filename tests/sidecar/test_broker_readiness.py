@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -119,3 +120,48 @@ def test_a_workload_output_is_ready_only_with_its_tokens_and_only_its_current_pr
     assert feed.ready()[0].tokens == {"db.token": token}
     feed.apply(TokenUpdate(0, 9, "db.token", None, AgentUnavailableError("refresh failed")))
     assert 0 in feed.ready()  # the token held is still valid: the output stays written
+
+
+async def test_one_shot_gives_up_at_its_deadline_when_a_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The X.509-SVID issued but the JWT-SVID refused (NoIdentity) looped past the deadline forever:
+    the token's own timeout overwrote the time left that decides whether to give up."""
+    from _support.pki import x509_response
+
+    from spiffe_bridge.client import decode_x509_context
+    from spiffe_bridge.devagent.ca import TrustDomainCA
+    from spiffe_bridge.errors import NoIdentityError
+    from spiffe_bridge.sidecar import broker_outputs
+    from spiffe_bridge.sidecar.config import build, parse_text
+
+    context = decode_x509_context(x509_response(TrustDomainCA("example.org"), "spiffe://example.org/w"))
+    calls: list[str] = []
+
+    class Client:
+        async def __aenter__(self) -> Client:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def fetch_x509_context(self, pid: int, timeout: float) -> object:
+            calls.append("x509")
+            return context
+
+        async def fetch_jwt_svid(self, pid: int, *audiences: str, timeout: float) -> object:
+            calls.append("jwt")
+            raise NoIdentityError(f"no JWT-SVID for pid {pid}")
+
+    monkeypatch.setattr(broker_outputs, "client_for", lambda config, source: Client())
+    text = f"""agent_address = "/run/a.sock"
+broker {{
+  address = "unix:///run/broker.sock"
+}}
+outputs = [{{ format = "pem", dir = "/x", workload_pid = {os.getpid()},
+  jwt_svids = [{{ jwt_audience = "db", jwt_svid_file_name = "db.token" }}] }}]
+"""
+    config = build(parse_text(text, "hcl"), environ={})
+    with pytest.raises(NoIdentityError, match="no JWT-SVID"):
+        await asyncio.wait_for(broker_outputs.fetch_once(config, None, timeout=0.3), DEADLINE)  # type: ignore[arg-type]
+    assert calls[-1] == "jwt"
