@@ -31,6 +31,11 @@ def check_name(name: str) -> None:
         )
 
 
+def names_clash(a: str, b: str) -> bool:
+    """Whether two names of one set cannot both exist: the same, or one a directory of the other."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def new_version_name() -> str:
     """A fresh version directory name ``..<UTC timestamp>.<ns>_<random>`` (sorts by time)."""
     now = time.time_ns()

@@ -21,6 +21,7 @@ from typing import Any
 from spiffe_bridge.address import ENV_VAR as ENDPOINT_ENV
 from spiffe_bridge.address import parse as parse_address
 from spiffe_bridge.errors import AddressError, SpiffeIdError
+from spiffe_bridge.fileset.names import names_clash
 from spiffe_bridge.formats.options import FormatError, check_key_file_mode
 from spiffe_bridge.sidecar import env_overrides
 from spiffe_bridge.sidecar.blocks import (
@@ -251,7 +252,7 @@ def _check_distinct_names(v: Mapping[str, Any], jwt_svids: list[JwtSvidConfig], 
     seen: list[tuple[str, str]] = []
     for key, name in names:
         for other_key, other in seen:
-            if name == other or name.startswith(other + "/") or other.startswith(name + "/"):
+            if names_clash(name, other):
                 raise ConfigError(
                     f"{_where_raw(key, raw)} and {_where_raw(other_key, raw)} both name {other!r}"
                     + ("" if name == other else f" (and {name!r})")

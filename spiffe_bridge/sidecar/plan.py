@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spiffe_bridge.fileset import FileSetWriter, FileSpec, Layout
+from spiffe_bridge.fileset.names import names_clash
 from spiffe_bridge.formats import (
     X509_FORMATS,
     JwtOptions,
@@ -287,7 +288,7 @@ def _check_token_names(
         _check_names([spec.file_name], key)
         name = spec.file_name
         for other_key, other in seen:
-            if name == other or name.startswith(other + "/") or other.startswith(name + "/"):
+            if names_clash(name, other):
                 raise ConfigError(f"{key}: {name!r} collides with {other_key} {other!r}")
         seen.append((key, name))
 
