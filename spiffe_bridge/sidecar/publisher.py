@@ -141,7 +141,8 @@ class Publisher:
                 self.outputs.make_durable()
             return
         await self.outputs.settled()  # the previous set is durable before this one replaces it
-        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, self.workloads.ready())
+        held = self.workloads.ready()  # each workload output's context and tokens, taken once
+        changed, failed = self.outputs.write_all(self.ctx, self.tokens, self.bundles, held)
         if changed:
             self.outputs.make_durable()  # after the swap, off the loop; the reload does not wait
         self.pending_change = self.pending_change or changed
@@ -158,7 +159,7 @@ class Publisher:
             self.status.wrote(
                 x509=self.ctx is not None,
                 jwt_paths=written,
-                svid_expiry=self.outputs.svid_expiry(self.ctx, self.workloads.ready()),
+                svid_expiry=self.outputs.svid_expiry(self.ctx, held),
                 jwt_expiry=jwt_expiry,
             )
         if changed:
